@@ -1,0 +1,130 @@
+"""The two configuration models users build: what the nodes have, and how to launch."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+
+def _usable_cpu_count() -> int:
+    """CPUs this process may run on (respects cgroup/cpuset limits, unlike cpu_count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+def _usable_cpu_ids(n: int) -> list[int]:
+    try:
+        ids = sorted(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        ids = list(range(os.cpu_count() or 1))
+    return ids[:n] if n <= len(ids) else list(range(n))
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class SystemConfig(_Strict):
+    """What one compute node offers to tasks.
+
+    ``cpus`` and ``gpus`` list the ids handed to tasks. A GPU id may appear more than
+    once to overload it: ``gpus=['0', '0', '1', '1', '2', '3']`` is six GPU slots.
+    When only ``ncpus`` is given, the first ``ncpus`` CPUs this process may use are taken.
+    """
+
+    name: str = "local"
+    ncpus: int = Field(default_factory=_usable_cpu_count, ge=1)
+    ngpus: int = Field(default=0, ge=0)
+    cpus: list[int] = Field(default_factory=list)
+    gpus: list[str | int] = Field(default_factory=list)
+
+    @field_validator("cpus")
+    @classmethod
+    def _cpus_unique(cls, cpus: list[int]) -> list[int]:
+        if len(set(cpus)) != len(cpus):
+            raise ValueError(f"cpu ids must be unique, got {cpus}")
+        if any(c < 0 for c in cpus):
+            raise ValueError(f"cpu ids must be >= 0, got {cpus}")
+        return cpus
+
+    @model_validator(mode="after")
+    def _fill_ids(self) -> SystemConfig:
+        fields_set = self.model_fields_set
+        if self.cpus:
+            if "ncpus" in fields_set and self.ncpus != len(self.cpus):
+                raise ValueError(
+                    f"ncpus={self.ncpus} disagrees with the {len(self.cpus)} ids in cpus"
+                )
+            object.__setattr__(self, "ncpus", len(self.cpus))
+        else:
+            object.__setattr__(self, "cpus", _usable_cpu_ids(self.ncpus))
+        if self.gpus:
+            if "ngpus" in fields_set and self.ngpus != len(self.gpus):
+                raise ValueError(
+                    f"ngpus={self.ngpus} disagrees with the {len(self.gpus)} ids in gpus"
+                )
+            object.__setattr__(self, "ngpus", len(self.gpus))
+            object.__setattr__(self, "gpus", [str(g) for g in self.gpus])
+        else:
+            object.__setattr__(self, "gpus", [str(g) for g in range(self.ngpus)])
+        return self
+
+
+ExecutorName = Literal["multiprocessing", "mpi", "dragon"]
+CommName = Literal["multiprocessing", "zmq", "dragon"]
+
+
+class LauncherConfig(_Strict):
+    """How the launcher runs: executors, communication, tree depth, reporting.
+
+    ``nlevels=None`` picks the depth from the node count (1 node: 0; 2-64: 1;
+    65-2048: 2; more: 3).
+    """
+
+    child_executor_name: ExecutorName = "multiprocessing"
+    task_executor_name: ExecutorName = "multiprocessing"
+    comm_name: CommName = "multiprocessing"
+    report_interval: float = Field(default=10.0, gt=0)
+    nlevels: int | None = Field(default=None, ge=0, le=3)
+    return_stdout: bool = False
+    worker_logs: bool = False
+    master_logs: bool = False
+    nchildren: int | None = Field(default=None, ge=1)
+    profile: Literal["basic", "timeline"] | None = None
+    gpu_selector: str = "ZE_AFFINITY_MASK"
+    kill_grace: float = Field(
+        default=5.0, ge=0, description="seconds between SIGTERM and SIGKILL when a task is stopped"
+    )
+    stderr_tail_bytes: int = Field(
+        default=4096, ge=0, description="how much of a task's stderr is kept in its result"
+    )
+
+    @field_validator("gpu_selector")
+    @classmethod
+    def _selector_is_env_name(cls, value: str) -> str:
+        if not value or not all(ch.isalnum() or ch == "_" for ch in value):
+            raise ValueError(f"gpu_selector must be an environment variable name, got {value!r}")
+        return value
+
+
+def auto_nlevels(nnodes: int) -> int:
+    """The seed's rule for the tree depth when the user does not set ``nlevels``."""
+    if nnodes <= 1:
+        return 0
+    if nnodes <= 64:
+        return 1
+    if nnodes <= 2048:
+        return 2
+    return 3
+
+
+def default_run_dir(label: str = "run") -> Path:
+    from datetime import datetime
+
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return Path("el-runs") / f"{label}-{stamp}-{os.getpid()}"

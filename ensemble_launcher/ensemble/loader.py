@@ -1,0 +1,140 @@
+"""What users hand the launcher -> one :class:`TaskStream`.
+
+Accepted inputs: a path to a JSON/YAML ensemble file, the same structure as a dict
+(``{"ensembles": {...}}``), a dict of :class:`Task` keyed by task id, or any iterable
+of Tasks (generated lazily, for ensembles too large to hold).
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ensemble_launcher.config.files import read_structured_file
+from ensemble_launcher.ensemble.spec import EnsembleSpec
+from ensemble_launcher.ensemble.task import Task
+from ensemble_launcher.errors import ConfigError, EnsembleFileError
+
+
+@dataclass(frozen=True, slots=True)
+class Requirement:
+    """The resource shape of a group of tasks, checked against the nodes before a run."""
+
+    label: str
+    nnodes: int
+    ncpus: int
+    ngpus: int
+    cpu_affinity: tuple[int, ...]
+    gpu_affinity: tuple[str, ...]
+    is_callable: bool
+
+
+class TaskStream:
+    """The tasks of a run, in a stable order, produced on demand.
+
+    ``len()`` is known without generating anything when the input is an ensemble file
+    or a dict; it is ``None`` for a plain iterable.
+    """
+
+    def __init__(self, parts: list[tuple[str, Iterable[Task], int | None]],
+                 source: str | None = None) -> None:
+        self._parts = parts
+        self.source = source
+
+    @property
+    def total(self) -> int | None:
+        sizes = [n for _, _, n in self._parts]
+        return None if any(n is None for n in sizes) else sum(sizes)  # type: ignore[misc]
+
+    @property
+    def ensembles(self) -> dict[str, int | None]:
+        return {name: n for name, _, n in self._parts}
+
+    def __iter__(self) -> Iterator[Task]:
+        return itertools.chain.from_iterable(tasks for _, tasks, _ in self._parts)
+
+    def requirements(self) -> Iterator[Requirement]:
+        """One requirement per ensemble, or per distinct shape among explicit Tasks.
+
+        A plain iterable is not walked here (that would consume it); its tasks are
+        checked one by one as they are placed.
+        """
+        for name, tasks, size in self._parts:
+            if isinstance(tasks, EnsembleSpec):
+                if len(tasks):
+                    yield requirement_of(tasks[0], f"ensemble {name!r}")
+            elif size is not None:
+                seen: set[tuple] = set()
+                for task in tasks:
+                    req = requirement_of(task, f"task {task.task_id!r}")
+                    shape = _shape(req)
+                    if shape not in seen:
+                        seen.add(shape)
+                        yield req
+
+
+def _shape(req: Requirement) -> tuple:
+    return (req.nnodes, req.ncpus, req.ngpus, req.cpu_affinity, req.gpu_affinity,
+            req.is_callable)
+
+
+def requirement_of(task: Task, label: str) -> Requirement:
+    return Requirement(label, task.nnodes, task.ncpus, task.ngpus, tuple(task.cpu_affinity),
+                       tuple(task.gpu_affinity), task.is_callable)
+
+
+def load_tasks(ensemble: Any) -> TaskStream:
+    """Validate ``ensemble`` completely and return its tasks as a lazy stream."""
+    if isinstance(ensemble, (str, Path)):
+        path = str(ensemble)
+        return _from_definition(read_structured_file(path), path)
+    if isinstance(ensemble, Mapping):
+        if "ensembles" in ensemble:
+            return _from_definition(ensemble, None)
+        return _from_task_dict(ensemble)
+    if isinstance(ensemble, Iterable):
+        return TaskStream([("tasks", _checked_iter(ensemble), None)])
+    raise ConfigError(
+        "ensemble_file must be a path to a JSON/YAML file, a dict with an 'ensembles' key, "
+        f"a dict of Task, or an iterable of Task; got {type(ensemble).__name__}")
+
+
+def _from_definition(data: Any, source: str | None) -> TaskStream:
+    if not isinstance(data, Mapping):
+        raise EnsembleFileError("the top level must be a mapping with an 'ensembles' key",
+                                file=source)
+    extra = sorted(set(data) - {"ensembles"})
+    if extra:
+        raise EnsembleFileError("unknown top-level key; the only top-level key is 'ensembles'",
+                                file=source, key=extra[0], value=data[extra[0]], has_value=True)
+    ensembles = data.get("ensembles")
+    if not isinstance(ensembles, Mapping) or not ensembles:
+        raise EnsembleFileError("'ensembles' must be a non-empty mapping of name -> ensemble",
+                                file=source, key="ensembles", value=ensembles, has_value=True)
+    parts: list[tuple[str, Iterable[Task], int | None]] = []
+    for name, definition in ensembles.items():
+        spec = EnsembleSpec(str(name), definition, source)
+        parts.append((spec.name, spec, len(spec)))
+    return TaskStream(parts, source)
+
+
+def _from_task_dict(tasks: Mapping[Any, Any]) -> TaskStream:
+    for key, task in tasks.items():
+        if not isinstance(task, Task):
+            raise ConfigError(f"ensemble dict entry {key!r} is a {type(task).__name__}, "
+                              "expected ensemble_launcher.ensemble.Task")
+        if key != task.task_id:
+            raise ConfigError(f"ensemble dict key {key!r} differs from its Task's task_id "
+                              f"{task.task_id!r}")
+    return TaskStream([("tasks", tasks.values(), len(tasks))])
+
+
+def _checked_iter(tasks: Iterable[Any]) -> Iterator[Task]:
+    for task in tasks:
+        if not isinstance(task, Task):
+            raise ConfigError(f"the task iterable yielded a {type(task).__name__}, "
+                              "expected ensemble_launcher.ensemble.Task")
+        yield task

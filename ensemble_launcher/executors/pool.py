@@ -1,0 +1,195 @@
+"""The warm pool: one pinned runner process per lane (core) of a node, fed in batches.
+
+    orchestrator --submit(lane, task)--> per-lane buffer --flush()--> runner pipe
+    orchestrator <--wait(): results / dead lanes-- runner pipes + process sentinels
+
+Pipes and process sentinels are waited on together, so a runner that dies is seen at
+once. A function is serialized once per run (cloudpickle, keyed by digest) and sent to a
+runner the first time that runner needs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import multiprocessing
+import pickle
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+from ensemble_launcher.ensemble import Task
+from ensemble_launcher.errors import ExecutorError, LauncherClosedError
+from ensemble_launcher.executors.runner import CALL, DEFINE, RUN, STOP, runner_main
+
+
+@dataclass(slots=True)
+class _Lane:
+    cpu: int | None
+    process: Any = None
+    conn: Connection | None = None
+    pending: list = field(default_factory=list)
+    known: set = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class PoolEvents:
+    results: list[tuple] = field(default_factory=list)
+    dead_lanes: list[tuple[int, int | None]] = field(default_factory=list)
+
+
+class WarmPool:
+    """Runner processes for the lanes ``cpus``; pinned to them when ``pin`` is true."""
+
+    def __init__(self, cpus: Sequence[int], *, pin: bool, tail_bytes: int,
+                 kill_grace: float) -> None:
+        self._lanes = [_Lane(cpu if pin else None) for cpu in cpus]
+        self._tail_bytes = tail_bytes
+        self._kill_grace = kill_grace
+        self._ctx = multiprocessing.get_context("fork")
+        self._functions: dict[int, tuple[Callable, bytes, bytes]] = {}
+        self._waitables: dict[Any, tuple[int, bool]] = {}
+        self._started = False
+        self._closed = False
+
+    def __enter__(self) -> WarmPool:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def start(self) -> None:
+        if self._closed:
+            raise LauncherClosedError("the pool was closed")
+        for index in range(len(self._lanes)):
+            self._spawn(index)
+        self._started = True
+
+    def _spawn(self, index: int) -> None:
+        lane = self._lanes[index]
+        parent, child = self._ctx.Pipe(duplex=True)
+        proc = self._ctx.Process(target=runner_main, name=f"el-runner-{index}", daemon=True,
+                                 args=(child, lane.cpu, self._tail_bytes, self._kill_grace))
+        try:
+            proc.start()
+        except OSError as exc:
+            raise ExecutorError(f"cannot start runner process for lane {index}: {exc}") from exc
+        child.close()
+        lane.process, lane.conn, lane.known = proc, parent, set()
+        self._waitables[parent] = (index, False)
+        self._waitables[proc.sentinel] = (index, True)
+
+    # -- submitting --------------------------------------------------------------------------
+
+    def submit_call(self, lane_index: int, key: int, task: Task, env: dict | None,
+                    capture: bool) -> None:
+        lane = self._lanes[lane_index]
+        digest = self._define(task.executable, lane)
+        lane.pending.append((CALL, key, digest, task.args, task.kwargs, env, task.run_dir,
+                             task.timeout, capture))
+
+    def submit_run(self, lane_index: int, key: int, command: Any, env: dict | None,
+                   task: Task, cpus: tuple[int, ...] | None, capture: bool) -> None:
+        self._lanes[lane_index].pending.append(
+            (RUN, key, command, env, task.run_dir, task.timeout, cpus, capture,
+             task.stdout_file, task.stderr_file))
+
+    def _define(self, fn: Any, lane: _Lane) -> bytes:
+        entry = self._functions.get(id(fn))
+        if entry is None:
+            import cloudpickle
+
+            try:
+                blob = cloudpickle.dumps(fn)
+            except Exception as exc:  # noqa: BLE001 - report any pickling failure as one error
+                raise ExecutorError(f"cannot serialize callable {fn!r}: {exc}") from exc
+            entry = (fn, hashlib.blake2b(blob, digest_size=16).digest(), blob)
+            self._functions[id(fn)] = entry
+        digest = entry[1]
+        if digest not in lane.known:
+            lane.known.add(digest)
+            lane.pending.append((DEFINE, digest, entry[2]))
+        return digest
+
+    def flush(self) -> None:
+        for lane in self._lanes:
+            if lane.pending:
+                batch, lane.pending = lane.pending, []
+                try:
+                    data = pickle.dumps(batch, 5)
+                except Exception:  # noqa: BLE001 - arguments only cloudpickle can handle
+                    import cloudpickle
+
+                    data = cloudpickle.dumps(batch)
+                try:
+                    lane.conn.send_bytes(data)  # type: ignore[union-attr]
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the runner died; its sentinel reports it
+
+    # -- waiting -----------------------------------------------------------------------------
+
+    def wait(self, timeout: float | None) -> PoolEvents:
+        events = PoolEvents()
+        ready = wait(list(self._waitables), timeout)
+        for obj in ready:
+            index, is_sentinel = self._waitables.get(obj, (None, None))
+            if index is None or is_sentinel:
+                continue
+            try:
+                while obj.poll():
+                    events.results.extend(pickle.loads(obj.recv_bytes()))
+            except (EOFError, OSError):
+                pass
+        for obj in ready:
+            index, is_sentinel = self._waitables.get(obj, (None, None))
+            if is_sentinel:
+                events.dead_lanes.append((index, self._reap(index)))
+        return events
+
+    def _reap(self, index: int) -> int | None:
+        lane = self._lanes[index]
+        lane.process.join(0.5)
+        self._waitables.pop(lane.conn, None)
+        self._waitables.pop(lane.process.sentinel, None)
+        lane.conn.close()  # type: ignore[union-attr]
+        lane.pending = []
+        return lane.process.exitcode
+
+    def replace(self, index: int) -> None:
+        """Start a fresh runner for a lane whose runner died or was killed."""
+        if not self._closed:
+            self._spawn(index)
+
+    def kill(self, index: int) -> None:
+        """Kill a runner (e.g. a callable past its timeout); wait() then reports it dead."""
+        proc = self._lanes[index].process
+        if proc.is_alive():
+            proc.kill()
+
+    # -- closing -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop every runner: STOP, then SIGTERM after the grace period, then SIGKILL."""
+        if self._closed:
+            return
+        self._closed = True
+        for lane in self._lanes:
+            if lane.conn is not None and not lane.conn.closed:
+                try:
+                    lane.conn.send_bytes(pickle.dumps([(STOP,)]))
+                except OSError:
+                    pass
+        for lane in self._lanes:
+            if lane.process is None:
+                continue
+            lane.process.join(self._kill_grace)
+            if lane.process.is_alive():
+                lane.process.terminate()
+                lane.process.join(1.0)
+            if lane.process.is_alive():
+                lane.process.kill()
+                lane.process.join()
+            if lane.conn is not None and not lane.conn.closed:
+                lane.conn.close()
+        self._waitables.clear()

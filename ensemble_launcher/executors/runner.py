@@ -1,0 +1,187 @@
+"""The loop of one warm runner process, pinned to one core (a "lane").
+
+    master --[batch of DEFINE/CALL/RUN/STOP]--> runner --[batch of results]--> master
+
+A batch is run in order. Results are sent back when the batch ends, or as soon as 5 ms
+have passed since the last send, so that no-op tasks travel in large batches while a
+long task's result is never held back behind the next one. A function arrives once
+(DEFINE, cloudpickle, keyed by digest) and is reused by every CALL that names it.
+
+A result is the tuple ``(key, state, reason, returncode, signal, value, exception,
+traceback, stdout, stderr_tail, start, end)``; ``value`` is the pickled return value.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import pickle
+import signal
+import time
+import traceback
+from multiprocessing.connection import Connection
+from typing import Any
+
+from ensemble_launcher.executors.command import run_command, stop_all_groups
+
+DEFINE, CALL, RUN, STOP = 0, 1, 2, 3
+
+SUCCEEDED, FAILED, TIMED_OUT, LOST = "succeeded", "failed", "timed_out", "lost"
+
+_FLUSH_EVERY = 0.005
+
+
+class _TaskTimeout(BaseException):
+    """Raised inside a callable by SIGALRM when its timeout expires."""
+
+
+def _on_alarm(signum: int, frame: Any) -> None:
+    raise _TaskTimeout
+
+
+def runner_main(conn: Connection, cpu: int | None, tail_bytes: int, kill_grace: float) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def on_term(signum: int, frame: Any) -> None:
+        stop_all_groups(kill_grace)
+        os._exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGALRM, _on_alarm)
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})
+    own_affinity = os.sched_getaffinity(0)
+    functions: dict[bytes, Any] = {}
+    recv, send = conn.recv_bytes, conn.send_bytes
+    while True:
+        try:
+            batch = pickle.loads(recv())
+        except EOFError:
+            return
+        out: list[tuple] = []
+        last_send = time.monotonic()
+        for item in batch:
+            op = item[0]
+            if op == CALL:
+                out.append(_call(item, functions))
+            elif op == RUN:
+                out.append(_run(item, own_affinity, tail_bytes, kill_grace))
+            elif op == DEFINE:
+                functions[item[1]] = pickle.loads(item[2])
+                continue
+            else:
+                if out:
+                    send(pickle.dumps(out, 5))
+                return
+            now = time.monotonic()
+            if now - last_send >= _FLUSH_EVERY:
+                send(pickle.dumps(out, 5))
+                out = []
+                last_send = now
+        if out:
+            send(pickle.dumps(out, 5))
+
+
+def _call(item: tuple, functions: dict[bytes, Any]) -> tuple:
+    _, key, digest, args, kwargs, env, cwd, timeout, capture = item
+    fn = functions[digest]
+    saved_env = _push_env(env) if env else None
+    saved_cwd = os.getcwd() if cwd else None
+    buffer = io.StringIO() if capture else None
+    start = time.time()
+    try:
+        if cwd:
+            os.chdir(cwd)
+        if timeout:
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+        with contextlib.redirect_stdout(buffer) if buffer else contextlib.nullcontext():
+            value = fn(*args, **kwargs)
+        if timeout:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        end = time.time()
+        blob = None if value is None else _dump_value(value)
+        return (key, SUCCEEDED, None, None, None, blob, None, None,
+                buffer.getvalue() if buffer else None, "", start, end)
+    except _TaskTimeout:
+        return (key, TIMED_OUT, "timeout", None, None, None,
+                f"TimeoutError: task exceeded its timeout of {timeout} s", None,
+                buffer.getvalue() if buffer else None, "", start, time.time())
+    except BaseException as exc:  # noqa: BLE001 - a task's failure is a result, whatever it is
+        if timeout:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        name = type(exc).__qualname__
+        module = type(exc).__module__
+        if module not in ("builtins", "__main__"):
+            name = f"{module}.{name}"
+        return (key, FAILED, "exception", None, None, None, f"{name}: {exc}", tb,
+                buffer.getvalue() if buffer else None, "", start, time.time())
+    finally:
+        if saved_cwd:
+            os.chdir(saved_cwd)
+        if saved_env is not None:
+            _pop_env(saved_env)
+
+
+def _dump_value(value: Any) -> bytes:
+    try:
+        return pickle.dumps(value, 5)
+    except Exception:  # noqa: BLE001 - pickle raises many types; cloudpickle is the fallback
+        import cloudpickle
+
+        return cloudpickle.dumps(value)
+
+
+def _push_env(env: dict[str, str]) -> dict[str, str | None]:
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    return saved
+
+
+def _pop_env(saved: dict[str, str | None]) -> None:
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def _run(item: tuple, own_affinity: set[int], tail_bytes: int, kill_grace: float) -> tuple:
+    _, key, command, env, cwd, timeout, cpus, capture, stdout_file, stderr_file = item
+    if env:
+        env = {**os.environ, **env}
+    if cpus:
+        os.sched_setaffinity(0, cpus)
+    start = time.time()
+    try:
+        done = run_command(command, env=env, cwd=cwd, timeout=timeout, capture_stdout=capture,
+                           stdout_file=stdout_file, stderr_file=stderr_file,
+                           tail_bytes=tail_bytes, kill_grace=kill_grace)
+    finally:
+        if cpus:
+            os.sched_setaffinity(0, own_affinity)
+    end = time.time()
+    if done.launch_error is not None:
+        return (key, FAILED, "launch", None, None, None, done.launch_error, None, None, "",
+                start, end)
+    rc = done.returncode
+    if done.timed_out:
+        return (key, TIMED_OUT, "timeout", rc, None, None,
+                f"TimeoutError: task exceeded its timeout of {timeout} s", None, done.stdout,
+                done.stderr_tail, start, end)
+    if rc == 0:
+        return (key, SUCCEEDED, None, 0, None, None, None, None, done.stdout, done.stderr_tail,
+                start, end)
+    if rc is not None and rc < 0:
+        return (key, FAILED, "signal", rc, -rc, None, f"killed by {_signal_name(-rc)}", None,
+                done.stdout, done.stderr_tail, start, end)
+    return (key, FAILED, "exit_code", rc, None, None, f"exited with status {rc}", None,
+            done.stdout, done.stderr_tail, start, end)
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"

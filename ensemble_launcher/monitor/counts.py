@@ -1,0 +1,50 @@
+"""Live counts of a run, per ensemble."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class Counts:
+    total: dict[str, int | None]
+    done: dict[str, int] = field(default_factory=dict)
+    failed: dict[str, int] = field(default_factory=dict)
+    running: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+
+    def finished(self, ensemble: str | None = None) -> int:
+        if ensemble is not None:
+            return self.done.get(ensemble, 0) + self.failed.get(ensemble, 0)
+        return sum(self.done.values()) + sum(self.failed.values())
+
+    def grand_total(self) -> int | None:
+        sizes = list(self.total.values())
+        return None if any(n is None for n in sizes) else sum(sizes)  # type: ignore[misc]
+
+    def rate(self) -> float:
+        elapsed = time.monotonic() - self.started_at
+        return self.finished() / elapsed if elapsed > 0 else 0.0
+
+    def eta(self) -> float | None:
+        total, rate = self.grand_total(), self.rate()
+        if total is None or rate <= 0:
+            return None
+        return max(0.0, (total - self.finished()) / rate)
+
+    def line(self) -> str:
+        """One plain status line, as printed every report_interval when not on a terminal."""
+        total = self.grand_total()
+        done, failed = sum(self.done.values()), sum(self.failed.values())
+        parts = [f"{done + failed}/{total if total is not None else '?'} finished",
+                 f"{failed} failed", f"{self.running} running", f"{self.rate():.1f} tasks/s"]
+        eta = self.eta()
+        if eta is not None:
+            parts.append(f"ETA {_clock(eta)}")
+        return ", ".join(parts)
+
+
+def _clock(seconds: float) -> str:
+    s = int(seconds + 0.5)
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"

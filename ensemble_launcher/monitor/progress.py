@@ -1,0 +1,104 @@
+"""Reporters: how the live counts reach the user.
+
+The CLI uses a rich progress display on a terminal and plain lines otherwise; the Python
+API logs a line every ``report_interval`` seconds through :mod:`logging`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import TextIO
+
+from ensemble_launcher.monitor.counts import Counts
+
+log = logging.getLogger("ensemble_launcher")
+
+
+class Reporter:
+    """Called with the counts about ten times a second; shows them as it sees fit."""
+
+    def start(self, counts: Counts) -> None:
+        pass
+
+    def update(self, counts: Counts) -> None:
+        pass
+
+    def stop(self, counts: Counts) -> None:
+        pass
+
+
+class _Periodic(Reporter):
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._next = 0.0
+
+    def update(self, counts: Counts) -> None:
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + self.interval
+            self.emit(counts.line())
+
+    def emit(self, line: str) -> None:
+        raise NotImplementedError
+
+
+class PlainReporter(_Periodic):
+    def __init__(self, interval: float, stream: TextIO | None = None) -> None:
+        super().__init__(interval)
+        self.stream = stream or sys.stderr
+
+    def emit(self, line: str) -> None:
+        print(f"[el] {line}", file=self.stream, flush=True)
+
+
+class LogReporter(_Periodic):
+    def emit(self, line: str) -> None:
+        log.info("%s", line)
+
+
+class RichReporter(Reporter):
+    """One progress bar per ensemble, with failures, rate and ETA."""
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("[red]{task.fields[failed]} failed"),
+            TextColumn("{task.fields[rate]:.1f}/s"), TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=Console(file=stream or sys.stderr), transient=False)
+        self._bars: dict[str, int] = {}
+
+    def start(self, counts: Counts) -> None:
+        for name, total in counts.total.items():
+            self._bars[name] = self._progress.add_task(name, total=total, failed=0, rate=0.0)
+        self._progress.start()
+
+    def update(self, counts: Counts) -> None:
+        elapsed = max(time.monotonic() - counts.started_at, 1e-9)
+        for name, bar in self._bars.items():
+            finished = counts.finished(name)
+            self._progress.update(bar, completed=finished, failed=counts.failed.get(name, 0),
+                                  rate=finished / elapsed)
+
+    def stop(self, counts: Counts) -> None:
+        self.update(counts)
+        self._progress.stop()
+
+
+def make_reporter(interval: float, *, interactive: bool | None = None) -> Reporter:
+    """A rich display on a terminal, plain periodic lines otherwise."""
+    if interactive is None:
+        interactive = sys.stderr.isatty()
+    return RichReporter() if interactive else PlainReporter(interval)

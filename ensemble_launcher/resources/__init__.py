@@ -1,0 +1,5 @@
+"""What the allocation offers: nodes, and the CPUs and GPUs of each."""
+
+from ensemble_launcher.resources.node import NodeResources, check_requirements, local_node
+
+__all__ = ["NodeResources", "check_requirements", "local_node"]

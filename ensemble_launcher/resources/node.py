@@ -1,0 +1,61 @@
+"""The CPUs and GPUs of a node, and the check that every task can ever fit."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from ensemble_launcher.config import SystemConfig
+from ensemble_launcher.ensemble import Requirement
+from ensemble_launcher.errors import ResourceError
+
+
+@dataclass(frozen=True, slots=True)
+class NodeResources:
+    """One node: its host name, the CPU ids tasks may use, and its GPU slots.
+
+    A GPU id listed twice is two slots on one device (overloading).
+    """
+
+    host: str
+    cpus: tuple[int, ...]
+    gpus: tuple[str, ...]
+
+
+def local_node(system: SystemConfig) -> NodeResources:
+    return NodeResources(socket.gethostname(), tuple(system.cpus), tuple(system.gpus))
+
+
+def check_requirements(requirements: Iterable[Requirement], nodes: list[NodeResources]) -> None:
+    """Raise ResourceError, naming the task group and the numbers, for a task that can
+    never run on these nodes."""
+    node = nodes[0]
+    for req in requirements:
+        problems = []
+        if req.nnodes > len(nodes):
+            problems.append(f"nnodes={req.nnodes} but the allocation has {len(nodes)} node(s)")
+        if req.ncpus > len(node.cpus):
+            problems.append(f"ppn={req.ncpus} processes but a node has {len(node.cpus)} CPUs "
+                            f"({_ids(node.cpus)})")
+        if req.ngpus > len(node.gpus):
+            problems.append(f"{req.ngpus} GPU(s) per node but a node has {len(node.gpus)} "
+                            "GPU slot(s); set SystemConfig.ngpus or gpus")
+        bad_cpus = sorted(set(req.cpu_affinity) - set(node.cpus))
+        if bad_cpus:
+            problems.append(f"cpu_affinity names CPUs {bad_cpus} that are not among the node's "
+                            f"CPUs ({_ids(node.cpus)})")
+        bad_gpus = sorted(set(req.gpu_affinity) - set(node.gpus))
+        if bad_gpus:
+            problems.append(f"gpu_affinity names GPUs {bad_gpus} that are not among the node's "
+                            f"GPUs ({_ids(node.gpus)})")
+        if req.is_callable and (req.nnodes > 1 or req.ncpus > 1):
+            problems.append("a Python callable runs as one process on one core; use ppn=1 and "
+                            "nnodes=1, or make the task a command (e.g. an mpi4py script)")
+        if problems:
+            raise ResourceError(f"{req.label} can never run: " + "; ".join(problems))
+
+
+def _ids(ids: tuple) -> str:
+    shown = ",".join(str(i) for i in ids[:16])
+    return shown + (",..." if len(ids) > 16 else "") if ids else "none"

@@ -1,0 +1,5 @@
+"""Which pending task runs where: placement of tasks onto a node's cores and GPUs."""
+
+from ensemble_launcher.scheduler.node_slots import NodeSlots, Placement, needs_exclusive
+
+__all__ = ["NodeSlots", "Placement", "needs_exclusive"]

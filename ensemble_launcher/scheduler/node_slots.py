@@ -1,0 +1,146 @@
+"""Placement of tasks on one node's cores ("lanes") and GPU slots.
+
+Every core is a lane, served by one warm runner process pinned to it. A task that needs
+one core and nothing else is *queued* on a lane: up to ``depth`` such tasks may wait
+there, which hides the round trip for very short tasks. Any other task (several cores,
+GPUs, explicit affinity) is *exclusive*: it needs idle lanes, holds them all while it
+runs, and runs through the runner of its first lane.
+
+    place(task) -> Placement | None        release(placement)
+
+Placement of a queued task is O(1): lanes with room sit in a round-robin deque.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ensemble_launcher.ensemble import Task
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    lane: int
+    cpus: tuple[int, ...]
+    gpus: tuple[str, ...]
+    lanes: tuple[int, ...]
+    gpu_slots: tuple[int, ...] = ()
+    exclusive: bool = False
+
+
+def needs_exclusive(task: Task) -> bool:
+    """Tasks that cannot wait in a lane's queue: several cores, GPUs, explicit affinity, or
+    a callable with a timeout (its runner may have to be killed, so it runs alone)."""
+    return (task.ppn > 1 or bool(task.cpu_affinity) or bool(task.gpu_affinity)
+            or task.ngpus_per_process > 0 or (task.timeout is not None and task.is_callable))
+
+
+class NodeSlots:
+    def __init__(self, cpus: Sequence[int], gpus: Sequence[str], depth: int = 1) -> None:
+        self.cpus = tuple(cpus)
+        self.gpus = tuple(gpus)
+        self._lane_of_cpu = {cpu: lane for lane, cpu in enumerate(self.cpus)}
+        n = len(self.cpus)
+        self.queued = [0] * n
+        self._held = [False] * n
+        self._gpu_free = [True] * len(self.gpus)
+        self._depth = max(1, depth)
+        self._open: deque[int] = deque(range(n))
+        self._in_open = [True] * n
+        self._single = [Placement(lane, (cpu,), (), (lane,)) for lane, cpu in enumerate(self.cpus)]
+
+    @property
+    def depth(self) -> int:
+        return self._depth
+
+    @depth.setter
+    def depth(self, value: int) -> None:
+        value = max(1, value)
+        if value != self._depth:
+            self._depth = value
+            for lane in range(len(self.cpus)):
+                self._maybe_open(lane)
+
+    @property
+    def busy_lanes(self) -> int:
+        return sum(1 for lane, q in enumerate(self.queued) if q or self._held[lane])
+
+    def idle(self) -> bool:
+        return not any(self.queued) and not any(self._held)
+
+    def place(self, task: Task) -> Placement | None:
+        if needs_exclusive(task):
+            return self._place_exclusive(task)
+        return self._place_queued()
+
+    def _place_queued(self) -> Placement | None:
+        open_lanes = self._open
+        while open_lanes:
+            lane = open_lanes.popleft()
+            if self._held[lane] or self.queued[lane] >= self._depth:
+                self._in_open[lane] = False
+                continue
+            self.queued[lane] += 1
+            if self.queued[lane] < self._depth:
+                open_lanes.append(lane)
+            else:
+                self._in_open[lane] = False
+            return self._single[lane]
+        return None
+
+    def _place_exclusive(self, task: Task) -> Placement | None:
+        if task.cpu_affinity:
+            lanes = [self._lane_of_cpu[c] for c in task.cpu_affinity]
+            if not all(self._lane_idle(lane) for lane in lanes):
+                return None
+        else:
+            lanes = [lane for lane in range(len(self.cpus)) if self._lane_idle(lane)][:task.ncpus]
+            if len(lanes) < task.ncpus:
+                return None
+        gpu_slots = self._pick_gpus(task)
+        if gpu_slots is None:
+            return None
+        for lane in lanes:
+            self._held[lane] = True
+        for slot in gpu_slots:
+            self._gpu_free[slot] = False
+        self.queued[lanes[0]] += 1
+        return Placement(lanes[0], tuple(self.cpus[lane] for lane in lanes),
+                         tuple(self.gpus[s] for s in gpu_slots), tuple(lanes), tuple(gpu_slots),
+                         exclusive=True)
+
+    def _lane_idle(self, lane: int) -> bool:
+        return not self._held[lane] and self.queued[lane] == 0
+
+    def _pick_gpus(self, task: Task) -> list[int] | None:
+        if task.gpu_affinity:
+            slots: list[int] = []
+            for gpu in task.gpu_affinity:
+                slot = next((s for s, g in enumerate(self.gpus)
+                             if g == gpu and self._gpu_free[s] and s not in slots), None)
+                if slot is None:
+                    return None
+                slots.append(slot)
+            return slots
+        need = task.ngpus
+        free = [s for s, ok in enumerate(self._gpu_free) if ok][:need]
+        return free if len(free) == need else None
+
+    def release(self, placement: Placement) -> None:
+        self.queued[placement.lane] -= 1
+        if placement.exclusive:
+            for lane in placement.lanes:
+                self._held[lane] = False
+            for slot in placement.gpu_slots:
+                self._gpu_free[slot] = True
+            for lane in placement.lanes:
+                self._maybe_open(lane)
+        else:
+            self._maybe_open(placement.lane)
+
+    def _maybe_open(self, lane: int) -> None:
+        if not self._in_open[lane] and not self._held[lane] and self.queued[lane] < self._depth:
+            self._in_open[lane] = True
+            self._open.append(lane)

@@ -1,0 +1,200 @@
+"""The run directory's journal: every task result, in SQLite (WAL), written as it arrives.
+
+    orchestrator --add(row)--> buffer --flush() every 256 rows or 100 ms--> journal.db
+    Results (a read-only Mapping) <--- SELECT --- journal.db
+
+Rows are inserted in batches inside one transaction, so the store costs a few
+microseconds per task. Readers open their own connection; WAL lets them read while the
+run writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from ensemble_launcher.errors import LauncherClosedError, StoreError
+from ensemble_launcher.store.result import TaskResult
+
+JOURNAL_NAME = "journal.db"
+
+_COLUMNS = ("task_id", "ensemble", "attempt", "state", "reason", "returncode", "signal",
+            "value", "exception", "traceback", "stdout", "stderr", "start_time", "end_time",
+            "host", "cpus", "gpus")
+
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS results (
+    seq INTEGER PRIMARY KEY,
+    task_id TEXT NOT NULL UNIQUE, ensemble TEXT, attempt INTEGER NOT NULL,
+    state TEXT NOT NULL, reason TEXT, returncode INTEGER, signal INTEGER, value BLOB,
+    exception TEXT, traceback TEXT, stdout TEXT, stderr TEXT,
+    start_time REAL, end_time REAL, host TEXT, cpus TEXT, gpus TEXT);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+_INSERT = (f"INSERT OR REPLACE INTO results ({', '.join(_COLUMNS)}) "
+           f"VALUES ({', '.join('?' * len(_COLUMNS))})")
+
+
+def _connect(path: Path, *, write: bool) -> sqlite3.Connection:
+    try:
+        if write:
+            conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(_SCHEMA)
+        else:
+            if not path.exists():
+                raise StoreError(f"no journal at {path}; is this a run directory?")
+            conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot open journal {path}: {exc}") from exc
+    return conn
+
+
+class RunStore:
+    """Writes a run's results and metadata into ``run_dir/journal.db``."""
+
+    def __init__(self, run_dir: str | os.PathLike, *, flush_rows: int = 256,
+                 flush_seconds: float = 0.1) -> None:
+        self.run_dir = Path(run_dir)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create run directory {self.run_dir}: {exc}") from exc
+        self.path = self.run_dir / JOURNAL_NAME
+        self._conn: sqlite3.Connection | None = _connect(self.path, write=True)
+        self._buffer: list[tuple] = []
+        self._flush_rows = flush_rows
+        self._flush_seconds = flush_seconds
+        self._last_flush = time.monotonic()
+
+    def __enter__(self) -> RunStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def set_meta(self, **items: Any) -> None:
+        conn = self._require_open()
+        with conn:
+            conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                             [(k, json.dumps(v)) for k, v in items.items()])
+
+    def add(self, row: tuple) -> None:
+        """Queue one result row (columns as in ``_COLUMNS``); written by the next flush."""
+        self._buffer.append(row)
+        if len(self._buffer) >= self._flush_rows:
+            self.flush()
+
+    def maybe_flush(self) -> None:
+        if self._buffer and time.monotonic() - self._last_flush >= self._flush_seconds:
+            self.flush()
+
+    def flush(self) -> None:
+        conn = self._require_open()
+        self._last_flush = time.monotonic()
+        if not self._buffer:
+            return
+        rows, self._buffer = self._buffer, []
+        try:
+            conn.execute("BEGIN")
+            conn.executemany(_INSERT, rows)
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot write results to {self.path}: {exc}") from exc
+
+    def close(self) -> None:
+        if self._conn is None:
+            return
+        try:
+            self.flush()
+        finally:
+            self._conn.close()
+            self._conn = None
+
+    def _require_open(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise LauncherClosedError(f"the run store {self.path} is closed")
+        return self._conn
+
+
+class Results(Mapping[str, TaskResult]):
+    """A run's results, read from its journal: ``results[task_id]`` -> TaskResult.
+
+    Nothing is held in memory; iteration streams rows in the order they completed.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike) -> None:
+        self.run_dir = Path(run_dir)
+        self._conn = _connect(self.run_dir / JOURNAL_NAME, write=False)
+
+    def __getitem__(self, task_id: str) -> TaskResult:
+        row = self._conn.execute(
+            f"SELECT {', '.join(_COLUMNS)} FROM results WHERE task_id = ?", (task_id,)
+        ).fetchone()
+        if row is None:
+            raise KeyError(task_id)
+        return TaskResult.from_row(row)
+
+    def __iter__(self) -> Iterator[str]:
+        for (task_id,) in self._conn.execute("SELECT task_id FROM results ORDER BY seq"):
+            yield task_id
+
+    def __len__(self) -> int:
+        return self._conn.execute("SELECT COUNT(*) FROM results").fetchone()[0]
+
+    def __contains__(self, task_id: object) -> bool:
+        return self._conn.execute("SELECT 1 FROM results WHERE task_id = ?",
+                                  (task_id,)).fetchone() is not None
+
+    def values(self) -> Iterator[TaskResult]:  # type: ignore[override]
+        cursor = self._conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM results ORDER BY seq")
+        for row in cursor:
+            yield TaskResult.from_row(row)
+
+    def items(self) -> Iterator[tuple[str, TaskResult]]:  # type: ignore[override]
+        for result in self.values():
+            yield result.task_id, result
+
+    def counts(self) -> dict[str, int]:
+        """Number of results in each state."""
+        return dict(self._conn.execute("SELECT state, COUNT(*) FROM results GROUP BY state"))
+
+    def failed(self) -> Iterator[TaskResult]:
+        cursor = self._conn.execute(
+            f"SELECT {', '.join(_COLUMNS)} FROM results WHERE state != 'succeeded' ORDER BY seq")
+        for row in cursor:
+            yield TaskResult.from_row(row)
+
+    def meta(self) -> dict[str, Any]:
+        return {k: json.loads(v) for k, v in self._conn.execute("SELECT key, value FROM meta")}
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __repr__(self) -> str:
+        return f"<Results {self.run_dir} {self.counts()}>"
+
+
+def write_results_to_json(results: Mapping[str, Any], path: str | os.PathLike) -> None:
+    """Write results as one JSON object ``{task_id: result}``, streamed, and atomically:
+    the file appears complete or not at all."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "w") as f:
+            f.write("{")
+            for i, (task_id, result) in enumerate(results.items()):
+                record = result.to_dict() if isinstance(result, TaskResult) else result
+                f.write(("," if i else "") + "\n  " + json.dumps(str(task_id)) + ": "
+                        + json.dumps(record, default=repr))
+            f.write("\n}\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -1,0 +1,78 @@
+"""The result of one task, as users read it."""
+
+from __future__ import annotations
+
+import pickle
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class TaskResult:
+    """What happened to one task.
+
+    ``state`` is ``succeeded``, ``failed``, ``timed_out`` or ``lost``; for anything but
+    success ``reason`` says why (``exit_code``, ``signal``, ``exception``, ``launch``,
+    ``timeout``, ``worker_lost``) and ``exception`` says it in words. ``value`` is a
+    callable's return value; ``returncode`` a command's exit status. ``stderr`` holds
+    the tail of the task's standard error.
+    """
+
+    task_id: str
+    state: str
+    ensemble: str | None = None
+    attempt: int = 1
+    reason: str | None = None
+    returncode: int | None = None
+    signal: int | None = None
+    value_blob: bytes | None = None
+    exception: str | None = None
+    traceback: str | None = None
+    stdout: str | None = None
+    stderr: str | None = None
+    start_time: float | None = None
+    end_time: float | None = None
+    host: str | None = None
+    cpus: tuple[int, ...] = ()
+    gpus: tuple[str, ...] = ()
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "succeeded"
+
+    @property
+    def value(self) -> Any:
+        """The callable's return value (unpickled on access)."""
+        return None if self.value_blob is None else pickle.loads(self.value_blob)
+
+    @property
+    def duration(self) -> float | None:
+        if self.start_time is None or self.end_time is None:
+            return None
+        return self.end_time - self.start_time
+
+    @classmethod
+    def from_row(cls, row: tuple) -> TaskResult:
+        (task_id, ensemble, attempt, state, reason, returncode, signal, value, exception, tb,
+         stdout, stderr, start, end, host, cpus, gpus) = row
+        return cls(task_id=task_id, state=state, ensemble=ensemble, attempt=attempt,
+                   reason=reason, returncode=returncode, signal=signal, value_blob=value,
+                   exception=exception, traceback=tb, stdout=stdout, stderr=stderr,
+                   start_time=start, end_time=end, host=host,
+                   cpus=tuple(int(c) for c in cpus.split(",")) if cpus else (),
+                   gpus=tuple(gpus.split(",")) if gpus else ())
+
+    def to_dict(self) -> dict[str, Any]:
+        try:
+            value = self.value
+        except Exception as exc:  # noqa: BLE001 - a value we cannot load is still reported
+            value = f"<unloadable value: {exc}>"
+        return {
+            "task_id": self.task_id, "ensemble": self.ensemble, "state": self.state,
+            "reason": self.reason, "attempt": self.attempt, "returncode": self.returncode,
+            "signal": self.signal, "value": value, "exception": self.exception,
+            "traceback": self.traceback, "stdout": self.stdout, "stderr": self.stderr,
+            "start_time": self.start_time, "end_time": self.end_time,
+            "duration": self.duration, "host": self.host, "cpus": list(self.cpus),
+            "gpus": list(self.gpus),
+        }

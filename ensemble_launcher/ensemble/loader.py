@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ensemble_launcher.config.files import read_structured_file
+from ensemble_launcher.ensemble.programs import direct_program, resolve_program
 from ensemble_launcher.ensemble.spec import EnsembleSpec
 from ensemble_launcher.ensemble.task import Task
 from ensemble_launcher.errors import ConfigError, EnsembleFileError
@@ -122,6 +123,7 @@ def _from_definition(data: Any, source: str | None) -> TaskStream:
 
 
 def _from_task_dict(tasks: Mapping[Any, Any]) -> TaskStream:
+    checked: set[tuple[str, str | None]] = set()
     for key, task in tasks.items():
         if not isinstance(task, Task):
             raise ConfigError(f"ensemble dict entry {key!r} is a {type(task).__name__}, "
@@ -129,7 +131,20 @@ def _from_task_dict(tasks: Mapping[Any, Any]) -> TaskStream:
         if key != task.task_id:
             raise ConfigError(f"ensemble dict key {key!r} differs from its Task's task_id "
                               f"{task.task_id!r}")
+        if not task.is_callable:
+            _check_program(task, checked)
     return TaskStream([("tasks", tasks.values(), len(tasks))])
+
+
+def _check_program(task: Task, checked: set[tuple[str, str | None]]) -> None:
+    program = direct_program(task.executable)  # type: ignore[arg-type]
+    if program is None or (program, task.run_dir) in checked:
+        return
+    if resolve_program(program, task.run_dir) is None:
+        raise ConfigError(f"task {task.task_id!r}: executable {program!r} not found (looked in "
+                          f"PATH{' and ' + task.run_dir if task.run_dir else ''}); "
+                          f"command: {task.executable!r}")
+    checked.add((program, task.run_dir))
 
 
 def _checked_iter(tasks: Iterable[Any]) -> Iterator[Task]:

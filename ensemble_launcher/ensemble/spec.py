@@ -13,15 +13,14 @@ silently ignored key. Task ``i`` is computed from ``i`` alone (mixed-radix digit
 from __future__ import annotations
 
 import math
-import os
 import re
 import shlex
-import shutil
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from ensemble_launcher.ensemble import params
+from ensemble_launcher.ensemble.programs import resolve_program
 from ensemble_launcher.ensemble.task import Task, parse_id_list
 from ensemble_launcher.errors import EnsembleFileError
 
@@ -64,7 +63,7 @@ class _Template:
         if not self.holes:
             return self.literals[0]
         out = [self.literals[0]]
-        for (name, spec), lit in zip(self.holes, self.literals[1:]):
+        for (name, spec), lit in zip(self.holes, self.literals[1:], strict=False):
             value = values[name]
             out.append(format(value, spec) if spec else str(value))
             out.append(lit)
@@ -214,7 +213,7 @@ class EnsembleSpec(Sequence):
         """Render the first and last task now, so format errors surface before the run."""
         for index in {0, self._size - 1}:
             try:
-                task = self[index]
+                self[index]
             except (ValueError, TypeError, KeyError) as exc:
                 self._fail(f"cannot render task {index}: {exc}", "cmd_template",
                            self._definition["cmd_template"])
@@ -230,7 +229,7 @@ class EnsembleSpec(Sequence):
             argv0 = shlex.split(task.executable)[0]
         except (ValueError, IndexError):
             return
-        if _resolve_program(argv0, task.run_dir) is None:
+        if resolve_program(argv0, task.run_dir) is None:
             self._fail(f"executable {argv0!r} not found (looked in PATH"
                        f"{' and ' + task.run_dir if task.run_dir else ''})",
                        "cmd_template", template)
@@ -249,11 +248,11 @@ class EnsembleSpec(Sequence):
         if self.relation == "many-to-many" and len(self._seqs) > 1:
             rest = index
             for name, seq, n in zip(reversed(self._names), reversed(self._seqs),
-                                    reversed(self._radix)):
+                                    reversed(self._radix), strict=False):
                 rest, digit = divmod(rest, n)
                 values[name] = seq[digit]
         else:
-            for name, seq in zip(self._names, self._seqs):
+            for name, seq in zip(self._names, self._seqs, strict=False):
                 values[name] = seq[index]
         return self._make_task(index, values)
 
@@ -280,10 +279,3 @@ class EnsembleSpec(Sequence):
             estimated_runtime=self.estimated_runtime,
             ensemble=self.name,
         )
-
-
-def _resolve_program(argv0: str, run_dir: str | None) -> str | None:
-    if os.sep in argv0:
-        path = argv0 if os.path.isabs(argv0) or not run_dir else os.path.join(run_dir, argv0)
-        return path if os.access(path, os.X_OK) and os.path.isfile(path) else None
-    return shutil.which(argv0)

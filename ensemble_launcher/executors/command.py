@@ -1,39 +1,26 @@
 """Running one command line as a subprocess: argv, output capture, timeout, termination.
 
-A command with no shell syntax is split with :mod:`shlex` and executed directly, which
-saves a ``/bin/sh`` per task; anything else runs under ``/bin/sh -c``. Every task gets its
+See :func:`~ensemble_launcher.ensemble.programs.command_argv` for when a shell is used.
+Every task gets its
 own session, so a timeout can stop the whole process group, MPI launchers included:
 SIGTERM, then ``kill_grace`` seconds, then SIGKILL.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import selectors
-import shlex
 import signal
 import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-_SHELL_CHARS = frozenset("|&;<>()$`\\*?[#~\n")
+from ensemble_launcher.ensemble.programs import command_argv
 
 #: Process groups of the commands running in this process, for stop_all_groups().
 ACTIVE_GROUPS: set[int] = set()
-
-
-def command_argv(command: str | Sequence[str]) -> list[str]:
-    if not isinstance(command, str):
-        return [str(a) for a in command]
-    if _SHELL_CHARS.isdisjoint(command):
-        try:
-            argv = shlex.split(command)
-        except ValueError:
-            argv = []
-        if argv and "=" not in argv[0]:
-            return argv
-    return ["/bin/sh", "-c", command]
 
 
 @dataclass(slots=True)
@@ -151,19 +138,15 @@ def _drain(proc: subprocess.Popen, timeout: float | None, tail_bytes: int,
 def terminate_group(proc: subprocess.Popen, grace: float) -> None:
     """SIGTERM the task's process group, wait ``grace`` seconds, then SIGKILL it."""
     _signal_group(proc.pid, signal.SIGTERM)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(grace)
-    except subprocess.TimeoutExpired:
-        pass
     _signal_group(proc.pid, signal.SIGKILL)
     proc.wait()
 
 
 def _signal_group(pgid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def stop_all_groups(grace: float) -> None:

@@ -10,6 +10,7 @@ runner the first time that runner needs it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import multiprocessing
 import pickle
@@ -122,10 +123,9 @@ class WarmPool:
                     import cloudpickle
 
                     data = cloudpickle.dumps(batch)
-                try:
+                # A dead runner's pipe refuses the batch; its sentinel reports the death.
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     lane.conn.send_bytes(data)  # type: ignore[union-attr]
-                except (BrokenPipeError, ConnectionResetError):
-                    pass  # the runner died; its sentinel reports it
 
     # -- waiting -----------------------------------------------------------------------------
 
@@ -176,10 +176,8 @@ class WarmPool:
         self._closed = True
         for lane in self._lanes:
             if lane.conn is not None and not lane.conn.closed:
-                try:
+                with contextlib.suppress(OSError):
                     lane.conn.send_bytes(pickle.dumps([(STOP,)]))
-                except OSError:
-                    pass
         for lane in self._lanes:
             if lane.process is None:
                 continue

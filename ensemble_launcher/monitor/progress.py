@@ -40,6 +40,9 @@ class _Periodic(Reporter):
             self._next = now + self.interval
             self.emit(counts.line())
 
+    def stop(self, counts: Counts) -> None:
+        self.emit(counts.line())
+
     def emit(self, line: str) -> None:
         raise NotImplementedError
 

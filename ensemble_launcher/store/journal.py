@@ -27,7 +27,7 @@ _COLUMNS = ("task_id", "ensemble", "attempt", "state", "reason", "returncode", "
             "value", "exception", "traceback", "stdout", "stderr", "start_time", "end_time",
             "host", "cpus", "gpus")
 
-_SCHEMA = f"""
+_SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
     seq INTEGER PRIMARY KEY,
     task_id TEXT NOT NULL UNIQUE, ensemble TEXT, attempt INTEGER NOT NULL,

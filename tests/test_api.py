@@ -1,0 +1,158 @@
+"""The Python API as the original ensemble_launcher names it, run for real."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pytest
+
+import ensemble_launcher
+from ensemble_launcher import EnsembleLauncher, write_results_to_json
+from ensemble_launcher.config import LauncherConfig, SystemConfig
+from ensemble_launcher.ensemble import Task
+
+
+def square(x):
+    return x * x
+
+
+def add(a, b=0):
+    return a + b
+
+
+def test_public_surface_is_pinned():
+    assert set(ensemble_launcher.__all__) == {
+        "ConfigError", "EnsembleFileError", "EnsembleLauncher", "EnsembleLauncherError",
+        "ExecutorError", "LauncherClosedError", "LauncherConfig", "ResourceError", "Results",
+        "StoreError", "SystemConfig", "Task", "TaskResult", "write_results_to_json",
+    }
+    from ensemble_launcher.config import LauncherConfig as LC
+    from ensemble_launcher.config import SystemConfig as SC
+    from ensemble_launcher.ensemble import Task as T
+
+    assert (LC, SC, T) == (LauncherConfig, SystemConfig, Task)
+
+
+def test_seed_config_defaults():
+    system = SystemConfig(name="local")
+    assert system.ncpus == len(os.sched_getaffinity(0))
+    assert system.ngpus == 0 and system.gpus == []
+    launcher = LauncherConfig()
+    assert launcher.child_executor_name == "multiprocessing"
+    assert launcher.task_executor_name == "multiprocessing"
+    assert launcher.comm_name == "multiprocessing"
+    assert launcher.report_interval == 10.0
+    assert launcher.return_stdout is False
+    assert launcher.worker_logs is False and launcher.master_logs is False
+    assert launcher.nchildren is None and launcher.profile is None
+    assert launcher.gpu_selector == "ZE_AFFINITY_MASK"
+
+
+def test_overloaded_gpu_ids_count_as_slots():
+    system = SystemConfig(name="my_cluster", cpus=list(range(4)), gpus=["0", "0", "1", "1", "2", "3"])
+    assert system.ngpus == 6 and system.ncpus == 4
+
+
+def test_dict_of_callable_tasks_returns_values(tmp_path):
+    tasks = {f"t{i}": Task(task_id=f"t{i}", nnodes=1, ppn=1, executable=square, args=(i,))
+             for i in range(20)}
+    tasks["kw"] = Task(task_id="kw", nnodes=1, ppn=1, executable=add, args=(1,), kwargs={"b": 41})
+    results = EnsembleLauncher(ensemble_file=tasks, out_dir=tmp_path / "run").run()
+    assert len(results) == 21
+    assert {tid: results[tid].value for tid in results if tid != "kw"} == \
+        {f"t{i}": i * i for i in range(20)}
+    assert results["kw"].value == 42
+    assert all(r.state == "succeeded" for r in results.values())
+
+
+def test_results_record_where_and_when(tmp_path):
+    tasks = {"a": Task(task_id="a", nnodes=1, ppn=1, executable="true")}
+    result = EnsembleLauncher(tasks, out_dir=tmp_path / "run").run()["a"]
+    assert result.host == socket.gethostname()
+    assert len(result.cpus) == 1 and result.cpus[0] in os.sched_getaffinity(0)
+    assert result.start_time <= result.end_time
+    assert result.returncode == 0
+
+
+def test_return_stdout_captures_output_of_commands_and_callables(tmp_path):
+    def talk():
+        print("from python")
+        return 1
+
+    tasks = {
+        "cmd": Task(task_id="cmd", executable="echo from shell"),
+        "py": Task(task_id="py", executable=talk),
+    }
+    results = EnsembleLauncher(tasks, return_stdout=True, out_dir=tmp_path / "run").run()
+    assert results["cmd"].stdout == "from shell\n"
+    assert results["py"].stdout == "from python\n"
+    quiet = EnsembleLauncher(tasks, out_dir=tmp_path / "quiet").run()
+    assert quiet["cmd"].stdout is None
+
+
+def test_seed_quick_start_file_and_json_export(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    exe = tmp_path / "exe"
+    exe.write_text("#!/bin/sh\necho \"a=$2 b=$4\"\n")
+    exe.chmod(0o755)
+    (tmp_path / "config.json").write_text(json.dumps({"ensembles": {"example_ensemble": {
+        "nnodes": 1, "ppn": 1, "cmd_template": "./exe -a {arg1} -b {arg2}",
+        "arg1": "linspace(0, 10, 5)", "arg2": "linspace(0, 1, 5)", "relation": "one-to-one"}}}))
+    el = EnsembleLauncher("config.json", return_stdout=True)
+    results = el.run()
+    write_results_to_json(results, "results.json")
+    data = json.loads((tmp_path / "results.json").read_text())
+    assert sorted(r["stdout"] for r in data.values()) == sorted(
+        f"a={a} b={b}\n" for a, b in zip([0.0, 2.5, 5.0, 7.5, 10.0],
+                                          [0.0, 0.25, 0.5, 0.75, 1.0], strict=True))
+    assert all(r["state"] == "succeeded" for r in data.values())
+    assert el.run_dir.is_relative_to("el-runs")
+
+
+def test_results_are_on_disk_and_readable_after_the_run(tmp_path):
+    tasks = {f"t{i}": Task(task_id=f"t{i}", executable=square, args=(i,)) for i in range(5)}
+    EnsembleLauncher(tasks, out_dir=tmp_path / "run").run()
+    from ensemble_launcher.store import Results
+
+    reopened = Results(tmp_path / "run")
+    assert reopened["t3"].value == 9
+    assert reopened.counts() == {"succeeded": 5}
+
+
+def test_run_dir_that_holds_a_run_is_refused(tmp_path):
+    tasks = {"a": Task(task_id="a", executable="true")}
+    EnsembleLauncher(tasks, out_dir=tmp_path / "run").run()
+    with pytest.raises(ensemble_launcher.ConfigError, match="already holds a run"):
+        EnsembleLauncher(tasks, out_dir=tmp_path / "run")
+
+
+def test_iterable_of_tasks_is_consumed_lazily(tmp_path):
+    made = []
+
+    def generate():
+        for i in range(50):
+            made.append(i)
+            yield Task(task_id=f"g{i}", executable=square, args=(i,))
+
+    el = EnsembleLauncher(generate(), out_dir=tmp_path / "run")
+    assert made == []
+    results = el.run()
+    assert len(results) == 50 and results["g7"].value == 49
+
+
+def test_multi_node_and_deeper_trees_are_refused_clearly_for_now(tmp_path):
+    tasks = {"a": Task(task_id="a", executable="true")}
+    with pytest.raises(ensemble_launcher.ConfigError, match="one node"):
+        EnsembleLauncher(tasks, Nodes=["n1", "n2"])
+    with pytest.raises(ensemble_launcher.ConfigError, match="nlevels"):
+        EnsembleLauncher(tasks, launcher_config=LauncherConfig(nlevels=1))
+
+
+def test_master_log_is_written_when_asked(tmp_path):
+    tasks = {"a": Task(task_id="a", executable="true")}
+    EnsembleLauncher(tasks, launcher_config=LauncherConfig(master_logs=True),
+                     out_dir=tmp_path / "run").run()
+    text = (tmp_path / "run" / "logs" / "master-main.log").read_text()
+    assert "finished: 1/1 finished" in text

@@ -17,7 +17,10 @@ beside a baseline measured in the same run, and the ratio between them is printe
               child process; ratio of rates, goal >= 0.8. The 100k child also reports its
               own peak RSS (``ru_maxrss`` of the launcher process, not its runners); goal
               < 300 MB; baseline is the same child's RSS before the run. The dict-of-Task
-              variant (the caller holds all 100k Tasks) is reported too.
+              variant (the caller holds all 100k Tasks) is reported too. Children are
+              started through ``sh`` (which forks them) because Linux carries a parent's
+              RSS high-water mark into ``ru_maxrss`` across vfork+exec; VmHWM from
+              /proc/self/status is printed beside it as a cross-check.
 5. lazy       extra peak RSS of a child process while it iterates every task of a
               1,000 x 1,000 many-to-many ensemble (1,000,000 tasks); goal < 100 MB.
 6. latency    median over 5 runs of the time from starting ``el run ENSEMBLE`` (console
@@ -130,7 +133,8 @@ def shell_seconds(script: str) -> float:
 
 
 def child_json(*args: str) -> dict:
-    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
+    argv = ["sh", "-c", '"$@"; exit $?', "sh", sys.executable, __file__, *args]
+    proc = subprocess.run(argv, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"child {' '.join(args)} exited {proc.returncode}: "
                            f"{proc.stderr.strip()[-2000:]}")
@@ -139,6 +143,14 @@ def child_json(*args: str) -> dict:
 
 def max_rss_kb() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def high_water_kb() -> int | None:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return None
 
 
 def mb(kb: float) -> float:
@@ -231,7 +243,7 @@ def child_callables(n: int, variant: str) -> dict:
         counts = EnsembleLauncher(tasks, out_dir=tmp / "run").run().counts()
         elapsed = time.perf_counter() - start
     return {"n": n, "seconds": elapsed, "succeeded": counts.get("succeeded", 0),
-            "rss_before_kb": before, "max_rss_kb": max_rss_kb()}
+            "rss_before_kb": before, "max_rss_kb": max_rss_kb(), "hwm_kb": high_water_kb()}
 
 
 def run_child_callables(n: int, variant: str) -> dict:
@@ -243,9 +255,14 @@ def run_child_callables(n: int, variant: str) -> dict:
 
 def rss_row(label: str, result: dict) -> Row:
     peak, idle = mb(result["max_rss_kb"]), mb(result["rss_before_kb"])
-    say(f"[flatness] {label}: peak RSS {peak:.0f} MB (idle process {idle:.0f} MB)")
+    say(f"[flatness] {label}: peak RSS {peak:.0f} MB (idle process {idle:.0f} MB; "
+        f"VmHWM {hwm_text(result)})")
     return Row(label, f"{peak:.0f} MB", f"{idle:.0f} MB", peak / idle, "ours < 300 MB",
                peak < 300)
+
+
+def hwm_text(result: dict) -> str:
+    return "n/a" if result["hwm_kb"] is None else f"{mb(result['hwm_kb']):.0f} MB"
 
 
 def bench_flatness(sizes: Sizes) -> list[Row]:
@@ -284,7 +301,7 @@ def child_lazy(side: int) -> dict:
         count = sum(1 for _ in tasks)
         elapsed = time.perf_counter() - start
     return {"count": count, "seconds": elapsed, "rss_before_kb": before,
-            "max_rss_kb": max_rss_kb()}
+            "max_rss_kb": max_rss_kb(), "hwm_kb": high_water_kb()}
 
 
 def bench_lazy(sizes: Sizes) -> list[Row]:
@@ -295,7 +312,7 @@ def bench_lazy(sizes: Sizes) -> list[Row]:
     before, after = mb(result["rss_before_kb"]), mb(result["max_rss_kb"])
     extra = after - before
     say(f"[lazy] {result['count']:,} tasks iterated in {result['seconds']:.1f} s: "
-        f"peak RSS {before:.0f} -> {after:.0f} MB (+{extra:.1f} MB)")
+        f"peak RSS {before:.0f} -> {after:.0f} MB (+{extra:.1f} MB; VmHWM {hwm_text(result)})")
     return [Row(f"extra RSS iterating {side}x{side} tasks", f"+{extra:.1f} MB",
                 f"{before:.0f} MB", after / before, "extra < 100 MB", extra < 100)]
 

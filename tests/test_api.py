@@ -32,7 +32,7 @@ def test_public_surface_is_pinned():
     from ensemble_launcher.config import SystemConfig as SC
     from ensemble_launcher.ensemble import Task as T
 
-    assert (LC, SC, T) == (LauncherConfig, SystemConfig, Task)
+    assert (LauncherConfig, SystemConfig, Task) == (LC, SC, T)
 
 
 def test_seed_config_defaults():
@@ -51,7 +51,8 @@ def test_seed_config_defaults():
 
 
 def test_overloaded_gpu_ids_count_as_slots():
-    system = SystemConfig(name="my_cluster", cpus=list(range(4)), gpus=["0", "0", "1", "1", "2", "3"])
+    system = SystemConfig(name="my_cluster", cpus=list(range(4)),
+                          gpus=["0", "0", "1", "1", "2", "3"])
     assert system.ngpus == 6 and system.ncpus == 4
 
 

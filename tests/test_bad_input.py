@@ -136,6 +136,7 @@ def test_cli_rejects_bad_input_with_status_2_and_one_line_of_error(case, tmp_pat
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("el: error:")
     assert "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
     for part in expected_in_message(case, path):
         assert part in proc.stderr
     assert not out.exists()
@@ -145,10 +146,10 @@ def test_cli_rejects_bad_input_with_status_2_and_one_line_of_error(case, tmp_pat
 def test_cli_ppn_check_uses_the_system_config_file(tmp_path):
     path = CASES["ppn-larger-than-node"].write(tmp_path)
     system = tmp_path / "system.json"
-    system.write_text(json.dumps({"ncpus": 8}))
+    system.write_text(json.dumps({"ncpus": 3}))
     out = tmp_path / "cli"
     proc = run_cli(tmp_path, str(path), "--out", str(out), "--system-config", str(system),
-                   "--no-progress")
+                   "--no-pin", "--no-progress")
     assert proc.returncode == 0, proc.stderr
     assert out.is_dir()
     assert (tmp_path / "task-ran").exists()

@@ -1,4 +1,4 @@
-"""Running tasks on one node: concurrency, pinning, GPU ids, environment, and failures as results."""
+"""Running tasks on one node: concurrency, pinning, GPU ids, environment, failures as results."""
 
 from __future__ import annotations
 
@@ -134,7 +134,8 @@ def test_failures_are_results_and_the_run_goes_on(tmp_path):
         Task(task_id="ok", executable="true"),
     ]
     r = run(tasks, tmp_path, launcher_config=LauncherConfig(kill_grace=0.5))
-    assert (r["exit3"].state, r["exit3"].reason, r["exit3"].returncode) == ("failed", "exit_code", 3)
+    assert (r["exit3"].state, r["exit3"].reason, r["exit3"].returncode) == \
+        ("failed", "exit_code", 3)
     assert r["exit3"].stderr == "oops\n"
     assert (r["signal"].state, r["signal"].reason, r["signal"].signal) == ("failed", "signal", 9)
     assert r["raises"].reason == "exception"

@@ -48,7 +48,7 @@ class TaskStream:
     @property
     def total(self) -> int | None:
         sizes = [n for _, _, n in self._parts]
-        return None if any(n is None for n in sizes) else sum(sizes)  # type: ignore[misc]
+        return sum(n for n in sizes if n is not None) if None not in sizes else None
 
     @property
     def ensembles(self) -> dict[str, int | None]:

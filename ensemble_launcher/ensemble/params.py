@@ -11,7 +11,7 @@ import ast
 import glob as _glob
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +128,7 @@ def _glob_sorted(pattern: str) -> list[str]:
     return matches
 
 
-FUNCTIONS = {
+FUNCTIONS: dict[str, Callable[..., Sequence]] = {
     "linspace": Linspace,
     "logspace": Logspace,
     "geomspace": Geomspace,

@@ -28,7 +28,7 @@ class Task:
     args: tuple[Any, ...] = ()
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
-    ngpus_per_process: int = 0
+    ngpus_per_process: int | float = 0
     cpu_affinity: list[int] = field(default_factory=list)
     gpu_affinity: list[str] = field(default_factory=list)
     run_dir: str | None = None
@@ -82,7 +82,7 @@ class Task:
     @property
     def ngpus(self) -> int:
         """GPU slots this task needs on each of its nodes."""
-        return max(self.ppn * self.ngpus_per_process, len(self.gpu_affinity))
+        return max(self.ppn * int(self.ngpus_per_process), len(self.gpu_affinity))
 
 
 def parse_id_list(text: str, kind: type) -> list:

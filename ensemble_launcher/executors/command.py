@@ -16,6 +16,7 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import IO
 
 from ensemble_launcher.ensemble.programs import command_argv
 
@@ -45,10 +46,10 @@ def run_command(
     kill_grace: float,
 ) -> Completed:
     argv = command_argv(command)
-    opened = []
+    opened: list[IO[bytes]] = []
     try:
         if capture_stdout:
-            stdout: int | object = subprocess.PIPE
+            stdout: int | IO[bytes] = subprocess.PIPE
         elif stdout_file:
             stdout = _open_output(stdout_file, cwd, opened)
         else:
@@ -72,7 +73,7 @@ def run_command(
     return Completed(proc.returncode, out, err, timed_out)
 
 
-def _open_output(path: str, cwd: str | None, opened: list):
+def _open_output(path: str, cwd: str | None, opened: list[IO[bytes]]) -> IO[bytes]:
     full = path if os.path.isabs(path) or not cwd else os.path.join(cwd, path)
     parent = os.path.dirname(full)
     if parent:

@@ -133,19 +133,21 @@ class WarmPool:
         events = PoolEvents()
         ready = wait(list(self._waitables), timeout)
         for obj in ready:
-            index, is_sentinel = self._waitables.get(obj, (None, None))
-            if index is None or is_sentinel:
-                continue
-            try:
-                while obj.poll():
-                    events.results.extend(pickle.loads(obj.recv_bytes()))
-            except (EOFError, OSError):
-                pass
+            if isinstance(obj, Connection) and obj in self._waitables:
+                self._drain(obj, events)
         for obj in ready:
-            index, is_sentinel = self._waitables.get(obj, (None, None))
+            index, is_sentinel = self._waitables.get(obj, (-1, False))
             if is_sentinel:
                 events.dead_lanes.append((index, self._reap(index)))
         return events
+
+    @staticmethod
+    def _drain(conn: Connection, events: PoolEvents) -> None:
+        try:
+            while conn.poll():
+                events.results.extend(pickle.loads(conn.recv_bytes()))
+        except (EOFError, OSError):
+            pass  # the runner is gone; its sentinel reports it
 
     def _reap(self, index: int) -> int | None:
         lane = self._lanes[index]

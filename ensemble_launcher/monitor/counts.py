@@ -21,7 +21,7 @@ class Counts:
 
     def grand_total(self) -> int | None:
         sizes = list(self.total.values())
-        return None if any(n is None for n in sizes) else sum(sizes)  # type: ignore[misc]
+        return sum(n for n in sizes if n is not None) if None not in sizes else None
 
     def rate(self) -> float:
         elapsed = time.monotonic() - self.started_at

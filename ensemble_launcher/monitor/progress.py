@@ -9,9 +9,12 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 
 from ensemble_launcher.monitor.counts import Counts
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
 
 log = logging.getLogger("ensemble_launcher")
 
@@ -81,7 +84,7 @@ class RichReporter(Reporter):
             TextColumn("{task.fields[rate]:.1f}/s"), TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=Console(file=stream or sys.stderr), transient=False)
-        self._bars: dict[str, int] = {}
+        self._bars: dict[str, TaskID] = {}
 
     def start(self, counts: Counts) -> None:
         for name, total in counts.total.items():

@@ -90,10 +90,11 @@ class NodeWorker:
             else:
                 self._dispatch(task, placement)
         while not self._exhausted and len(self._backlog) < _MAX_BACKLOG and not self._starving():
-            task = next(self._source, None)
-            if task is None:
+            next_task = next(self._source, None)
+            if next_task is None:
                 self._exhausted = True
                 break
+            task = next_task
             if self._check_each and not self._fits(task):
                 continue
             placement = self._slots.place(task)

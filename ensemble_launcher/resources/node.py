@@ -24,7 +24,8 @@ class NodeResources:
 
 
 def local_node(system: SystemConfig) -> NodeResources:
-    return NodeResources(socket.gethostname(), tuple(system.cpus), tuple(system.gpus))
+    return NodeResources(socket.gethostname(), tuple(system.cpus),
+                         tuple(str(g) for g in system.gpus))
 
 
 def check_requirements(requirements: Iterable[Requirement], nodes: list[NodeResources]) -> None:

@@ -17,16 +17,18 @@ beside a baseline measured in the same run, and the ratio between them is printe
               child process; ratio of rates, goal >= 0.8. The 100k child also reports its
               own peak RSS (``ru_maxrss`` of the launcher process, not its runners); goal
               < 300 MB; baseline is the same child's RSS before the run. The dict-of-Task
-              variant (the caller holds all 100k Tasks) is reported too. Children are
-              started through ``sh`` (which forks them) because Linux carries a parent's
-              RSS high-water mark into ``ru_maxrss`` across vfork+exec; VmHWM from
-              /proc/self/status is printed beside it as a cross-check.
+              variant (the caller holds all 100k Tasks) is reported too.
 5. lazy       extra peak RSS of a child process while it iterates every task of a
               1,000 x 1,000 many-to-many ensemble (1,000,000 tasks); goal < 100 MB.
 6. latency    median over 5 runs of the time from starting ``el run ENSEMBLE`` (console
               script of this interpreter, else ``el`` on PATH, else ``python -m
               ensemble_launcher.cli``) to its single task writing ``date +%s.%N`` to a file;
               goal <= 0.5 s. Baseline: the same measurement for ``sh -c 'date ...'``.
+
+The child processes of 4 and 5 are started through ``sh``, which forks them: Linux
+carries a parent's RSS high-water mark into ``ru_maxrss`` across vfork+exec, so a child
+started directly from this (larger) process would report our peak, not its own. VmHWM
+from /proc/self/status is printed beside it as a cross-check.
 
 Usage: ``python bench/bench_core.py [--quick] [--only NAME ...]``. Benchmarks report,
 they do not gate: the exit status is 0 whatever the results.
@@ -380,7 +382,7 @@ def print_summary(rows: list[Row]) -> None:
     widths = [max(len(line[i]) for line in table) for i in range(len(header))]
     say("")
     for index, line in enumerate(table):
-        say("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+        say("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip())
         if index == 0:
             say("  ".join("-" * width for width in widths))
 

@@ -4,37 +4,65 @@
 
     results = EnsembleLauncher("config.json").run()
     write_results_to_json(results, "results.json")
+
+Public names load on first use, so that ``el --help`` does not pay for pydantic.
 """
 
-from ensemble_launcher.config import LauncherConfig, SystemConfig
-from ensemble_launcher.ensemble import Task
-from ensemble_launcher.errors import (
-    ConfigError,
-    EnsembleFileError,
-    EnsembleLauncherError,
-    ExecutorError,
-    LauncherClosedError,
-    ResourceError,
-    StoreError,
-)
-from ensemble_launcher.launcher import EnsembleLauncher
-from ensemble_launcher.store import Results, TaskResult, write_results_to_json
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
+_EXPORTS = {
+    "ConfigError": "ensemble_launcher.errors",
+    "EnsembleFileError": "ensemble_launcher.errors",
+    "EnsembleLauncherError": "ensemble_launcher.errors",
+    "ExecutorError": "ensemble_launcher.errors",
+    "LauncherClosedError": "ensemble_launcher.errors",
+    "ResourceError": "ensemble_launcher.errors",
+    "StoreError": "ensemble_launcher.errors",
+    "LauncherConfig": "ensemble_launcher.config",
+    "SystemConfig": "ensemble_launcher.config",
+    "Task": "ensemble_launcher.ensemble",
+    "EnsembleLauncher": "ensemble_launcher.launcher",
+    "Results": "ensemble_launcher.store",
+    "TaskResult": "ensemble_launcher.store",
+    "write_results_to_json": "ensemble_launcher.store",
+}
+
 __all__ = [
-    "ConfigError",
-    "EnsembleFileError",
-    "EnsembleLauncher",
-    "EnsembleLauncherError",
-    "ExecutorError",
-    "LauncherClosedError",
-    "LauncherConfig",
-    "ResourceError",
-    "Results",
-    "StoreError",
-    "SystemConfig",
-    "Task",
-    "TaskResult",
-    "write_results_to_json",
+    "ConfigError", "EnsembleFileError", "EnsembleLauncher", "EnsembleLauncherError",
+    "ExecutorError", "LauncherClosedError", "LauncherConfig", "ResourceError", "Results",
+    "StoreError", "SystemConfig", "Task", "TaskResult", "write_results_to_json",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ensemble_launcher' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])
+
+
+if TYPE_CHECKING:
+    from ensemble_launcher.config import LauncherConfig, SystemConfig
+    from ensemble_launcher.ensemble import Task
+    from ensemble_launcher.errors import (
+        ConfigError,
+        EnsembleFileError,
+        EnsembleLauncherError,
+        ExecutorError,
+        LauncherClosedError,
+        ResourceError,
+        StoreError,
+    )
+    from ensemble_launcher.launcher import EnsembleLauncher
+    from ensemble_launcher.store import Results, TaskResult, write_results_to_json

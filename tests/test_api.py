@@ -28,6 +28,7 @@ def test_public_surface_is_pinned():
         "ExecutorError", "LauncherClosedError", "LauncherConfig", "ResourceError", "Results",
         "StoreError", "SystemConfig", "Task", "TaskResult", "write_results_to_json",
     }
+    assert all(getattr(ensemble_launcher, name) is not None for name in ensemble_launcher.__all__)
     from ensemble_launcher.config import LauncherConfig as LC
     from ensemble_launcher.config import SystemConfig as SC
     from ensemble_launcher.ensemble import Task as T

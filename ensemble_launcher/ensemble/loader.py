@@ -66,7 +66,8 @@ class TaskStream:
         for name, tasks, size in self._parts:
             if isinstance(tasks, EnsembleSpec):
                 if len(tasks):
-                    yield requirement_of(tasks[0], f"ensemble {name!r}")
+                    where = f" in {self.source}" if self.source else ""
+                    yield requirement_of(tasks[0], f"ensemble {name!r}{where}")
             elif size is not None:
                 seen: set[tuple] = set()
                 for task in tasks:

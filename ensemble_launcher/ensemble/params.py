@@ -88,9 +88,11 @@ class Geomspace(_Lazy):
 
 
 class Arange(_Lazy):
-    def __init__(self, start: float, stop: float | None = None, step: float = 1.0) -> None:
+    """Like numpy.arange: integers when every argument is an integer."""
+
+    def __init__(self, start: float, stop: float | None = None, step: float = 1) -> None:
         if stop is None:
-            start, stop = 0.0, start
+            start, stop = 0, start
         if step == 0:
             raise ExpressionError("arange step must not be 0")
         super().__init__(max(0, math.ceil((stop - start) / step)))

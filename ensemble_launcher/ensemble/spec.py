@@ -25,6 +25,8 @@ from ensemble_launcher.ensemble.task import Task, parse_id_list
 from ensemble_launcher.errors import EnsembleFileError
 
 RELATIONS = ("one-to-one", "many-to-many")
+#: Options whose values templates may use, e.g. "mpiexec -n {ppn} ./sim".
+OPTION_PLACEHOLDERS = ("nnodes", "ppn", "ngpus_per_process")
 TEMPLATED_OPTIONS = ("cmd_template", "run_dir", "stdout_file", "stderr_file")
 OPTIONS = frozenset(
     {
@@ -155,7 +157,7 @@ class EnsembleSpec(Sequence):
         used: set[str] = set()
         for t in (*self.templates.values(), *self.env_templates.values()):
             used |= t.names
-        self.constants: dict[str, Any] = {}
+        self.constants: dict[str, Any] = {k: getattr(self, k) for k in OPTION_PLACEHOLDERS}
         self.lists: dict[str, Sequence] = {}
         for key, value in self._definition.items():
             if key in OPTIONS:
@@ -199,8 +201,9 @@ class EnsembleSpec(Sequence):
         if len(lengths) <= 1:
             return next(iter(lengths.values()), 1)
         if self.relation is None:
-            self._fail("several parameters have lists of values; say how to combine them with "
-                       "\"relation\": \"one-to-one\" or \"many-to-many\"", "relation", None)
+            self._fail(f"parameters {', '.join(self._names)} all have lists of values; say how "
+                       "to combine them with \"relation\": \"one-to-one\" or "
+                       "\"many-to-many\"", "relation", None)
         if self.relation == "one-to-one":
             if len(set(lengths.values())) != 1:
                 shown = ", ".join(f"{k}={n}" for k, n in lengths.items())
@@ -242,6 +245,8 @@ class EnsembleSpec(Sequence):
     def __getitem__(self, index):  # type: ignore[override]
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(self._size))]
+        if index < 0:
+            index += self._size
         if not 0 <= index < self._size:
             raise IndexError(index)
         values = dict(self.constants)

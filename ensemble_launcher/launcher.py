@@ -99,8 +99,9 @@ class EnsembleLauncher:
             log.info("run %s: %s tasks on %s (%d cores, %d GPU slots)", self.run_dir,
                      counts.grand_total() if counts.grand_total() is not None else "?",
                      node.host, len(node.cpus), len(node.gpus))
-            with WarmPool(node.cpus, pin=self.pin_resources, tail_bytes=config.stderr_tail_bytes,
-                          kill_grace=config.kill_grace) as pool:
+            pool = WarmPool(node.cpus, pin=self.pin_resources,
+                            tail_bytes=config.stderr_tail_bytes, kill_grace=config.kill_grace)
+            with _sigterm_interrupts(), pool:
                 self._reporter.start(counts)
                 try:
                     NodeWorker(self.tasks, node, pool, store, counts, self._reporter,
@@ -118,6 +119,29 @@ class EnsembleLauncher:
         path = self.run_dir / "logs" / "master-main.log" if self.launcher_config.master_logs \
             else None
         return _LogFile(path)
+
+
+class _sigterm_interrupts:  # noqa: N801 - used as a context manager, like contextlib's
+    """Turn SIGTERM (how batch systems stop a job) into KeyboardInterrupt for the run, so
+    that it unwinds like Ctrl-C: tasks stopped, runners reaped, results flushed."""
+
+    def __enter__(self) -> None:
+        import signal
+        import threading
+
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+
+    def __exit__(self, *exc: object) -> None:
+        import signal
+
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 class _LogFile:

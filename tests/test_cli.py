@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -80,3 +85,52 @@ def test_system_config_file_limits_the_cores(tmp_path):
 def test_help_lists_run():
     out = el("--help")
     assert out.returncode == 0 and "run" in out.stdout
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().split()[2] != "Z"
+
+
+def _start_sleepers(tmp_path):
+    ens = write(tmp_path / "e.json", {"ensembles": {"nap": {
+        "cmd_template": "sh -c 'echo $$ > " + str(tmp_path) + "/pid.{i}; exec sleep 60'",
+        "i": "range(6)"}}})
+    exe = shutil.which("el")
+    cmd = [exe] if exe else [sys.executable, "-m", "ensemble_launcher.cli"]
+    proc = subprocess.Popen([*cmd, "run", str(ens), "--out", str(tmp_path / "run")],
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while len(list(tmp_path.glob("pid.*"))) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pids = [int(p.read_text()) for p in tmp_path.glob("pid.*")]
+    assert len(pids) == 2 and all(_alive(pid) for pid in pids)
+    return proc, pids
+
+
+def _wait_gone(pids, seconds=15.0):
+    deadline = time.monotonic() + seconds
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return [pid for pid in pids if _alive(pid)]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_stops_running_tasks_and_exits_130(tmp_path, sig):
+    proc, pids = _start_sleepers(tmp_path)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert "interrupted" in err and "Traceback" not in err
+    assert _wait_gone(pids) == []
+
+
+def test_tasks_do_not_outlive_a_killed_launcher(tmp_path):
+    proc, pids = _start_sleepers(tmp_path)
+    proc.kill()
+    proc.communicate(timeout=30)
+    assert _wait_gone(pids) == []

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import multiprocessing
 import pickle
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
@@ -57,8 +58,8 @@ class WarmPool:
         self.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type | None, *exc: object) -> None:
+        self.close(cancel=exc_type is not None)
 
     def start(self) -> None:
         if self._closed:
@@ -171,25 +172,36 @@ class WarmPool:
 
     # -- closing -----------------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Stop every runner: STOP, then SIGTERM after the grace period, then SIGKILL."""
+    def close(self, cancel: bool = False) -> None:
+        """Stop every runner. Normally: STOP after its queued work, then SIGTERM after the
+        grace period. With ``cancel``: SIGTERM at once, so each runner stops its running
+        command (SIGTERM, grace, SIGKILL to the task's group). SIGKILL is the last resort."""
         if self._closed:
             return
         self._closed = True
+        procs = [lane.process for lane in self._lanes if lane.process is not None]
         for lane in self._lanes:
             if lane.conn is not None and not lane.conn.closed:
                 with contextlib.suppress(OSError):
                     lane.conn.send_bytes(pickle.dumps([(STOP,)]))
+        if not cancel:
+            _join_all(procs, self._kill_grace)
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+        _join_all(procs, self._kill_grace + 1.0)
+        for proc in procs:
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
         for lane in self._lanes:
-            if lane.process is None:
-                continue
-            lane.process.join(self._kill_grace)
-            if lane.process.is_alive():
-                lane.process.terminate()
-                lane.process.join(1.0)
-            if lane.process.is_alive():
-                lane.process.kill()
-                lane.process.join()
             if lane.conn is not None and not lane.conn.closed:
                 lane.conn.close()
         self._waitables.clear()
+
+
+def _join_all(procs: list, timeout: float) -> None:
+    """Wait up to ``timeout`` seconds in all for the processes to exit."""
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        proc.join(max(0.0, deadline - time.monotonic()))

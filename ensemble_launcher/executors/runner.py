@@ -48,6 +48,7 @@ def runner_main(conn: Connection, cpu: int | None, tail_bytes: int, kill_grace: 
         os._exit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_term)
+    _die_with_parent()
     signal.signal(signal.SIGALRM, _on_alarm)
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
@@ -81,6 +82,20 @@ def runner_main(conn: Connection, cpu: int | None, tail_bytes: int, kill_grace: 
                 last_send = now
         if out:
             send(pickle.dumps(out, 5))
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGTERM this runner if the launcher dies, so that no task outlives it."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _call(item: tuple, functions: dict[bytes, Any]) -> tuple:

@@ -21,7 +21,12 @@ from ensemble_launcher.errors import ConfigError
 from ensemble_launcher.executors import WarmPool, executor_for
 from ensemble_launcher.monitor import Counts, LogReporter, Reporter
 from ensemble_launcher.orchestrator.node_worker import NodeWorker
-from ensemble_launcher.resources import NodeResources, check_requirements, local_node
+from ensemble_launcher.resources import (
+    NodeResources,
+    check_requirements,
+    is_this_host,
+    local_node,
+)
 from ensemble_launcher.store import JOURNAL_NAME, Results, RunStore
 
 log = logging.getLogger("ensemble_launcher")
@@ -67,13 +72,16 @@ class EnsembleLauncher:
         self.counts: Counts | None = None
 
     def _nodes(self, names: list[str] | None) -> list[NodeResources]:
-        node = local_node(self.system_config)
+        node = local_node(self.system_config, pin=self.pin_resources)
         if names is None:
             return [node]
         if not names:
             raise ConfigError("Nodes is an empty list; give at least one node name, or None "
                               "to run on this node")
-        return [NodeResources(name, node.cpus, node.gpus) for name in names]
+        if len(names) == 1 and not is_this_host(names[0]):
+            raise ConfigError(f"Nodes names {names[0]!r}, which is not this host "
+                              f"({node.host}); this version runs tasks on this host only")
+        return [node] + [NodeResources(name, node.cpus, node.gpus) for name in names[1:]]
 
     def _nlevels(self) -> int:
         configured = self.launcher_config.nlevels

@@ -158,3 +158,19 @@ def test_master_log_is_written_when_asked(tmp_path):
                      out_dir=tmp_path / "run").run()
     text = (tmp_path / "run" / "logs" / "master-main.log").read_text()
     assert "finished: 1/1 finished" in text
+
+
+def test_cpus_outside_this_process_affinity_are_refused(tmp_path):
+    foreign = max(os.sched_getaffinity(0)) + 1
+    tasks = {"a": Task(task_id="a", executable="true")}
+    with pytest.raises(ensemble_launcher.ResourceError, match=str(foreign)):
+        EnsembleLauncher(tasks, SystemConfig(cpus=[foreign]), out_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_nodes_naming_this_host_runs_here(tmp_path):
+    tasks = {"a": Task(task_id="a", executable="true")}
+    r = EnsembleLauncher(tasks, Nodes=[socket.gethostname()], out_dir=tmp_path / "run").run()
+    assert r["a"].host == socket.gethostname()
+    with pytest.raises(ensemble_launcher.ConfigError, match="not this host"):
+        EnsembleLauncher(tasks, Nodes=["some-other-node"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -23,9 +24,23 @@ class NodeResources:
     gpus: tuple[str, ...]
 
 
-def local_node(system: SystemConfig) -> NodeResources:
+def local_node(system: SystemConfig, *, pin: bool) -> NodeResources:
+    """This host, with the CPUs and GPUs of ``system``; with ``pin``, every CPU must be
+    one this process may run on."""
+    if pin:
+        usable = os.sched_getaffinity(0)
+        foreign = sorted(set(system.cpus) - usable)
+        if foreign:
+            raise ResourceError(
+                f"SystemConfig.cpus lists CPUs {foreign} that this process may not run on "
+                f"(allowed: {_ids(tuple(sorted(usable)))}); fix cpus, or disable pinning")
     return NodeResources(socket.gethostname(), tuple(system.cpus),
                          tuple(str(g) for g in system.gpus))
+
+
+def is_this_host(name: str) -> bool:
+    here = {socket.gethostname(), socket.getfqdn(), "localhost", "127.0.0.1"}
+    return name in here or name.split(".")[0] in {h.split(".")[0] for h in here}
 
 
 def check_requirements(requirements: Iterable[Requirement], nodes: list[NodeResources]) -> None:

@@ -1,0 +1,19 @@
+"""The benchmark script runs and reports a ratio against its baseline (speed is not asserted)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_core.py"
+
+
+def test_quick_benchmark_prints_ratios_against_baselines():
+    out = subprocess.run([sys.executable, str(BENCH), "--quick", "--only", "callables",
+                          "--only", "shell"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "ProcessPoolExecutor" in out.stdout and "xargs" in out.stdout
+    rows = [line for line in out.stdout.splitlines()
+            if line.startswith(("10", "1000", "2000", "200 ")) and ("PASS" in line or "MISS" in line)]
+    assert len(rows) == 2, out.stdout

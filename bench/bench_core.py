@@ -176,14 +176,22 @@ def pool_executor_seconds(n: int) -> float:
     return timed(work)
 
 
+def median_rates(n: int, rounds: int, ours: Callable[[], float],
+                 base: Callable[[], float]) -> tuple[float, float, float]:
+    """Alternate rounds of ours and the baseline; return both median rates and their ratio."""
+    ours_s, base_s = [], []
+    for _ in range(rounds):
+        ours_s.append(ours())
+        base_s.append(base())
+    ours_rate, base_rate = n / statistics.median(ours_s), n / statistics.median(base_s)
+    return ours_rate, base_rate, ours_rate / base_rate
+
+
 def bench_callables(sizes: Sizes) -> list[Row]:
     n = sizes.callables
-    ours, base = [], []
-    for _ in range(sizes.callable_rounds):
-        ours.append(launcher_seconds(lambda: noop_task_dict(n), n))
-        base.append(pool_executor_seconds(n))
-    ours_rate, base_rate = n / statistics.median(ours), n / statistics.median(base)
-    ratio = ours_rate / base_rate
+    ours_rate, base_rate, ratio = median_rates(
+        n, sizes.callable_rounds, lambda: launcher_seconds(lambda: noop_task_dict(n), n),
+        lambda: pool_executor_seconds(n))
     say(f"[callables] {n} no-ops: ours {ours_rate:,.0f}/s, ProcessPoolExecutor({NCORES}) "
         f"{base_rate:,.0f}/s, ratio {ratio:.2f}")
     return [Row(f"{n} no-op callables (tasks/s)", f"{ours_rate:,.0f}", f"{base_rate:,.0f}",
@@ -199,12 +207,9 @@ def true_ensemble(n: int) -> dict:
 
 def bench_shell(sizes: Sizes) -> list[Row]:
     n = sizes.shell
-    ours, base = [], []
-    for _ in range(sizes.shell_rounds):
-        ours.append(launcher_seconds(lambda: true_ensemble(n), n))
-        base.append(shell_seconds(f"seq {n} | xargs -P{NCORES} -n1 true"))
-    ours_rate, base_rate = n / statistics.median(ours), n / statistics.median(base)
-    ratio = ours_rate / base_rate
+    ours_rate, base_rate, ratio = median_rates(
+        n, sizes.shell_rounds, lambda: launcher_seconds(lambda: true_ensemble(n), n),
+        lambda: shell_seconds(f"seq {n} | xargs -P{NCORES} -n1 true"))
     say(f"[shell] {n} x true: ours {ours_rate:,.0f}/s, xargs -P{NCORES} {base_rate:,.0f}/s, "
         f"ratio {ratio:.2f}")
     return [Row(f"{n} shell true (tasks/s)", f"{ours_rate:,.0f}", f"{base_rate:,.0f}",

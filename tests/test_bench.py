@@ -15,5 +15,5 @@ def test_quick_benchmark_prints_ratios_against_baselines():
     assert out.returncode == 0, out.stderr
     assert "ProcessPoolExecutor" in out.stdout and "xargs" in out.stdout
     rows = [line for line in out.stdout.splitlines()
-            if line.startswith(("10", "1000", "2000", "200 ")) and ("PASS" in line or "MISS" in line)]
+            if line.endswith(("PASS", "MISS")) and "tasks/s" in line]
     assert len(rows) == 2, out.stdout

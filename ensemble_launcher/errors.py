@@ -7,6 +7,7 @@ Errors are grouped by kind so that callers can catch what they can handle:
     │   ├── EnsembleFileError  a problem located in an ensemble file (file, ensemble, key, value)
     │   └── ResourceError      a task that can never fit on the nodes of the allocation
     ├── ExecutorError          an executor could not be started or stopped
+    ├── LaunchError            a child of the tree could not be started or reached
     ├── StoreError             the run directory or its journal cannot be used
     └── LauncherClosedError    a resource was used after it was closed
 
@@ -63,6 +64,10 @@ class ResourceError(ConfigError):
 
 class ExecutorError(EnsembleLauncherError):
     """An executor could not be started, or failed in a way that is not a task's fault."""
+
+
+class LaunchError(EnsembleLauncherError):
+    """A master or worker of the tree could not be started, or never connected."""
 
 
 class StoreError(EnsembleLauncherError):

@@ -8,25 +8,35 @@ their :class:`~ensemble_launcher.store.Results`, read from the journal on disk.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from ensemble_launcher.comm import CurveKeys
 from ensemble_launcher.config import LauncherConfig, SystemConfig
 from ensemble_launcher.config.models import auto_nlevels, default_run_dir
 from ensemble_launcher.ensemble import load_tasks
 from ensemble_launcher.errors import ConfigError
 from ensemble_launcher.executors import WarmPool, executor_for
 from ensemble_launcher.monitor import Counts, LogReporter, Reporter
-from ensemble_launcher.orchestrator.node_worker import NodeWorker
+from ensemble_launcher.orchestrator.master import Master
+from ensemble_launcher.orchestrator.node_worker import IteratorSource, NodeWorker
+from ensemble_launcher.orchestrator.placement import tree_settings
+from ensemble_launcher.orchestrator.recording import LocalSink, Recorder
+from ensemble_launcher.orchestrator.root import RootUpstream
+from ensemble_launcher.orchestrator.signals import sigterm_interrupts
+from ensemble_launcher.orchestrator.tree import plan_tree
 from ensemble_launcher.resources import (
     NodeResources,
     check_requirements,
     is_this_host,
     local_node,
 )
+from ensemble_launcher.resources.discovery import check_resolvable, discover_nodes
 from ensemble_launcher.store import JOURNAL_NAME, Results, RunStore
 
 log = logging.getLogger("ensemble_launcher")
@@ -72,84 +82,109 @@ class EnsembleLauncher:
         self.counts: Counts | None = None
 
     def _nodes(self, names: list[str] | None) -> list[NodeResources]:
-        node = local_node(self.system_config, pin=self.pin_resources)
-        if names is None:
-            return [node]
-        if not names:
+        here = local_node(self.system_config, pin=self.pin_resources)
+        if names is not None and not names:
             raise ConfigError("Nodes is an empty list; give at least one node name, or None "
-                              "to run on this node")
-        if len(names) == 1 and not is_this_host(names[0]):
-            raise ConfigError(f"Nodes names {names[0]!r}, which is not this host "
-                              f"({node.host}); this version runs tasks on this host only")
-        return [node] + [NodeResources(name, node.cpus, node.gpus) for name in names[1:]]
+                              "to discover the job's nodes")
+        hosts, source = discover_nodes(names)
+        self.node_source = source
+        if len(hosts) == 1 and is_this_host(hosts[0]):
+            return [here]
+        check_resolvable([h for h in hosts if not is_this_host(h)])
+        return [NodeResources(h, here.cpus, here.gpus) for h in hosts]
 
     def _nlevels(self) -> int:
-        configured = self.launcher_config.nlevels
-        nlevels = auto_nlevels(len(self.nodes)) if configured is None else configured
-        if nlevels > 0 or len(self.nodes) > 1:
-            raise ConfigError(
-                f"this version runs on one node (nlevels=0); got {len(self.nodes)} node(s) and "
-                f"nlevels={nlevels}. Leave nlevels unset or set it to 0, and pass at most one "
-                "node in Nodes")
+        config = self.launcher_config
+        nlevels = auto_nlevels(len(self.nodes)) if config.nlevels is None else config.nlevels
+        if nlevels == 0:
+            if len(self.nodes) > 1:
+                raise ConfigError(f"nlevels=0 runs on one node, but there are "
+                                  f"{len(self.nodes)} ({self.node_source}); leave nlevels "
+                                  "unset or set it to 1 or more")
+            if not is_this_host(self.nodes[0].host):
+                raise ConfigError(f"nlevels=0 runs tasks on this host, but the node is "
+                                  f"{self.nodes[0].host!r}; use nlevels=1")
+            return 0
+        if config.comm_name not in (None, "zmq"):
+            raise ConfigError(f"comm_name={config.comm_name!r} is not available for a tree "
+                              "(nlevels >= 1) in this version; use comm_name='zmq'")
+        if config.child_executor_name == "dragon":
+            raise ConfigError("child_executor_name='dragon' is not available in this version; "
+                              "use 'mpi' (srun/mpiexec) or 'multiprocessing' (one host)")
+        if config.child_executor_name == "multiprocessing" and \
+                not all(is_this_host(n.host) for n in self.nodes):
+            raise ConfigError("child_executor_name='multiprocessing' starts children on this "
+                              "host only, but the nodes include other hosts; use 'mpi'")
         return nlevels
 
     def run(self) -> Results:
         """Run every task; return their results. A failed task is a result, not an error."""
-        config = self.launcher_config
         counts = Counts(self.tasks.ensembles)
         self.counts = counts
-        node = self.nodes[0]
         with RunStore(self.run_dir) as store, self._master_log():
             store.set_meta(
-                source=self.tasks.source, ensembles=self.tasks.ensembles, host=node.host,
-                started=time.time(), system_config=self.system_config.model_dump(),
-                launcher_config=config.model_dump(), pin_resources=self.pin_resources)
-            log.info("run %s: %s tasks on %s (%d cores, %d GPU slots)", self.run_dir,
+                source=self.tasks.source, ensembles=self.tasks.ensembles,
+                nodes=[n.host for n in self.nodes], nlevels=self.nlevels, started=time.time(),
+                system_config=self.system_config.model_dump(),
+                launcher_config=self.launcher_config.model_dump(),
+                pin_resources=self.pin_resources)
+            log.info("run %s: %s tasks on %d node(s), nlevels=%d", self.run_dir,
                      counts.grand_total() if counts.grand_total() is not None else "?",
-                     node.host, len(node.cpus), len(node.gpus))
-            pool = WarmPool(node.cpus, pin=self.pin_resources,
-                            tail_bytes=config.stderr_tail_bytes, kill_grace=config.kill_grace)
-            with _sigterm_interrupts(), pool:
-                self._reporter.start(counts)
-                try:
-                    NodeWorker(self.tasks, node, pool, store, counts, self._reporter,
-                               gpu_selector=config.gpu_selector,
-                               capture_stdout=self.return_stdout, pin=self.pin_resources,
-                               kill_grace=config.kill_grace,
-                               check_each_task=self.tasks.total is None).run()
-                finally:
-                    self._reporter.stop(counts)
+                     len(self.nodes), self.nlevels)
+            recorder = Recorder(store, counts, self._reporter)
+            self._reporter.start(counts)
+            try:
+                with sigterm_interrupts():
+                    if self.nlevels == 0:
+                        self._run_here(recorder)
+                    else:
+                        self._run_tree(recorder)
+            finally:
+                self._reporter.stop(counts)
             store.set_meta(finished=time.time())
             log.info("run %s finished: %s", self.run_dir, counts.line())
         return Results(self.run_dir)
+
+    def _run_here(self, recorder: Recorder) -> None:
+        config, node = self.launcher_config, self.nodes[0]
+        with WarmPool(node.cpus, pin=self.pin_resources, tail_bytes=config.stderr_tail_bytes,
+                      kill_grace=config.kill_grace) as pool:
+            worker: NodeWorker | None = None
+            sink = LocalSink(recorder, node.host, lambda: worker.running if worker else 0)
+            worker = NodeWorker(IteratorSource(self.tasks), sink, node, pool,
+                                gpu_selector=config.gpu_selector,
+                                capture_stdout=self.return_stdout, pin=self.pin_resources,
+                                kill_grace=config.kill_grace,
+                                check_each_task=self.tasks.total is None)
+            worker.run()
+
+    def _run_tree(self, recorder: Recorder) -> None:
+        import zmq
+
+        config = self.launcher_config
+        tree = plan_tree([n.host for n in self.nodes], self.nlevels, config.nchildren)
+        run_dir = self.run_dir.resolve()
+        child_env = {
+            "EL_LAUNCHER_CONFIG": config.model_dump_json(),
+            "EL_SYSTEM_CONFIG": self.system_config.model_dump_json(),
+            "EL_RUN_DIR": str(run_dir),
+            "EL_PIN": "1" if self.pin_resources else "0",
+            "EL_RETURN_STDOUT": "1" if self.return_stdout else "0",
+            "EL_CHECK_EACH": "1" if self.tasks.total is None else "0",
+            "EL_SYS_PATH": json.dumps([os.path.abspath(p) for p in sys.path if p]),
+        }
+        settings = tree_settings(tree, config, run_dir, child_env)
+        keys_env = CurveKeys.generate().to_env() if settings.bind.startswith("tcp") else {}
+        ctx = zmq.Context()
+        try:
+            Master(tree, RootUpstream(self.tasks, recorder), ctx, settings, keys_env).run()
+        finally:
+            ctx.term()
 
     def _master_log(self) -> _LogFile:
         path = self.run_dir / "logs" / "master-main.log" if self.launcher_config.master_logs \
             else None
         return _LogFile(path)
-
-
-class _sigterm_interrupts:  # noqa: N801 - used as a context manager, like contextlib's
-    """Turn SIGTERM (how batch systems stop a job) into KeyboardInterrupt for the run, so
-    that it unwinds like Ctrl-C: tasks stopped, runners reaped, results flushed."""
-
-    def __enter__(self) -> None:
-        import signal
-        import threading
-
-        self._previous = None
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-
-    def __exit__(self, *exc: object) -> None:
-        import signal
-
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-
-def _raise_interrupt(signum: int, frame: Any) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 class _LogFile:

@@ -41,9 +41,9 @@ def test_seed_config_defaults():
     assert system.ncpus == len(os.sched_getaffinity(0))
     assert system.ngpus == 0 and system.gpus == []
     launcher = LauncherConfig()
-    assert launcher.child_executor_name == "multiprocessing"
+    assert launcher.child_executor_name is None
     assert launcher.task_executor_name == "multiprocessing"
-    assert launcher.comm_name == "multiprocessing"
+    assert launcher.comm_name is None
     assert launcher.report_interval == 10.0
     assert launcher.return_stdout is False
     assert launcher.worker_logs is False and launcher.master_logs is False
@@ -144,12 +144,14 @@ def test_iterable_of_tasks_is_consumed_lazily(tmp_path):
     assert len(results) == 50 and results["g7"].value == 49
 
 
-def test_multi_node_and_deeper_trees_are_refused_clearly_for_now(tmp_path):
+def test_one_node_tree_settings_that_cannot_work_are_refused(tmp_path):
     tasks = {"a": Task(task_id="a", executable="true")}
-    with pytest.raises(ensemble_launcher.ConfigError, match="one node"):
-        EnsembleLauncher(tasks, Nodes=["n1", "n2"])
-    with pytest.raises(ensemble_launcher.ConfigError, match="nlevels"):
-        EnsembleLauncher(tasks, launcher_config=LauncherConfig(nlevels=1))
+    with pytest.raises(ensemble_launcher.ConfigError, match="nlevels=0 runs on one node"):
+        EnsembleLauncher(tasks, Nodes=["localhost", "localhost"],
+                         launcher_config=LauncherConfig(nlevels=0))
+    with pytest.raises(ensemble_launcher.ConfigError, match="comm_name"):
+        EnsembleLauncher(tasks, Nodes=["localhost"],
+                         launcher_config=LauncherConfig(nlevels=1, comm_name="dragon"))
 
 
 def test_master_log_is_written_when_asked(tmp_path):
@@ -172,5 +174,5 @@ def test_nodes_naming_this_host_runs_here(tmp_path):
     tasks = {"a": Task(task_id="a", executable="true")}
     r = EnsembleLauncher(tasks, Nodes=[socket.gethostname()], out_dir=tmp_path / "run").run()
     assert r["a"].host == socket.gethostname()
-    with pytest.raises(ensemble_launcher.ConfigError, match="not this host"):
-        EnsembleLauncher(tasks, Nodes=["some-other-node"])
+    with pytest.raises(ensemble_launcher.ConfigError, match="does not resolve"):
+        EnsembleLauncher(tasks, Nodes=["some-other-node.invalid"])

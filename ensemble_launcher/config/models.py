@@ -77,18 +77,22 @@ class SystemConfig(_Strict):
 
 ExecutorName = Literal["multiprocessing", "mpi", "dragon"]
 CommName = Literal["multiprocessing", "zmq", "dragon"]
+ChildLauncherName = Literal["auto", "local", "srun", "mpiexec"]
+MpiFlavor = Literal["auto", "hydra", "pals", "openmpi"]
 
 
 class LauncherConfig(_Strict):
     """How the launcher runs: executors, communication, tree depth, reporting.
 
     ``nlevels=None`` picks the depth from the node count (1 node: 0; 2-64: 1;
-    65-2048: 2; more: 3).
+    65-2048: 2; more: 3). ``comm_name=None`` picks ``zmq`` for a tree.
+    ``child_executor_name=None`` picks ``multiprocessing`` (local processes) when every
+    child is on this host and ``mpi`` (the site's launcher: ``child_launcher``) otherwise.
     """
 
-    child_executor_name: ExecutorName = "multiprocessing"
+    child_executor_name: ExecutorName | None = None
     task_executor_name: ExecutorName = "multiprocessing"
-    comm_name: CommName = "multiprocessing"
+    comm_name: CommName | None = None
     report_interval: float = Field(default=10.0, gt=0)
     nlevels: int | None = Field(default=None, ge=0, le=3)
     return_stdout: bool = False
@@ -103,6 +107,21 @@ class LauncherConfig(_Strict):
     stderr_tail_bytes: int = Field(
         default=4096, ge=0, description="how much of a task's stderr is kept in its result"
     )
+    heartbeat_interval: float = Field(
+        default=1.0, gt=0, description="seconds between heartbeats; a child silent for 2.5 "
+        "intervals is lost")
+    child_start_timeout: float = Field(
+        default=60.0, gt=0, description="seconds a child of the tree may take to connect")
+    child_launcher: ChildLauncherName = Field(
+        default="auto", description="how children reach other nodes: srun in Slurm, else "
+        "mpiexec; local for one host")
+    child_launcher_args: list[str] = Field(
+        default_factory=list, description="extra arguments for srun/mpiexec when starting "
+        "children")
+    mpi_flavor: MpiFlavor = "auto"
+    bind_address: str | None = Field(
+        default=None, description="the IP address masters listen on (default: the address "
+        "that routes to their children)")
 
     @field_validator("gpu_selector")
     @classmethod

@@ -17,8 +17,10 @@ import pickle
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from typing import Any
+
+import zmq
 
 from ensemble_launcher.ensemble import Task
 from ensemble_launcher.errors import ExecutorError, LauncherClosedError
@@ -38,6 +40,7 @@ class _Lane:
 class PoolEvents:
     results: list[tuple] = field(default_factory=list)
     dead_lanes: list[tuple[int, int | None]] = field(default_factory=list)
+    extra_ready: bool = False
 
 
 class WarmPool:
@@ -50,7 +53,9 @@ class WarmPool:
         self._kill_grace = kill_grace
         self._ctx = multiprocessing.get_context("fork")
         self._functions: dict[int, tuple[Callable, bytes, bytes]] = {}
-        self._waitables: dict[Any, tuple[int, bool]] = {}
+        self._waitables: dict[int, tuple[int, bool]] = {}
+        self._poller: zmq.Poller | None = None
+        self._polled_extra: tuple = ()
         self._started = False
         self._closed = False
 
@@ -79,8 +84,9 @@ class WarmPool:
             raise ExecutorError(f"cannot start runner process for lane {index}: {exc}") from exc
         child.close()
         lane.process, lane.conn, lane.known = proc, parent, set()
-        self._waitables[parent] = (index, False)
+        self._waitables[parent.fileno()] = (index, False)
         self._waitables[proc.sentinel] = (index, True)
+        self._poller = None
 
     # -- submitting --------------------------------------------------------------------------
 
@@ -130,16 +136,29 @@ class WarmPool:
 
     # -- waiting -----------------------------------------------------------------------------
 
-    def wait(self, timeout: float | None) -> PoolEvents:
+    def wait(self, timeout: float | None, extra: tuple[zmq.Socket, ...] = ()) -> PoolEvents:
+        """Wait for runner results, runner deaths, or input on the ``extra`` sockets
+        (reported in ``events.extra_ready``)."""
+        if self._poller is None or extra != self._polled_extra:
+            self._poller = zmq.Poller()
+            for fd in self._waitables:
+                self._poller.register(fd, zmq.POLLIN)
+            for sock in extra:
+                self._poller.register(sock, zmq.POLLIN)
+            self._polled_extra = extra
+        ready = [obj for obj, _ in
+                 self._poller.poll(None if timeout is None else int(timeout * 1000))]
         events = PoolEvents()
-        ready = wait(list(self._waitables), timeout)
         for obj in ready:
-            if isinstance(obj, Connection) and obj in self._waitables:
-                self._drain(obj, events)
+            lane = self._waitables.get(obj) if isinstance(obj, int) else None
+            if lane is None:
+                events.extra_ready = True
+            elif not lane[1]:
+                self._drain(self._lanes[lane[0]].conn, events)  # type: ignore[arg-type]
         for obj in ready:
-            index, is_sentinel = self._waitables.get(obj, (-1, False))
-            if is_sentinel:
-                events.dead_lanes.append((index, self._reap(index)))
+            lane = self._waitables.get(obj) if isinstance(obj, int) else None
+            if lane is not None and lane[1]:
+                events.dead_lanes.append((lane[0], self._reap(lane[0])))
         return events
 
     @staticmethod
@@ -153,8 +172,9 @@ class WarmPool:
     def _reap(self, index: int) -> int | None:
         lane = self._lanes[index]
         lane.process.join(0.5)
-        self._waitables.pop(lane.conn, None)
+        self._waitables.pop(lane.conn.fileno(), None)  # type: ignore[union-attr]
         self._waitables.pop(lane.process.sentinel, None)
+        self._poller = None
         lane.conn.close()  # type: ignore[union-attr]
         lane.pending = []
         return lane.process.exitcode

@@ -1,5 +1,5 @@
-"""The loops that move tasks and results: today the node worker; the master tree next."""
+"""The loops that move tasks and results: node workers, masters, and the child entry point."""
 
-from ensemble_launcher.orchestrator.node_worker import NodeWorker
+from ensemble_launcher.orchestrator.node_worker import IteratorSource, NodeWorker
 
-__all__ = ["NodeWorker"]
+__all__ = ["IteratorSource", "NodeWorker"]

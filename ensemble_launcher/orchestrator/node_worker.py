@@ -1,38 +1,97 @@
-"""The loop that runs a stream of tasks on one node (``main.w0``; at nlevels=0, the whole run).
+"""The loop that runs tasks on one node (``main.w0``; at nlevels=0, the whole run).
 
-    TaskStream --next()--> backlog --NodeSlots.place()--> WarmPool.submit --flush-->
-        runners (one per core) --results--> NodeWorker._collect --> RunStore + progress
+    TaskSource --take()--> backlog --NodeSlots.place()--> WarmPool.submit --flush-->
+        runners (one per core) --results--> NodeWorker._collect --> ResultSink
 
-Tasks are pulled only while lanes have room, so memory holds what is in flight plus a
-small backlog of tasks waiting for cores or GPUs, never the ensemble. How many tasks
-wait on a lane (``depth``) follows the observed task duration: enough to keep about
-20 ms of work queued per core, one when tasks are long.
+The source is the task stream itself at nlevels=0, or the link to the parent master in a
+tree; the sink is the run store, or that same link. Tasks are taken only while lanes
+have room, so memory holds what is in flight plus a small backlog of tasks waiting for
+cores or GPUs, never the ensemble. How many tasks wait on a lane (``depth``) follows the
+observed task duration: enough to keep about 20 ms of work queued per core, one when
+tasks are long.
 """
 
 from __future__ import annotations
 
-import itertools
 import shlex
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Protocol
+
+import zmq
 
 from ensemble_launcher.ensemble import Task
 from ensemble_launcher.ensemble.loader import requirement_of
 from ensemble_launcher.errors import ResourceError
 from ensemble_launcher.executors import PoolEvents, WarmPool
-from ensemble_launcher.executors.runner import FAILED, SUCCEEDED, TIMED_OUT
-from ensemble_launcher.monitor import Counts, Reporter
+from ensemble_launcher.executors.runner import FAILED, TIMED_OUT
 from ensemble_launcher.resources import NodeResources, check_requirements
 from ensemble_launcher.scheduler import NodeSlots, Placement, needs_exclusive
-from ensemble_launcher.store import RunStore
 
 _QUEUED_WORK_SECONDS = 0.02
 _MAX_DEPTH = 512
 _MAX_BACKLOG = 256
 _STARVATION_SECONDS = 1.0
 _TICK_SECONDS = 0.1
+
+
+class TaskSource(Protocol):
+    """Where a node's tasks come from, as ``(key, task)`` pairs."""
+
+    def take(self) -> tuple[int, Task] | None:
+        """The next task available now, or None (see ``exhausted``)."""
+
+    @property
+    def exhausted(self) -> bool:
+        """True once no task will ever come again."""
+
+    def want(self, n: int) -> None:
+        """The node could take ``n`` more tasks: its free room plus a prefetch (a hint for
+        pull-based sources)."""
+
+    def sockets(self) -> tuple[zmq.Socket, ...]:
+        """Sockets to wait on besides the runners'; ``pump()`` when they are ready."""
+
+    def pump(self) -> None:
+        """Handle whatever arrived on ``sockets()``; called on every loop turn."""
+
+
+class ResultSink(Protocol):
+    def record(self, key: int, task: Task, result: tuple, cpus: str, gpus: str) -> None:
+        """One finished task: ``result`` is the runner's result tuple."""
+
+    def tick(self) -> None:
+        """Called about ten times a second: flush what is due."""
+
+    def flush(self) -> None: ...
+
+
+class IteratorSource:
+    """Tasks straight from an iterable, numbered in order."""
+
+    def __init__(self, tasks: Iterable[Task]) -> None:
+        self._tasks: Iterator[Task] = iter(tasks)
+        self._next_key = 0
+        self.exhausted = False
+
+    def take(self) -> tuple[int, Task] | None:
+        task = next(self._tasks, None)
+        if task is None:
+            self.exhausted = True
+            return None
+        self._next_key += 1
+        return self._next_key - 1, task
+
+    def want(self, n: int) -> None:
+        pass
+
+    def sockets(self) -> tuple[zmq.Socket, ...]:
+        return ()
+
+    def pump(self) -> None:
+        pass
 
 
 @dataclass(slots=True)
@@ -43,16 +102,13 @@ class _InFlight:
 
 
 class NodeWorker:
-    def __init__(self, tasks: Iterable[Task], node: NodeResources, pool: WarmPool,
-                 store: RunStore, counts: Counts, progress: Reporter, *,
-                 gpu_selector: str, capture_stdout: bool, pin: bool, kill_grace: float,
-                 check_each_task: bool = False) -> None:
-        self._source: Iterator[Task] = iter(tasks)
+    def __init__(self, source: TaskSource, sink: ResultSink, node: NodeResources,
+                 pool: WarmPool, *, gpu_selector: str, capture_stdout: bool, pin: bool,
+                 kill_grace: float, check_each_task: bool = False) -> None:
+        self._source = source
+        self._sink = sink
         self._node = node
         self._pool = pool
-        self._store = store
-        self._counts = counts
-        self._progress = progress
         self._gpu_selector = gpu_selector
         self._capture = capture_stdout
         self._pin = pin
@@ -60,70 +116,82 @@ class NodeWorker:
         self._check_each = check_each_task
         self._slots = NodeSlots(node.cpus, node.gpus)
         self._inflight: dict[int, _InFlight] = {}
-        self._backlog: deque[tuple[Task, float]] = deque()
-        self._keys = itertools.count()
-        self._exhausted = False
+        self._backlog: deque[tuple[int, Task, float]] = deque()
         self._mean_duration: float | None = None
         self._results_seen = 0
         self._expired: set[int] = set()
+        self._shapes: dict[tuple, str | None] = {}
         self._last_tick = 0.0
+        self.stopped = False
+
+    @property
+    def running(self) -> int:
+        return len(self._inflight)
 
     def run(self) -> None:
-        while True:
+        while not self.stopped:
+            self._source.pump()
             self._fill()
-            if not self._inflight and not self._backlog and self._exhausted:
+            if not self._inflight and not self._backlog and self._source.exhausted:
                 break
-            self._collect(self._pool.wait(self._wait_timeout()))
+            self._collect(self._pool.wait(self._wait_timeout(), self._source.sockets()))
             self._expire_callables()
             self._tick()
-        self._store.flush()
-        self._progress.update(self._counts)
+        self._sink.flush()
 
     # -- dispatch ----------------------------------------------------------------------------
 
     def _fill(self) -> None:
         for _ in range(len(self._backlog)):
-            task, since = self._backlog.popleft()
+            key, task, since = self._backlog.popleft()
             placement = self._slots.place(task)
             if placement is None:
-                self._backlog.append((task, since))
+                self._backlog.append((key, task, since))
             else:
-                self._dispatch(task, placement)
-        while not self._exhausted and len(self._backlog) < _MAX_BACKLOG and not self._starving():
-            next_task = next(self._source, None)
-            if next_task is None:
-                self._exhausted = True
+                self._dispatch(key, task, placement)
+        while len(self._backlog) < _MAX_BACKLOG and not self._starving():
+            item = self._source.take()
+            if item is None:
                 break
-            task = next_task
-            if self._check_each and not self._fits(task):
+            key, task = item
+            if self._check_each and not self._fits(key, task):
                 continue
             placement = self._slots.place(task)
             if placement is None:
-                self._backlog.append((task, time.monotonic()))
+                self._backlog.append((key, task, time.monotonic()))
                 if not needs_exclusive(task):
                     break
             else:
-                self._dispatch(task, placement)
+                self._dispatch(key, task, placement)
         self._pool.flush()
+        self._source.want(self._slots.room() + self._slots.capacity() - len(self._backlog))
 
     def _starving(self) -> bool:
         """True once a waiting task has waited long enough that new work must not overtake
         it: lanes then drain until it fits."""
         return bool(self._backlog) and \
-            time.monotonic() - self._backlog[0][1] > _STARVATION_SECONDS
+            time.monotonic() - self._backlog[0][2] > _STARVATION_SECONDS
 
-    def _fits(self, task: Task) -> bool:
-        try:
-            check_requirements([requirement_of(task, f"task {task.task_id!r}")], [self._node])
-        except ResourceError as exc:
-            now = time.time()
-            self._record(task, None, (None, FAILED, "launch", None, None, None, str(exc), None,
-                                      None, "", now, now))
-            return False
-        return True
+    def _fits(self, key: int, task: Task) -> bool:
+        """Check a task from an unsized stream (not checked before the run), once per shape."""
+        shape = (task.nnodes, task.ncpus, task.ngpus, tuple(task.cpu_affinity),
+                 tuple(task.gpu_affinity), task.is_callable)
+        problem = self._shapes.get(shape, "")
+        if problem == "":
+            try:
+                check_requirements([requirement_of(task, "this task")], [self._node])
+                problem = None
+            except ResourceError as exc:
+                problem = str(exc)
+            self._shapes[shape] = problem
+        if problem is None:
+            return True
+        now = time.time()
+        self._sink.record(key, task, (key, FAILED, "launch", None, None, None, problem, None,
+                                      None, "", now, now), "", "")
+        return False
 
-    def _dispatch(self, task: Task, placement: Placement) -> None:
-        key = next(self._keys)
+    def _dispatch(self, key: int, task: Task, placement: Placement) -> None:
         env = dict(task.env) if task.env else None
         if placement.gpus:
             env = env or {}
@@ -138,7 +206,6 @@ class NodeWorker:
             self._pool.submit_run(placement.lane, key, _command(task), env, task, cpus,
                                   self._capture)
         self._inflight[key] = _InFlight(task, placement, deadline)
-        self._counts.running += 1
 
     # -- results -----------------------------------------------------------------------------
 
@@ -152,10 +219,10 @@ class NodeWorker:
 
     def _collect(self, events: PoolEvents) -> None:
         for result in events.results:
-            entry = self._inflight.pop(result[0])
+            key = result[0]
+            entry = self._inflight.pop(key)
             self._slots.release(entry.placement)
-            self._counts.running -= 1
-            self._record(entry.task, entry.placement, result)
+            self._record(key, entry.task, entry.placement, result)
             self._learn_duration(result[11] - result[10])
         for lane, exitcode in events.dead_lanes:
             self._lane_died(lane, exitcode)
@@ -169,19 +236,18 @@ class NodeWorker:
         for i, key in enumerate(keys):
             entry = self._inflight.pop(key)
             self._slots.release(entry.placement)
-            self._counts.running -= 1
             if i > 0:
-                self._backlog.appendleft((entry.task, time.monotonic()))
+                self._backlog.appendleft((key, entry.task, time.monotonic()))
             elif key in self._expired:
                 self._expired.discard(key)
-                self._record(entry.task, entry.placement, (
+                self._record(key, entry.task, entry.placement, (
                     key, TIMED_OUT, "timeout", None, None, None,
                     f"TimeoutError: task exceeded its timeout of {entry.task.timeout} s "
                     "and its runner process was killed", None, None, "", now, now))
             else:
                 how = (f"killed by signal {-exitcode}" if exitcode is not None and exitcode < 0
                        else f"exit status {exitcode}")
-                self._record(entry.task, entry.placement, (
+                self._record(key, entry.task, entry.placement, (
                     key, FAILED, "worker_lost", None, None, None,
                     f"the runner process running this task died ({how})", None, None, "",
                     now, now))
@@ -195,17 +261,8 @@ class NodeWorker:
                 self._expired.add(key)
                 self._pool.kill(entry.placement.lane)
 
-    def _record(self, task: Task, placement: Placement | None, r: tuple) -> None:
-        state = r[1]
-        ensemble = task.ensemble or "tasks"
-        if state == SUCCEEDED:
-            self._counts.done[ensemble] = self._counts.done.get(ensemble, 0) + 1
-        else:
-            self._counts.failed[ensemble] = self._counts.failed.get(ensemble, 0) + 1
-        cpus = ",".join(map(str, placement.cpus)) if placement else ""
-        gpus = ",".join(placement.gpus) if placement else ""
-        self._store.add((task.task_id, task.ensemble, 1, state, r[2], r[3], r[4], r[5], r[6],
-                         r[7], r[8], r[9], r[10], r[11], self._node.host, cpus, gpus))
+    def _record(self, key: int, task: Task, placement: Placement, result: tuple) -> None:
+        self._sink.record(key, task, result, placement.cpus_text, placement.gpus_text)
 
     def _learn_duration(self, seconds: float) -> None:
         mean = self._mean_duration
@@ -222,8 +279,7 @@ class NodeWorker:
         now = time.monotonic()
         if now - self._last_tick >= _TICK_SECONDS:
             self._last_tick = now
-            self._store.maybe_flush()
-            self._progress.update(self._counts)
+            self._sink.tick()
 
 
 def _command(task: Task) -> str | list[str]:

@@ -28,6 +28,15 @@ class Placement:
     lanes: tuple[int, ...]
     gpu_slots: tuple[int, ...] = ()
     exclusive: bool = False
+    cpus_text: str = ""
+    gpus_text: str = ""
+
+    @classmethod
+    def make(cls, lane: int, cpus: tuple[int, ...], gpus: tuple[str, ...],
+             lanes: tuple[int, ...], gpu_slots: tuple[int, ...] = (),
+             exclusive: bool = False) -> Placement:
+        return cls(lane, cpus, gpus, lanes, gpu_slots, exclusive,
+                   ",".join(map(str, cpus)), ",".join(gpus))
 
 
 def needs_exclusive(task: Task) -> bool:
@@ -49,7 +58,8 @@ class NodeSlots:
         self._depth = max(1, depth)
         self._open: deque[int] = deque(range(n))
         self._in_open = [True] * n
-        self._single = [Placement(lane, (cpu,), (), (lane,)) for lane, cpu in enumerate(self.cpus)]
+        self._single = [Placement.make(lane, (cpu,), (), (lane,))
+                        for lane, cpu in enumerate(self.cpus)]
 
     @property
     def depth(self) -> int:
@@ -66,6 +76,17 @@ class NodeSlots:
     @property
     def busy_lanes(self) -> int:
         return sum(1 for lane, q in enumerate(self.queued) if q or self._held[lane])
+
+    def room(self) -> int:
+        """How many more one-core tasks the lanes would queue now."""
+        depth, held = self._depth, self._held
+        return sum(depth - q for lane, q in enumerate(self.queued) if not held[lane] and q < depth)
+
+    def capacity(self) -> int:
+        """How many one-core tasks the lanes hold when full: the prefetch a node asks for
+        on top of its free room, about 20 ms of work per core (one task per core when
+        tasks are long)."""
+        return self._depth * len(self.cpus)
 
     def idle(self) -> bool:
         return not any(self.queued) and not any(self._held)
@@ -107,7 +128,7 @@ class NodeSlots:
         for slot in gpu_slots:
             self._gpu_free[slot] = False
         self.queued[lanes[0]] += 1
-        return Placement(lanes[0], tuple(self.cpus[lane] for lane in lanes),
+        return Placement.make(lanes[0], tuple(self.cpus[lane] for lane in lanes),
                          tuple(self.gpus[s] for s in gpu_slots), tuple(lanes), tuple(gpu_slots),
                          exclusive=True)
 

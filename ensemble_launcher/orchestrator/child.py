@@ -1,0 +1,118 @@
+"""Entry point of every process of the tree below ``main``: a worker or a sub-master.
+
+    python -m ensemble_launcher.orchestrator.child
+
+Everything it needs arrives in its environment, set by the parent that launched it:
+``EL_TREE`` (the subtrees started by this launcher step; each process picks its own by
+host name, else by launcher rank), ``EL_PARENT`` (the parent's address), the run's CURVE
+keys, and the launcher and system configs as JSON. Nothing secret is on a command line.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sys
+import traceback
+from pathlib import Path
+
+import zmq
+
+from ensemble_launcher.comm import CurveKeys, Failed
+from ensemble_launcher.config import LauncherConfig, SystemConfig
+from ensemble_launcher.orchestrator.parent_link import ParentLink, ParentLost
+from ensemble_launcher.orchestrator.signals import sigterm_interrupts
+from ensemble_launcher.orchestrator.tree import TreeNode
+
+log = logging.getLogger("ensemble_launcher")
+
+_RANK_VARS = ("EL_CHILD_INDEX", "SLURM_PROCID", "PMI_RANK", "PMIX_RANK",
+              "OMPI_COMM_WORLD_RANK", "PALS_RANKID")
+
+EXIT_PARENT_LOST, EXIT_FAILED, EXIT_INTERRUPTED = 3, 4, 130
+
+
+def pick_entry(entries: list[TreeNode], hostname: str, env: dict[str, str]) -> TreeNode:
+    """This process's subtree: the one whose host is ours, else the one at our rank."""
+    if len(entries) == 1:
+        return entries[0]
+    short = hostname.split(".")[0]
+    matches = [e for e in entries if e.host.split(".")[0] == short]
+    if len(matches) == 1:
+        return matches[0]
+    for var in _RANK_VARS:
+        if env.get(var, "").isdigit():
+            return entries[int(env[var])]
+    raise RuntimeError(f"cannot tell which of {[e.name for e in entries]} this process is "
+                       f"(host {hostname}, no rank variable among {', '.join(_RANK_VARS)})")
+
+
+def _adopt_sys_path(env: dict[str, str]) -> None:
+    """Import what the root could import: its sys.path, the user's script directory first,
+    so callables pickled by reference load here too."""
+    for path in reversed(json.loads(env.get("EL_SYS_PATH", "[]"))):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+
+
+def main() -> int:
+    env = dict(os.environ)
+    _adopt_sys_path(env)
+    me = pick_entry([TreeNode.from_dict(d) for d in json.loads(env["EL_TREE"])],
+                    socket.gethostname(), env)
+    launcher_config = LauncherConfig.model_validate_json(env["EL_LAUNCHER_CONFIG"])
+    system_config = SystemConfig.model_validate_json(env["EL_SYSTEM_CONFIG"])
+    run_dir = Path(env["EL_RUN_DIR"])
+    _setup_logging(me, launcher_config, run_dir)
+    ctx = zmq.Context()
+    link = ParentLink(ctx, env["EL_PARENT"], me.name, CurveKeys.from_env(env),
+                      heartbeat_interval=launcher_config.heartbeat_interval,
+                      decode_tasks=me.role == "worker")
+    try:
+        with sigterm_interrupts():
+            if me.role == "worker":
+                from ensemble_launcher.orchestrator.roles import run_worker
+
+                run_worker(me, link, launcher_config, system_config, env)
+            else:
+                from ensemble_launcher.orchestrator.roles import run_submaster
+
+                run_submaster(me, link, ctx, launcher_config, run_dir, env)
+            link.bye()
+        return 0
+    except ParentLost as exc:
+        log.error("%s: %s; stopping", me.name, exc)
+        return EXIT_PARENT_LOST
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, then re-raised
+        log.exception("%s failed", me.name)
+        link.endpoint.send(Failed(me.name, f"{type(exc).__name__}: {exc}\n"
+                                           f"{traceback.format_exc(limit=5)}"))
+        return EXIT_FAILED
+    finally:
+        link.close()
+        ctx.term()
+
+
+def _setup_logging(me: TreeNode, config: LauncherConfig, run_dir: Path) -> None:
+    wanted = config.worker_logs if me.role == "worker" else config.master_logs
+    kind = "worker" if me.role == "worker" else "master"
+    handler: logging.Handler
+    if wanted:
+        path = run_dir / "logs" / f"{kind}-{me.name}.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path)
+        log.setLevel(logging.INFO)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        log.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter(
+        f"%(asctime)s %(levelname)s {me.name}@{socket.gethostname()}: %(message)s"))
+    log.addHandler(handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,365 @@
+"""A master of the tree (``main``, or a sub-master such as ``main.m0``).
+
+    upstream (the task stream at the root; the parent link below it)
+        --take()--> Master._assign --Tasks--> children (by credit)
+        <--record_rows()/node_lost()-- Master._receive <--Results/NodeLost-- children
+
+The loop is a short ``run()`` over named steps, waiting on the children's socket, the
+upstream's sockets, and the launcher steps that started the children, so a child that
+dies or never connects is seen within a bounded time. Children pull: each gets at most
+the credit it asked for, so tasks wait at the master, not on a busy node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import zmq
+
+from ensemble_launcher.comm import (
+    Bye,
+    Define,
+    Drain,
+    Failed,
+    Heartbeat,
+    Hello,
+    Message,
+    NodeLost,
+    ParentEndpoint,
+    Request,
+    Results,
+    Stop,
+    Tasks,
+)
+from ensemble_launcher.errors import LaunchError
+from ensemble_launcher.launchers import ChildLauncher
+from ensemble_launcher.launchers.base import child_environment, log_tail
+from ensemble_launcher.orchestrator.tree import TreeNode
+from ensemble_launcher.orchestrator.wire import DIGEST, FunctionTable
+
+log = logging.getLogger("ensemble_launcher")
+
+_TURN_SECONDS = 0.1
+#: Tasks per message: small enough that a child starts on the first batch while the next
+#: is on its way, large enough to amortize a message.
+_BATCH = 256
+
+
+class Upstream(Protocol):
+    """Where a master's tasks come from and its results go."""
+
+    functions: FunctionTable
+
+    def take(self) -> tuple[int, list[Any]] | None: ...
+
+    @property
+    def exhausted(self) -> bool: ...
+
+    def want(self, n: int) -> None: ...
+
+    def sockets(self) -> tuple[zmq.Socket, ...]: ...
+
+    def pump(self) -> None: ...
+
+    def record_rows(self, rows: list[list[Any]]) -> None: ...
+
+    def node_lost(self, name: str, host: str, keys: list[int], why: str) -> None: ...
+
+    def tick(self) -> None: ...
+
+
+@dataclass
+class _Child:
+    node: TreeNode
+    step: int
+    host: str = ""
+    ready: bool = False
+    done: bool = False
+    lost: bool = False
+    credit: int = 0
+    inflight: dict[int, list[Any]] = field(default_factory=dict)
+    known: set[bytes] = field(default_factory=set)
+    last_heard: float = field(default_factory=time.monotonic)
+
+    @property
+    def live(self) -> bool:
+        return not self.done and not self.lost
+
+
+@dataclass
+class TreeSettings:
+    """What every master needs to start and watch its children."""
+
+    launcher: ChildLauncher
+    bind: str
+    heartbeat_interval: float
+    start_timeout: float
+    log_dir: Path
+    child_env: dict[str, str]
+
+
+class Master:
+    def __init__(self, node: TreeNode, upstream: Upstream, ctx: zmq.Context,
+                 settings: TreeSettings, keys_env: dict[str, str]) -> None:
+        self.node = node
+        self._upstream = upstream
+        self._settings = settings
+        self._keys_env = keys_env
+        self._endpoint = ParentEndpoint(ctx, settings.bind, _keys(keys_env))
+        self._children = {c.name.encode(): _Child(c, 0) for c in node.children}
+        self._steps: list[tuple[subprocess.Popen, list[bytes], Path]] = []
+        self._drained = False
+        self._started_at = time.monotonic()
+        self._last_beat = 0.0
+        self._poller: zmq.Poller | None = None
+
+    @property
+    def inflight(self) -> int:
+        return sum(len(c.inflight) for c in self._children.values())
+
+    def run(self) -> None:
+        try:
+            self._start_children()
+            while not self._finished():
+                self._upstream.pump()
+                self._receive()
+                self._assign()
+                self._upstream.want(sum(c.credit for c in self._children.values() if c.live))
+                self._watch_children()
+                self._drain_when_done()
+                self._upstream.tick()
+                self._wait()
+        except BaseException:
+            self.stop("the master stopped")
+            raise
+        finally:
+            self._close()
+
+    # -- starting ----------------------------------------------------------------------------
+
+    def _start_children(self) -> None:
+        """One launcher step for all workers of this master, one step per sub-master."""
+        workers = [c for c in self.node.children if c.role == "worker"]
+        masters = [c for c in self.node.children if c.role == "master"]
+        groups = ([workers] if workers else []) + [[m] for m in masters]
+        for group in groups:
+            self._start_step(group)
+
+    def _start_step(self, group: list[TreeNode]) -> None:
+        import json
+
+        index = len(self._steps)
+        path = self._settings.log_dir / f"launch-{self.node.name}-{index}.log"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        env = child_environment({
+            **self._settings.child_env, **self._keys_env,
+            "EL_PARENT": self._endpoint.address,
+            "EL_TREE": json.dumps([c.to_dict() for c in group]),
+        })
+        argv = [sys.executable, "-m", "ensemble_launcher.orchestrator.child"]
+        hosts = [c.host for c in group]
+        with open(path, "ab") as log_file:
+            procs = self._settings.launcher.start(argv, hosts, env, log_file)
+        names = [c.name.encode() for c in group]
+        if len(procs) == len(names) > 1:
+            self._steps.extend((proc, [name], path) for proc, name in zip(procs, names,
+                                                                         strict=True))
+        else:
+            self._steps.extend((proc, names, path) for proc in procs)
+        for name in names:
+            self._children[name].step = index
+        log.info("%s: started %s on %s with %s", self.node.name,
+                 ", ".join(c.name for c in group), ",".join(hosts), self._settings.launcher.name)
+
+    # -- messages ----------------------------------------------------------------------------
+
+    def _receive(self) -> None:
+        now = time.monotonic()
+        for identity, message in self._endpoint.receive():
+            child = self._children.get(identity)
+            if child is None or child.lost:
+                continue
+            child.last_heard = now
+            self._handle(child, message)
+
+    def _handle(self, child: _Child, message: Message) -> None:
+        if isinstance(message, Results):
+            for row in message.rows:
+                child.inflight.pop(row[0], None)
+            self._upstream.record_rows(message.rows)
+        elif isinstance(message, Request):
+            child.credit += message.credit
+        elif isinstance(message, Hello):
+            child.ready, child.host = True, message.host
+            log.info("%s: %s connected from %s (pid %d, %d cpus, %d gpus)", self.node.name,
+                     message.name, message.host, message.pid, len(message.cpus),
+                     len(message.gpus))
+        elif isinstance(message, NodeLost):
+            for key in message.keys:
+                child.inflight.pop(key, None)
+            self._upstream.node_lost(message.name, message.host, message.keys, message.why)
+        elif isinstance(message, Bye):
+            child.done = True
+        elif isinstance(message, Failed):
+            self._lose(child, f"{message.name} failed: {message.why}")
+        elif not isinstance(message, Heartbeat):
+            log.warning("%s: unexpected %s from %s", self.node.name, type(message).__name__,
+                        child.node.name)
+
+    def _assign(self) -> None:
+        for identity, child in self._children.items():
+            if not child.ready or not child.live or child.credit <= 0 or self._drained:
+                continue
+            batch = []
+            while child.credit > 0:
+                item = self._upstream.take()
+                if item is None:
+                    break
+                key, wire = item
+                digest = wire[DIGEST]
+                if digest is not None and digest not in child.known:
+                    child.known.add(digest)
+                    self._send(identity, Define(digest, self._upstream.functions.blobs[digest]))
+                batch.append(wire)
+                child.inflight[key] = wire
+                child.credit -= 1
+                if len(batch) == _BATCH:
+                    self._send(identity, Tasks(batch))
+                    batch = []
+            if batch:
+                self._send(identity, Tasks(batch))
+
+    def _send(self, identity: bytes, message: Message) -> None:
+        if not self._endpoint.send(identity, message):
+            child = self._children[identity]
+            if child.ready:
+                self._lose(child, "its connection is gone")
+
+    # -- health ------------------------------------------------------------------------------
+
+    def _watch_children(self) -> None:
+        now = time.monotonic()
+        if now - self._last_beat >= self._settings.heartbeat_interval:
+            self._last_beat = now
+            for identity, child in self._children.items():
+                if child.ready and child.live:
+                    self._send(identity, Heartbeat(time.time()))
+        timeout = 2.5 * self._settings.heartbeat_interval
+        for child in self._children.values():
+            if child.ready and child.live and now - child.last_heard > timeout:
+                self._lose(child, f"no heartbeat for {now - child.last_heard:.1f} s")
+        self._check_steps(now)
+
+    def _check_steps(self, now: float) -> None:
+        for proc, names, path in self._steps:
+            if proc.poll() is None:
+                if now - self._started_at > self._settings.start_timeout:
+                    self._check_started(names, path)
+                continue
+            for name in names:
+                child = self._children[name]
+                if not child.ready:
+                    raise LaunchError(
+                        f"{child.node.name} on {child.node.host} did not start: its launcher "
+                        f"exited with status {proc.returncode}. Log {path}:\n{log_tail(path)}")
+                if child.live:
+                    self._lose(child, f"its launcher step exited with status {proc.returncode}")
+
+    def _check_started(self, names: list[bytes], path: Path) -> None:
+        late = [self._children[n] for n in names if not self._children[n].ready]
+        if late:
+            raise LaunchError(
+                f"{', '.join(c.node.name for c in late)} on "
+                f"{', '.join(c.node.host for c in late)} did not connect within "
+                f"{self._settings.start_timeout:.0f} s (child_start_timeout). Is the host up "
+                f"and reachable? Log {path}:\n{log_tail(path)}")
+
+    def _lose(self, child: _Child, why: str) -> None:
+        """Give up on a child: account for its tasks upstream, and end its process when it
+        has one of its own, so that it cannot go on running tasks recorded as lost."""
+        child.lost = True
+        for proc, names, _ in self._steps:
+            if names == [child.node.name.encode()]:
+                _kill_group(proc)
+        keys = list(child.inflight)
+        child.inflight.clear()
+        log.error("%s: lost %s on %s: %s; %d task(s) in flight there", self.node.name,
+                  child.node.name, child.host or child.node.host, why, len(keys))
+        self._upstream.node_lost(child.node.name, child.host or child.node.host, keys, why)
+        if all(not c.live for c in self._children.values()) and not self._upstream.exhausted:
+            raise LaunchError(f"{self.node.name}: every child is gone (last: "
+                              f"{child.node.name}: {why})")
+
+    # -- finishing ---------------------------------------------------------------------------
+
+    def _drain_when_done(self) -> None:
+        if self._drained or not self._upstream.exhausted or self.inflight:
+            return
+        self._drained = True
+        for identity, child in self._children.items():
+            if child.live:
+                self._send(identity, Drain())
+
+    def _finished(self) -> bool:
+        return self._drained and all(not c.live for c in self._children.values())
+
+    def stop(self, reason: str) -> None:
+        """Cancel: tell every child to stop, then end the launcher steps."""
+        for identity, child in self._children.items():
+            if child.live:
+                self._endpoint.send(identity, Stop(reason))
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and any(p.poll() is None for p, _, _ in self._steps):
+            time.sleep(0.05)
+
+    def _close(self) -> None:
+        for proc, _, _ in self._steps:
+            _end(proc)
+        self._endpoint.close()
+
+    def _wait(self) -> None:
+        if self._poller is None:
+            self._poller = zmq.Poller()
+            for sock in (*self._endpoint.sockets(), *self._upstream.sockets()):
+                self._poller.register(sock, zmq.POLLIN)
+        self._poller.poll(int(_TURN_SECONDS * 1000))
+
+
+def _end(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """Wait briefly for a launcher step, then SIGTERM, then SIGKILL its process group."""
+    import signal
+
+    for sig, wait in ((None, grace), (signal.SIGTERM, grace), (signal.SIGKILL, None)):
+        if proc.poll() is not None:
+            return
+        if sig is not None:
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                return
+        try:
+            proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    import signal
+
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _keys(env: dict[str, str]):
+    from ensemble_launcher.comm import CurveKeys
+
+    return CurveKeys.from_env(env)

@@ -1,0 +1,160 @@
+"""A child's side of the tree: the link to its parent master.
+
+    parent --Define/Tasks/Drain/Stop/Heartbeat--> ParentLink --take()--> NodeWorker
+    parent <--Hello/Request/Results/Heartbeat/Bye-- ParentLink <--record()-- NodeWorker
+
+Flow control is pull-based: ``want(n)`` asks the parent for at most what the node can
+start soon plus a small prefetch, counting what was asked for and not yet received, so a
+busy node never sits on tasks an idle one could run. Results are sent in one batch per
+loop turn. A parent that stays silent past the heartbeat timeout is taken as lost.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections import deque
+from typing import Any
+
+import zmq
+
+from ensemble_launcher.comm import (
+    Bye,
+    ChildEndpoint,
+    CurveKeys,
+    Define,
+    Drain,
+    Heartbeat,
+    Hello,
+    Message,
+    NodeLost,
+    Request,
+    Results,
+    Stop,
+    Tasks,
+)
+from ensemble_launcher.ensemble import Task
+from ensemble_launcher.orchestrator.wire import FunctionTable, task_from_wire
+
+
+class ParentLost(Exception):
+    """The parent stopped answering, or told us to stop."""
+
+
+class ParentLink:
+    def __init__(self, ctx: zmq.Context, address: str, name: str, keys: CurveKeys | None, *,
+                 heartbeat_interval: float, decode_tasks: bool = True) -> None:
+        self.name = name
+        self.endpoint = ChildEndpoint(ctx, address, name, keys)
+        self.functions = FunctionTable()
+        self._decode = decode_tasks
+        self._queue: deque[Any] = deque()
+        self._outstanding = 0
+        self._rows: list[list[Any]] = []
+        self._interval = heartbeat_interval
+        self._last_sent = self._last_heard = time.monotonic()
+        self.draining = False
+        self.stop_reason: str | None = None
+
+    def hello(self, cpus: list[int], gpus: list[str]) -> None:
+        self._send(Hello(self.name, socket.gethostname(), os.getpid(), cpus, gpus))
+
+    # -- TaskSource ----------------------------------------------------------------------------
+
+    def take(self) -> Any:
+        while self._queue:
+            item = self._queue.popleft()
+            if not self._decode:
+                return item[0], item
+            try:
+                return task_from_wire(item, self.functions)
+            except Exception as exc:  # noqa: BLE001 - any unloadable task fails alone
+                self._undecodable(item, exc)
+        return None
+
+    def _undecodable(self, item: list[Any], exc: Exception) -> None:
+        """A task whose callable or arguments cannot be loaded here fails as a result."""
+        import traceback
+
+        now = time.time()
+        self._rows.append([item[0], "failed", "launch", None, None, None,
+                           f"cannot load the task on {self._host}: {type(exc).__name__}: {exc}",
+                           "".join(traceback.format_exception(exc)), None, "", now, now,
+                           self._host, "", ""])
+
+    @property
+    def exhausted(self) -> bool:
+        return self.draining and not self._queue
+
+    def want(self, n: int) -> None:
+        """Ask for the shortfall once it is worth a message: half the target, or all of a
+        small one."""
+        target = n
+        shortfall = target - len(self._queue) - self._outstanding
+        if shortfall > 0 and shortfall * 2 >= target and not self.draining:
+            self._outstanding += shortfall
+            self._send(Request(shortfall))
+
+    def sockets(self) -> tuple[zmq.Socket, ...]:
+        return (self.endpoint.socket,)
+
+    def pump(self) -> None:
+        for message in self.endpoint.receive():
+            self._last_heard = time.monotonic()
+            self._handle(message)
+        self.flush()
+        now = time.monotonic()
+        if now - self._last_sent >= self._interval:
+            self._send(Heartbeat(time.time()))
+        if now - self._last_heard > 2.5 * self._interval:
+            raise ParentLost(f"no message from the parent for {now - self._last_heard:.1f} s")
+        if self.stop_reason is not None:
+            raise ParentLost(f"stopped by the parent: {self.stop_reason}")
+
+    def _handle(self, message: Message) -> None:
+        if isinstance(message, Tasks):
+            self._outstanding = max(0, self._outstanding - len(message.tasks))
+            self._queue.extend(message.tasks)
+        elif isinstance(message, Define):
+            self.functions.define(message.digest, message.blob)
+        elif isinstance(message, Drain):
+            self.draining = True
+        elif isinstance(message, Stop):
+            self.stop_reason = message.reason
+
+    # -- ResultSink ----------------------------------------------------------------------------
+
+    def record(self, key: int, task: Task, result: tuple, cpus: str, gpus: str) -> None:
+        self._rows.append([*result, self._host, cpus, gpus])
+
+    def record_rows(self, rows: list[list[Any]]) -> None:
+        """A sub-master passes its children's results up unchanged."""
+        self._rows.extend(rows)
+
+    def node_lost(self, name: str, host: str, keys: list[int], why: str) -> None:
+        self.flush()
+        self._send(NodeLost(name, host, keys, why))
+
+    def tick(self) -> None:
+        self.flush()
+
+    def flush(self) -> None:
+        if self._rows:
+            rows, self._rows = self._rows, []
+            self._send(Results(rows))
+
+    def bye(self) -> None:
+        self.flush()
+        self._send(Bye())
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    _host = socket.gethostname()
+
+    def _send(self, message: Message) -> None:
+        self.endpoint.send(message)
+        self._last_sent = time.monotonic()
+
+    def close(self) -> None:
+        self.endpoint.close()

@@ -1,0 +1,35 @@
+"""Where a master listens and how it starts its children, decided on the master's host."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ensemble_launcher.config import LauncherConfig
+from ensemble_launcher.launchers import choose_launcher
+from ensemble_launcher.orchestrator.master import TreeSettings
+from ensemble_launcher.orchestrator.tree import TreeNode
+from ensemble_launcher.resources import is_this_host
+from ensemble_launcher.resources.discovery import local_address_for
+
+
+def tree_settings(me: TreeNode, config: LauncherConfig, run_dir: Path,
+                  child_env: dict[str, str]) -> TreeSettings:
+    hosts = [c.host for c in me.children]
+    all_local = all(is_this_host(h) for h in hosts)
+    launcher = choose_launcher(config.child_launcher, hosts, all_local,
+                               config.child_launcher_args, config.mpi_flavor)
+    return TreeSettings(
+        launcher=launcher, bind=_bind(hosts, all_local, config),
+        heartbeat_interval=config.heartbeat_interval, start_timeout=config.child_start_timeout,
+        log_dir=run_dir / "logs", child_env=child_env)
+
+
+def _bind(hosts: list[str], all_local: bool, config: LauncherConfig) -> str:
+    """ipc when every child is on this host; else TCP on the one address that reaches
+    them (or the configured one), never on every interface."""
+    if config.bind_address:
+        return f"tcp://{config.bind_address}"
+    if all_local:
+        return "ipc"
+    remote = next(h for h in hosts if not is_this_host(h))
+    return f"tcp://{local_address_for(remote)}"

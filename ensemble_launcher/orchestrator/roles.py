@@ -1,0 +1,37 @@
+"""What a child process of the tree does, by role: run tasks, or lead a subtree."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import zmq
+
+from ensemble_launcher.config import LauncherConfig, SystemConfig
+from ensemble_launcher.executors import WarmPool
+from ensemble_launcher.orchestrator.master import Master
+from ensemble_launcher.orchestrator.node_worker import NodeWorker
+from ensemble_launcher.orchestrator.parent_link import ParentLink
+from ensemble_launcher.orchestrator.placement import tree_settings
+from ensemble_launcher.orchestrator.tree import TreeNode
+from ensemble_launcher.resources import local_node
+
+
+def run_worker(me: TreeNode, link: ParentLink, config: LauncherConfig, system: SystemConfig,
+               env: dict[str, str]) -> None:
+    pin = env.get("EL_PIN") == "1"
+    node = local_node(system, pin=pin)
+    link.hello(list(node.cpus), list(node.gpus))
+    with WarmPool(node.cpus, pin=pin, tail_bytes=config.stderr_tail_bytes,
+                  kill_grace=config.kill_grace) as pool:
+        NodeWorker(link, link, node, pool, gpu_selector=config.gpu_selector,
+                   capture_stdout=env.get("EL_RETURN_STDOUT") == "1", pin=pin,
+                   kill_grace=config.kill_grace,
+                   check_each_task=env.get("EL_CHECK_EACH") == "1").run()
+
+
+def run_submaster(me: TreeNode, link: ParentLink, ctx: zmq.Context, config: LauncherConfig,
+                  run_dir: Path, env: dict[str, str]) -> None:
+    link.hello([], [])
+    settings = tree_settings(me, config, run_dir, child_env={})
+    keys_env = {k: v for k, v in env.items() if k.startswith("EL_CURVE_")}
+    Master(me, link, ctx, settings, keys_env).run()

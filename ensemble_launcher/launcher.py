@@ -21,7 +21,7 @@ from ensemble_launcher.config import LauncherConfig, SystemConfig
 from ensemble_launcher.config.models import auto_nlevels, default_run_dir
 from ensemble_launcher.ensemble import load_tasks
 from ensemble_launcher.errors import ConfigError
-from ensemble_launcher.executors import WarmPool, executor_for
+from ensemble_launcher.executors import executor_for, make_pool
 from ensemble_launcher.monitor import Counts, LogReporter, Reporter
 from ensemble_launcher.orchestrator.master import Master
 from ensemble_launcher.orchestrator.node_worker import IteratorSource, NodeWorker
@@ -65,7 +65,8 @@ class EnsembleLauncher:
     ) -> None:
         self.system_config = system_config or SystemConfig(name="local")
         self.launcher_config = launcher_config or LauncherConfig()
-        self.pin_resources = pin_resources
+        self.pin_resources = pin_resources and \
+            self.launcher_config.task_executor_name != "simulate"
         self.return_stdout = return_stdout or self.launcher_config.return_stdout
         self.tasks = load_tasks(ensemble_file)
         self.nodes = self._nodes(Nodes)
@@ -147,8 +148,8 @@ class EnsembleLauncher:
 
     def _run_here(self, recorder: Recorder) -> None:
         config, node = self.launcher_config, self.nodes[0]
-        with WarmPool(node.cpus, pin=self.pin_resources, tail_bytes=config.stderr_tail_bytes,
-                      kill_grace=config.kill_grace) as pool:
+        with make_pool(config.task_executor_name, node.cpus, pin=self.pin_resources,
+                       tail_bytes=config.stderr_tail_bytes, kill_grace=config.kill_grace) as pool:
             worker: NodeWorker | None = None
             sink = LocalSink(recorder, node.host, lambda: worker.running if worker else 0)
             worker = NodeWorker(IteratorSource(self.tasks), sink, node, pool,

@@ -75,7 +75,7 @@ class SystemConfig(_Strict):
         return self
 
 
-ExecutorName = Literal["multiprocessing", "mpi", "dragon"]
+ExecutorName = Literal["multiprocessing", "mpi", "dragon", "simulate"]
 CommName = Literal["multiprocessing", "zmq", "dragon"]
 ChildLauncherName = Literal["auto", "local", "srun", "mpiexec"]
 MpiFlavor = Literal["auto", "hydra", "pals", "openmpi"]

@@ -6,6 +6,6 @@ its core. The registry lists every executor by the name users give in LauncherCo
 """
 
 from ensemble_launcher.executors.pool import PoolEvents, WarmPool
-from ensemble_launcher.executors.registry import EXECUTORS, executor_for
+from ensemble_launcher.executors.registry import EXECUTORS, executor_for, make_pool
 
-__all__ = ["EXECUTORS", "PoolEvents", "WarmPool", "executor_for"]
+__all__ = ["EXECUTORS", "PoolEvents", "WarmPool", "executor_for", "make_pool"]

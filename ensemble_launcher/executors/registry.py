@@ -7,7 +7,19 @@ from ensemble_launcher.errors import ConfigError
 #: name -> what it is; a name is usable when it is present here.
 EXECUTORS: dict[str, str] = {
     "multiprocessing": "warm pinned runner processes on each node (callables and commands)",
+    "simulate": "no process: a task completes after its estimated_runtime (for scale tests)",
 }
+
+
+def make_pool(name: str, cpus, *, pin: bool, tail_bytes: int, kill_grace: float):
+    """The pool that runs tasks for executor ``name`` on one node."""
+    if name == "simulate":
+        from ensemble_launcher.executors.simulated import SimulatedPool
+
+        return SimulatedPool(cpus)
+    from ensemble_launcher.executors.pool import WarmPool
+
+    return WarmPool(cpus, pin=pin, tail_bytes=tail_bytes, kill_grace=kill_grace)
 
 
 def executor_for(name: str) -> str:

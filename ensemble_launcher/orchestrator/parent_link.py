@@ -55,6 +55,7 @@ class ParentLink:
         self._interval = heartbeat_interval
         self._last_sent = self._last_heard = time.monotonic()
         self.draining = False
+        self.sent_results = 0
         self.stop_reason: str | None = None
 
     def hello(self, cpus: list[int], gpus: list[str]) -> None:
@@ -142,6 +143,7 @@ class ParentLink:
     def flush(self) -> None:
         if self._rows:
             rows, self._rows = self._rows, []
+            self.sent_results += len(rows)
             self._send(Results(rows))
 
     def bye(self) -> None:

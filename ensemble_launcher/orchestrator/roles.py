@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import zmq
 
 from ensemble_launcher.config import LauncherConfig, SystemConfig
-from ensemble_launcher.executors import WarmPool
+from ensemble_launcher.executors import make_pool
 from ensemble_launcher.orchestrator.master import Master
 from ensemble_launcher.orchestrator.node_worker import NodeWorker
 from ensemble_launcher.orchestrator.parent_link import ParentLink
@@ -15,18 +16,24 @@ from ensemble_launcher.orchestrator.placement import tree_settings
 from ensemble_launcher.orchestrator.tree import TreeNode
 from ensemble_launcher.resources import local_node
 
+log = logging.getLogger("ensemble_launcher")
+
 
 def run_worker(me: TreeNode, link: ParentLink, config: LauncherConfig, system: SystemConfig,
                env: dict[str, str]) -> None:
     pin = env.get("EL_PIN") == "1"
     node = local_node(system, pin=pin)
     link.hello(list(node.cpus), list(node.gpus))
-    with WarmPool(node.cpus, pin=pin, tail_bytes=config.stderr_tail_bytes,
-                  kill_grace=config.kill_grace) as pool:
+    log.info("%s: running tasks on %s (cpus %s, gpus %s, executor %s)", me.name, node.host,
+             ",".join(map(str, node.cpus)), ",".join(node.gpus) or "none",
+             config.task_executor_name)
+    with make_pool(config.task_executor_name, node.cpus, pin=pin,
+                   tail_bytes=config.stderr_tail_bytes, kill_grace=config.kill_grace) as pool:
         NodeWorker(link, link, node, pool, gpu_selector=config.gpu_selector,
                    capture_stdout=env.get("EL_RETURN_STDOUT") == "1", pin=pin,
                    kill_grace=config.kill_grace,
                    check_each_task=env.get("EL_CHECK_EACH") == "1").run()
+    log.info("%s: drained, %d task results sent", me.name, link.sent_results)
 
 
 def run_submaster(me: TreeNode, link: ParentLink, ctx: zmq.Context, config: LauncherConfig,

@@ -1,0 +1,284 @@
+"""Benchmarks of the master/worker tree, each against a baseline in the same run.
+
+1. levels     N no-op callables through a tree on this machine (workers on localhost,
+              ipc) at nlevels=1 and nlevels=2, vs nlevels=0 (no tree) in the same run.
+              Ratio = tree rate / nlevels=0 rate; goal for nlevels=1 >= 0.8 (the original
+              launcher: 0.42).
+2. scale      the ``simulate`` executor (a task completes after its estimated_runtime,
+              without a process) on a tree of many logical nodes x 64 slots, all on this
+              machine. Reports the root's dispatch rate (tasks/s through the root) at
+              nlevels=1 and 2 for several node counts; goal >= 20,000 tasks/s at nlevels=2.
+              Baseline: the same tasks at nlevels=0 on one 64-slot logical node.
+3. latency    round trip of one task at a time through main -> main.w0 over loopback TCP
+              (CURVE, as between real nodes): from the root handing the task out to its
+              result arriving back. Median of 200; goal < 1 ms. Baseline: a bare ZMQ
+              DEALER/ROUTER ping-pong with the same encryption.
+
+Usage: ``python bench/bench_tree.py [--quick] [--only NAME ...]``. Benchmarks report;
+the exit status is 0 whatever the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from ensemble_launcher import EnsembleLauncher, Task
+from ensemble_launcher.config import LauncherConfig, SystemConfig
+
+BENCHMARKS = ("levels", "scale", "latency")
+
+
+@dataclass
+class Row:
+    name: str
+    ours: str
+    baseline: str
+    ratio: float
+    goal: str
+    ok: bool
+
+
+def say(text: str) -> None:
+    print(text, flush=True)
+
+
+def noop() -> None:
+    return None
+
+
+def timed_run(tasks, n: int, nodes=None, **config) -> float:
+    """Tasks per second of one EnsembleLauncher run (start-up and shut-down included)."""
+    out = Path(tempfile.mkdtemp(prefix="el-bench-"))
+    try:
+        start = time.perf_counter()
+        results = EnsembleLauncher(tasks, config.pop("system", None), LauncherConfig(**config),
+                                   Nodes=nodes, out_dir=out / "run").run()
+        elapsed = time.perf_counter() - start
+        done = results.counts().get("succeeded", 0)
+        if done != n:
+            raise RuntimeError(f"only {done} of {n} tasks succeeded: {results.counts()}")
+        return n / elapsed
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+# -- 1. levels -------------------------------------------------------------------------------
+
+
+def noop_tasks(n: int):
+    return (Task(task_id=f"t{i}", executable=noop) for i in range(n))
+
+
+def bench_levels(n: int, workers: int, rounds: int) -> list[Row]:
+    rates: dict[str, list[float]] = {"0": [], "1": [], "2": []}
+    local = ["localhost"] * workers
+    for _ in range(rounds):
+        rates["0"].append(timed_run(noop_tasks(n), n, nlevels=0))
+        rates["1"].append(timed_run(noop_tasks(n), n, local, nlevels=1))
+        rates["2"].append(timed_run(noop_tasks(n), n, local, nlevels=2, nchildren=2))
+    base = statistics.median(rates["0"])
+    rows = []
+    for level in ("1", "2"):
+        rate = statistics.median(rates[level])
+        ratio = rate / base
+        say(f"[levels] {n} no-ops, {workers} workers on localhost: nlevels={level} "
+            f"{rate:,.0f}/s vs nlevels=0 {base:,.0f}/s, ratio {ratio:.2f}")
+        goal_ok = ratio >= 0.8 if level == "1" else True
+        rows.append(Row(f"nlevels={level} vs 0 ({n} no-ops)", f"{rate:,.0f}/s", f"{base:,.0f}/s",
+                        ratio, ">= 0.8" if level == "1" else "report", goal_ok))
+    return rows
+
+
+# -- 2. scale --------------------------------------------------------------------------------
+
+
+def sim_tasks(n: int, seconds: float):
+    return (Task(task_id=f"s{i}", executable="true", estimated_runtime=seconds)
+            for i in range(n))
+
+
+def bench_scale(n: int, node_counts: list[int], slots: int, seconds: float) -> list[Row]:
+    system = SystemConfig(name="simulated", cpus=list(range(slots)))
+    base = timed_run(sim_tasks(n, seconds), n, None, nlevels=0,
+                     task_executor_name="simulate", system=system)
+    say(f"[scale] baseline nlevels=0, one {slots}-slot node: {base:,.0f} tasks/s")
+    rows = []
+    for nodes in node_counts:
+        for level in (1, 2):
+            rate = timed_run(sim_tasks(n, seconds), n, ["localhost"] * nodes, nlevels=level,
+                             task_executor_name="simulate", system=system,
+                             child_start_timeout=600, heartbeat_interval=5.0)
+            say(f"[scale] {nodes} nodes x {slots} slots, nlevels={level}: {rate:,.0f} tasks/s "
+                f"through the root")
+            ok = rate >= 20_000 if level == 2 else True
+            rows.append(Row(f"simulate {nodes}x{slots}, nlevels={level}", f"{rate:,.0f}/s",
+                            f"{base:,.0f}/s", rate / base,
+                            ">= 20,000/s" if level == 2 else "report", ok))
+    return rows
+
+
+# -- 3. latency ------------------------------------------------------------------------------
+
+
+def bench_latency(count: int) -> list[Row]:
+    ours = tree_round_trips(count)
+    base = zmq_round_trips(count)
+    ours_ms, base_ms = statistics.median(ours) * 1e3, statistics.median(base) * 1e3
+    say(f"[latency] one task main -> main.w0 -> main over loopback TCP: median {ours_ms:.3f} ms"
+        f" (p90 {sorted(ours)[int(0.9 * len(ours))] * 1e3:.3f} ms); bare ZMQ CURVE ping-pong "
+        f"{base_ms:.3f} ms")
+    return [Row("one-task round trip, nlevels=1, TCP", f"{ours_ms:.3f} ms", f"{base_ms:.3f} ms",
+                ours_ms / base_ms, "< 1 ms", ours_ms < 1.0)]
+
+
+def tree_round_trips(count: int) -> list[float]:
+    """Hand out one task at a time through a real root Master and worker; time each trip."""
+    import zmq
+
+    from ensemble_launcher.comm import CurveKeys
+    from ensemble_launcher.launchers import LocalLauncher
+    from ensemble_launcher.orchestrator.master import Master, TreeSettings
+    from ensemble_launcher.orchestrator.tree import plan_tree
+
+    upstream = OneAtATime(count)
+    out = Path(tempfile.mkdtemp(prefix="el-bench-"))
+    env = {"EL_LAUNCHER_CONFIG": LauncherConfig().model_dump_json(),
+           "EL_SYSTEM_CONFIG": SystemConfig().model_dump_json(), "EL_RUN_DIR": str(out),
+           "EL_PIN": "1", "EL_RETURN_STDOUT": "0", "EL_CHECK_EACH": "0",
+           "EL_SYS_PATH": json.dumps(sys.path)}
+    settings = TreeSettings(LocalLauncher(), "tcp://127.0.0.1", 1.0, 60.0, out / "logs", env)
+    ctx = zmq.Context()
+    try:
+        Master(plan_tree(["localhost"], 1), upstream, ctx, settings,
+               CurveKeys.generate().to_env()).run()
+    finally:
+        ctx.term()
+        shutil.rmtree(out, ignore_errors=True)
+    return upstream.trips[10:]
+
+
+class OneAtATime:
+    """An upstream for a root Master that releases the next task only when the previous
+    result is back."""
+
+    def __init__(self, count: int) -> None:
+        from ensemble_launcher.orchestrator.wire import FunctionTable, task_to_wire
+
+        self.functions = FunctionTable()
+        self._encode = lambda key: task_to_wire(key, Task(task_id=f"l{key}", executable=noop),
+                                                self.functions)
+        self._left = count + 10
+        self._sent_at: float | None = None
+        self.trips: list[float] = []
+        self.exhausted = False
+
+    def take(self):
+        if self._sent_at is not None or self.exhausted:
+            return None
+        if self._left == 0:
+            self.exhausted = True
+            return None
+        self._left -= 1
+        self._sent_at = time.perf_counter()
+        return self._left, self._encode(self._left)
+
+    def record_rows(self, rows) -> None:
+        self.trips.append(time.perf_counter() - self._sent_at)
+        self._sent_at = None
+
+    def want(self, n: int) -> None:
+        pass
+
+    def sockets(self):
+        return ()
+
+    def pump(self) -> None:
+        pass
+
+    def node_lost(self, *args) -> None:
+        raise RuntimeError(f"the worker was lost: {args}")
+
+    def tick(self) -> None:
+        pass
+
+
+def zmq_round_trips(count: int) -> list[float]:
+    """The floor: a DEALER/ROUTER ping-pong over the same CURVE-secured loopback TCP."""
+    import zmq
+
+    from ensemble_launcher.comm import ChildEndpoint, CurveKeys, Heartbeat, ParentEndpoint
+
+    ctx = zmq.Context()
+    keys = CurveKeys.generate()
+    parent = ParentEndpoint(ctx, "tcp://127.0.0.1", keys)
+    child = ChildEndpoint(ctx, parent.address, "echo", keys)
+    poller = zmq.Poller()
+    for sock in parent.sockets():
+        poller.register(sock, zmq.POLLIN)
+    trips = []
+    try:
+        child.send(Heartbeat(0.0))
+        while not parent.receive():
+            poller.poll(100)
+        for _ in range(count):
+            start = time.perf_counter()
+            parent.send(b"echo", Heartbeat(start))
+            while not child.receive():
+                child.socket.poll(100)
+            child.send(Heartbeat(start))
+            while not parent.receive():
+                poller.poll(100)
+            trips.append(time.perf_counter() - start)
+    finally:
+        child.close(0)
+        parent.close()
+        ctx.term()
+    return trips
+
+
+# -- main ------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--only", action="append", choices=BENCHMARKS)
+    args = parser.parse_args()
+    chosen = args.only or list(BENCHMARKS)
+    quick = args.quick
+    say(f"ensemble_launcher tree benchmarks: {len(os.sched_getaffinity(0))} cores, "
+        f"Python {sys.version.split()[0]}")
+    plan: dict[str, Callable[[], list[Row]]] = {
+        "levels": lambda: bench_levels(10_000 if quick else 100_000, 2, 1 if quick else 3),
+        "scale": lambda: bench_scale(20_000 if quick else 200_000,
+                                     [4] if quick else [16, 64, 256], 64, 0.05),
+        "latency": lambda: bench_latency(50 if quick else 200),
+    }
+    rows: list[Row] = []
+    started = time.perf_counter()
+    for name in chosen:
+        try:
+            rows += plan[name]()
+        except Exception as exc:  # noqa: BLE001 - one broken benchmark must not hide the rest
+            say(f"[{name}] ERROR: {type(exc).__name__}: {exc}")
+            rows.append(Row(name, "error", "-", 0.0, "-", False))
+    say("")
+    say(f"{'benchmark':42} {'ours':>14} {'baseline':>14} {'ratio':>7}  {'goal':12} result")
+    for r in rows:
+        say(f"{r.name:42} {r.ours:>14} {r.baseline:>14} {r.ratio:7.3f}  {r.goal:12} "
+            f"{'PASS' if r.ok else 'MISS'}")
+    say(f"\ntotal {time.perf_counter() - started:.0f} s; benchmarks report, they do not gate")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,78 @@
+"""The ``simulate`` executor: a task "runs" for its ``estimated_runtime`` without a process.
+
+It lets one machine host a tree of hundreds of logical nodes with many slots each, to
+measure what the masters and the protocol cost at scale. Same interface as
+:class:`~ensemble_launcher.executors.pool.WarmPool`; results say ``simulated``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import zmq
+
+from ensemble_launcher.ensemble import Task
+from ensemble_launcher.executors.pool import PoolEvents
+from ensemble_launcher.executors.runner import SUCCEEDED
+
+
+class SimulatedPool:
+    def __init__(self, cpus: Sequence[int], **_: Any) -> None:
+        self._due: list[tuple[float, int, float]] = []
+        self._poller: zmq.Poller | None = None
+        self._polled: tuple = ()
+
+    def __enter__(self) -> SimulatedPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def submit_call(self, lane: int, key: int, task: Task, env: Any, capture: bool) -> None:
+        self._schedule(key, task)
+
+    def submit_run(self, lane: int, key: int, command: Any, env: Any, task: Task,
+                   cpus: Any, capture: bool) -> None:
+        self._schedule(key, task)
+
+    def _schedule(self, key: int, task: Task) -> None:
+        now = time.time()
+        heapq.heappush(self._due, (time.monotonic() + task.estimated_runtime, key, now))
+
+    def flush(self) -> None:
+        pass
+
+    def wait(self, timeout: float | None, extra: tuple[zmq.Socket, ...] = ()) -> PoolEvents:
+        if self._due:
+            next_due = self._due[0][0] - time.monotonic()
+            timeout = max(0.0, next_due if timeout is None else min(timeout, next_due))
+        events = PoolEvents()
+        if extra:
+            if extra != self._polled:
+                self._poller = zmq.Poller()
+                for sock in extra:
+                    self._poller.register(sock, zmq.POLLIN)
+                self._polled = extra
+            assert self._poller is not None
+            events.extra_ready = bool(self._poller.poll(
+                None if timeout is None else int(timeout * 1000)))
+        elif timeout:
+            time.sleep(timeout)
+        now, wall = time.monotonic(), time.time()
+        while self._due and self._due[0][0] <= now:
+            _, key, started = heapq.heappop(self._due)
+            events.results.append((key, SUCCEEDED, None, None, None, None, None, None, None,
+                                   "", started, wall))
+        return events
+
+    def replace(self, lane: int) -> None:
+        pass
+
+    def kill(self, lane: int) -> None:
+        pass
+
+    def close(self, cancel: bool = False) -> None:
+        self._due.clear()

@@ -1,0 +1,142 @@
+"""The tree across real hosts: network namespaces running slurmd, real srun and mpiexec,
+ZMQ over TCP between hosts (see tests/cluster)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+EL = [sys.executable, "-m", "ensemble_launcher.cli"]
+WHERE = "sh -c 'sleep 0.02; echo $(hostname) $(hostname -I) {i}'"
+
+
+def write_run_files(work: Path, ntasks: int, **launcher_config) -> None:
+    work.mkdir(exist_ok=True)
+    (work / "ensemble.json").write_text(json.dumps(
+        {"ensembles": {"where": {"cmd_template": WHERE, "i": f"range({ntasks})"}}}))
+    (work / "launcher.json").write_text(json.dumps(
+        {"master_logs": True, "worker_logs": True, **launcher_config}))
+
+
+def el_run_argv(work: Path) -> list[str]:
+    return [*EL, "run", "ensemble.json", "--launcher-config", "launcher.json", "--out",
+            str(work / "run"), "--json", str(work / "results.json"), "--return-stdout"]
+
+
+def batch_script(work: Path) -> str:
+    return f"#!/bin/sh\ncd {work}\n{' '.join(el_run_argv(work))}\necho \"el exit $?\"\n"
+
+
+def check_every_task_ran_where_recorded(cluster, work: Path, ntasks: int) -> Counter:
+    results = json.loads((work / "results.json").read_text())
+    assert len(results) == ntasks
+    assert Counter(r["state"] for r in results.values()) == {"succeeded": ntasks}
+    for result in results.values():
+        hostname, address, _ = result["stdout"].split()
+        assert hostname == result["host"]
+        assert address == cluster.addresses[result["host"]]
+    hosts = Counter(r["host"] for r in results.values())
+    assert set(hosts) == set(cluster.hosts), f"not every host ran tasks: {hosts}"
+    return hosts
+
+
+def test_sbatch_three_nodes_runs_the_sweep_on_every_host(cluster):
+    work = cluster.run_dir / "work"
+    write_run_files(work, 300)
+    job = cluster.sbatch(batch_script(work), nodes=3, timeout=180)
+    assert (job.state, job.exit_code) == ("COMPLETED", 0), job.stdout + job.stderr
+    assert "el exit 0" in job.stdout
+    check_every_task_ran_where_recorded(cluster, work, 300)
+    logs = {p.name for p in (work / "run" / "logs").iterdir()}
+    assert {"worker-main.w0.log", "worker-main.w1.log", "worker-main.w2.log"} <= logs
+
+
+def hydra_args(cluster) -> list[str]:
+    return ["-launcher", "ssh", "-launcher-exec", cluster.rsh, "-iface", "eth0"]
+
+
+def test_mpiexec_places_workers_from_a_pbs_nodefile(cluster):
+    work = cluster.run_dir / "work"
+    write_run_files(work, 300, child_launcher="mpiexec", child_launcher_args=hydra_args(cluster))
+    (work / "nodes").write_text("".join(f"{h}\n{h}\n" for h in cluster.hosts))
+    out = cluster.run_on(cluster.hosts[0], el_run_argv(work), cwd=work, capture_output=True,
+                         text=True, timeout=180,
+                         env=cluster.client_env({"PBS_NODEFILE": str(work / "nodes")}))
+    assert out.returncode == 0, out.stderr
+    check_every_task_ran_where_recorded(cluster, work, 300)
+    launch_log = (work / "run" / "logs" / "master-main.log").read_text()
+    assert "with mpiexec" in launch_log
+
+
+def test_two_levels_put_sub_masters_on_other_hosts(cluster):
+    work = cluster.run_dir / "work"
+    write_run_files(work, 300, nlevels=2, nchildren=2)
+    job = cluster.sbatch(batch_script(work), nodes=3, timeout=180)
+    assert (job.state, job.exit_code) == ("COMPLETED", 0), job.stdout + job.stderr
+    check_every_task_ran_where_recorded(cluster, work, 300)
+    logs = work / "run" / "logs"
+    first, _, third = cluster.hosts
+    assert f"main.m0@{first}" in (logs / "master-main.m0.log").read_text()
+    assert f"main.m1@{third}" in (logs / "master-main.m1.log").read_text()
+    assert f"main.m1.w0@{third}" in (logs / "worker-main.m1.w0.log").read_text()
+    root_log = (logs / "master-main.log").read_text()
+    assert f"main.m1 connected from {third}" in root_log
+
+
+def test_a_node_name_that_does_not_resolve_is_a_clear_error(cluster):
+    work = cluster.run_dir / "work"
+    write_run_files(work, 10)
+    (work / "nodes").write_text(f"{cluster.hosts[0]}\nno-such-node.invalid\n")
+    start = time.monotonic()
+    out = cluster.run_on(cluster.hosts[0], el_run_argv(work), cwd=work, capture_output=True,
+                         text=True, timeout=120,
+                         env=cluster.client_env({"PBS_NODEFILE": str(work / "nodes")}))
+    assert out.returncode == 2
+    assert "no-such-node.invalid" in out.stderr and "does not resolve" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert time.monotonic() - start < 60
+    assert not (work / "run").exists()
+
+
+def submit_and_wait_for_script(cluster, work: Path, timeout: float) -> str:
+    """sbatch, then wait for the script's last line: a job with an unreachable node stays
+    COMPLETING in Slurm long after its script has ended."""
+    script, out = work / "job.sh", work / "job.out"
+    script.write_text(batch_script(work))
+    submitted = cluster.run(["sbatch", "--parsable", "--nodes=3", f"--output={out}",
+                             str(script)], cwd=work, capture_output=True, text=True)
+    assert submitted.returncode == 0, submitted.stderr
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if out.exists() and "el exit" in out.read_text():
+            return out.read_text()
+        time.sleep(0.2)
+    raise AssertionError(f"the batch script did not finish within {timeout} s:\n"
+                         f"{out.read_text() if out.exists() else ''}")
+
+
+@pytest.mark.parametrize("launcher", ["srun", "mpiexec"])
+def test_a_host_that_does_not_answer_is_a_clear_error_in_bounded_time(cluster, launcher):
+    work = cluster.run_dir / "work"
+    extra = {"child_launcher_args": hydra_args(cluster)} if launcher == "mpiexec" else {}
+    write_run_files(work, 10, child_launcher=launcher, child_start_timeout=15, **extra)
+    silent = cluster.hosts[2]
+    cluster.cut_link(silent)
+    if launcher == "srun":
+        output = submit_and_wait_for_script(cluster, work, timeout=120)
+        assert "el exit 2" in output
+    else:
+        (work / "nodes").write_text("".join(f"{h}\n" for h in cluster.hosts))
+        out = cluster.run_on(cluster.hosts[0], el_run_argv(work), cwd=work,
+                             capture_output=True, text=True, timeout=180,
+                             env=cluster.client_env({"PBS_NODEFILE": str(work / "nodes")}))
+        output = out.stdout + out.stderr
+        assert out.returncode == 2
+    assert "el: error:" in output and "Traceback" not in output
+    assert silent in output
+    assert "did not connect within 15 s" in output or "did not start" in output

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -23,12 +24,13 @@ from ensemble_launcher.ensemble import load_tasks
 from ensemble_launcher.errors import ConfigError
 from ensemble_launcher.executors import executor_for, make_pool
 from ensemble_launcher.monitor import Counts, LogReporter, Reporter
+from ensemble_launcher.orchestrator.ledger import Ledger, RetryPolicy
 from ensemble_launcher.orchestrator.master import Master
-from ensemble_launcher.orchestrator.node_worker import IteratorSource, NodeWorker
+from ensemble_launcher.orchestrator.node_worker import NodeWorker
 from ensemble_launcher.orchestrator.placement import tree_settings
-from ensemble_launcher.orchestrator.recording import LocalSink, Recorder
-from ensemble_launcher.orchestrator.root import RootUpstream
-from ensemble_launcher.orchestrator.signals import sigterm_interrupts
+from ensemble_launcher.orchestrator.recording import Recorder
+from ensemble_launcher.orchestrator.root import LocalSink, LocalSource, RootControl, RootUpstream
+from ensemble_launcher.orchestrator.signals import GracefulShutdown
 from ensemble_launcher.orchestrator.tree import plan_tree
 from ensemble_launcher.resources import (
     NodeResources,
@@ -37,6 +39,7 @@ from ensemble_launcher.resources import (
     local_node,
 )
 from ensemble_launcher.resources.discovery import check_resolvable, discover_nodes
+from ensemble_launcher.resources.walltime import job_time_left
 from ensemble_launcher.store import JOURNAL_NAME, Results, RunStore
 
 log = logging.getLogger("ensemble_launcher")
@@ -49,6 +52,9 @@ class EnsembleLauncher:
     dict, a dict of :class:`~ensemble_launcher.ensemble.Task` keyed by task id, or an
     iterable of Tasks. ``out_dir`` is the run directory (default
     ``el-runs/<name>-<time>-<pid>``).
+
+    ``resume=True`` continues the run in ``out_dir``: tasks that succeeded there are not
+    run again, nor failed ones unless ``retry_failed``; tasks not run are.
     """
 
     def __init__(
@@ -62,6 +68,8 @@ class EnsembleLauncher:
         *,
         out_dir: str | os.PathLike | None = None,
         reporter: Reporter | None = None,
+        resume: bool = False,
+        retry_failed: bool = False,
     ) -> None:
         self.system_config = system_config or SystemConfig(name="local")
         self.launcher_config = launcher_config or LauncherConfig()
@@ -76,9 +84,13 @@ class EnsembleLauncher:
         label = Path(ensemble_file).stem if isinstance(ensemble_file, (str, os.PathLike)) \
             else "run"
         self.run_dir = Path(out_dir) if out_dir is not None else default_run_dir(label)
-        if (self.run_dir / JOURNAL_NAME).exists():
+        self.resume, self.retry_failed = resume, retry_failed
+        has_journal = (self.run_dir / JOURNAL_NAME).exists()
+        if has_journal and not resume:
             raise ConfigError(f"{self.run_dir} already holds a run (its {JOURNAL_NAME} exists); "
-                              "choose another output directory")
+                              "choose another output directory, or resume it")
+        if resume and not has_journal:
+            raise ConfigError(f"cannot resume {self.run_dir}: it holds no {JOURNAL_NAME}")
         self._reporter = reporter or LogReporter(self.launcher_config.report_interval)
         self.counts: Counts | None = None
 
@@ -119,47 +131,82 @@ class EnsembleLauncher:
         return nlevels
 
     def run(self) -> Results:
-        """Run every task; return their results. A failed task is a result, not an error."""
+        """Run every task; return their results. A failed task is a result, not an error.
+
+        SIGTERM or SIGINT stops it gracefully (see LauncherConfig.shutdown_grace); the
+        journal then holds every result, and KeyboardInterrupt is raised.
+        """
+        config = self.launcher_config
         counts = Counts(self.tasks.ensembles)
         self.counts = counts
+        shutdown = GracefulShutdown(config.shutdown_grace)
+        interrupted: BaseException | None = None
         with RunStore(self.run_dir) as store, self._master_log():
-            store.set_meta(
-                source=self.tasks.source, ensembles=self.tasks.ensembles,
-                nodes=[n.host for n in self.nodes], nlevels=self.nlevels, started=time.time(),
-                system_config=self.system_config.model_dump(),
-                launcher_config=self.launcher_config.model_dump(),
-                pin_resources=self.pin_resources)
-            log.info("run %s: %s tasks on %d node(s), nlevels=%d", self.run_dir,
-                     counts.grand_total() if counts.grand_total() is not None else "?",
-                     len(self.nodes), self.nlevels)
+            previous = store.final_states() if self.resume else None
+            self._write_meta(store)
             recorder = Recorder(store, counts, self._reporter)
+            ledger = Ledger(self.tasks, recorder, _retry_policy(config), previous=previous,
+                            retry_failed=self.retry_failed, deadline=self._deadline())
+            control = RootControl(ledger, shutdown)
             self._reporter.start(counts)
             try:
-                with sigterm_interrupts():
+                with shutdown:
                     if self.nlevels == 0:
-                        self._run_here(recorder)
+                        self._run_here(control, recorder)
                     else:
-                        self._run_tree(recorder)
+                        self._run_tree(control, recorder)
+            except KeyboardInterrupt as exc:
+                interrupted = exc
             finally:
+                ledger.abandon("not run: the run was interrupted" if interrupted or
+                               shutdown.requested else "not run")
                 self._reporter.stop(counts)
-            store.set_meta(finished=time.time())
+            if ledger.skipped:
+                log.info("resume: %d task(s) already done were skipped", ledger.skipped)
+            store.set_meta(finished=time.time(),
+                           interrupted=bool(interrupted or shutdown.requested))
             log.info("run %s finished: %s", self.run_dir, counts.line())
+        if interrupted is not None or shutdown.requested:
+            raise KeyboardInterrupt(
+                f"interrupted ({shutdown.signal_name or interrupted}); {counts.line()}; "
+                f"continue with: el resume {self.run_dir}")
         return Results(self.run_dir)
 
-    def _run_here(self, recorder: Recorder) -> None:
+    def _write_meta(self, store: RunStore) -> None:
+        meta: dict[str, Any] = {
+            "ensembles": self.tasks.ensembles, "nodes": [n.host for n in self.nodes],
+            "nlevels": self.nlevels, "started": time.time(),
+            "system_config": self.system_config.model_dump(),
+            "launcher_config": self.launcher_config.model_dump(),
+            "pin_resources": self.pin_resources, "return_stdout": self.return_stdout}
+        if self.tasks.source and not self.resume:
+            copy = self.run_dir / f"ensemble{Path(self.tasks.source).suffix or '.json'}"
+            shutil.copyfile(self.tasks.source, copy)
+            meta["source"] = str(Path(self.tasks.source).resolve())
+            meta["ensemble_copy"] = copy.name
+        store.set_meta(**meta)
+
+    def _deadline(self) -> float | None:
+        left = self.launcher_config.walltime
+        if left is None:
+            left = job_time_left()
+        return None if left is None else time.time() + left
+
+    def _run_here(self, control: RootControl, recorder: Recorder) -> None:
         config, node = self.launcher_config, self.nodes[0]
         with make_pool(config.task_executor_name, node.cpus, pin=self.pin_resources,
                        tail_bytes=config.stderr_tail_bytes, kill_grace=config.kill_grace) as pool:
             worker: NodeWorker | None = None
-            sink = LocalSink(recorder, node.host, lambda: worker.running if worker else 0)
-            worker = NodeWorker(IteratorSource(self.tasks), sink, node, pool,
+            sink = LocalSink(control, recorder, node.host,
+                             lambda: worker.running if worker else 0)
+            worker = NodeWorker(LocalSource(control.ledger), sink, node, pool,
                                 gpu_selector=config.gpu_selector,
                                 capture_stdout=self.return_stdout, pin=self.pin_resources,
                                 kill_grace=config.kill_grace,
                                 check_each_task=self.tasks.total is None)
             worker.run()
 
-    def _run_tree(self, recorder: Recorder) -> None:
+    def _run_tree(self, control: RootControl, recorder: Recorder) -> None:
         import zmq
 
         config = self.launcher_config
@@ -178,7 +225,7 @@ class EnsembleLauncher:
         keys_env = CurveKeys.generate().to_env() if settings.bind.startswith("tcp") else {}
         ctx = zmq.Context()
         try:
-            Master(tree, RootUpstream(self.tasks, recorder), ctx, settings, keys_env).run()
+            Master(tree, RootUpstream(control, recorder), ctx, settings, keys_env).run()
         finally:
             ctx.term()
 
@@ -212,3 +259,7 @@ class _LogFile:
             log.removeHandler(self._handler)
             self._handler.close()
             log.setLevel(self._level)
+
+
+def _retry_policy(config: LauncherConfig) -> RetryPolicy:
+    return RetryPolicy(config.retries, frozenset(config.retry_on), config.node_loss_retries)

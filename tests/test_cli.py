@@ -102,8 +102,9 @@ def _start_sleepers(tmp_path):
         "i": "range(6)"}}})
     exe = shutil.which("el")
     cmd = [exe] if exe else [sys.executable, "-m", "ensemble_launcher.cli"]
-    proc = subprocess.Popen([*cmd, "run", str(ens), "--out", str(tmp_path / "run")],
-                            stderr=subprocess.PIPE, text=True)
+    cfg = write(tmp_path / "launcher.json", {"shutdown_grace": 1})
+    proc = subprocess.Popen([*cmd, "run", str(ens), "--out", str(tmp_path / "run"),
+                             "--launcher-config", str(cfg)], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 30
     while len(list(tmp_path.glob("pid.*"))) < 2 and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -126,6 +127,7 @@ def test_interrupt_stops_running_tasks_and_exits_130(tmp_path, sig):
     _, err = proc.communicate(timeout=30)
     assert proc.returncode == 130
     assert "interrupted" in err and "Traceback" not in err
+    assert "el resume" in err
     assert _wait_gone(pids) == []
 
 

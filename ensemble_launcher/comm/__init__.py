@@ -5,6 +5,7 @@ from ensemble_launcher.comm.messages import (
     Define,
     Drain,
     Failed,
+    Halt,
     Heartbeat,
     Hello,
     Message,
@@ -19,7 +20,7 @@ from ensemble_launcher.comm.messages import (
 from ensemble_launcher.comm.zmq_transport import ChildEndpoint, CurveKeys, ParentEndpoint
 
 __all__ = [
-    "Bye", "ChildEndpoint", "CurveKeys", "Define", "Drain", "Failed", "Heartbeat", "Hello",
+    "Bye", "ChildEndpoint", "CurveKeys", "Define", "Drain", "Failed", "Halt", "Heartbeat", "Hello",
     "Message", "NodeLost", "ParentEndpoint", "ProtocolError", "Request", "Results", "Stop",
     "Tasks", "decode",
 ]

@@ -9,6 +9,7 @@
       |  <-> Heartbeat(time)                     |   when nothing else was sent lately
       |  <-- NodeLost(name, host, keys, why)     |   a sub-master lost one of its children
       |  --> Drain()                             |   no more tasks will come
+      |  --> Halt()                              |   shutting down: drop queued tasks
       |  <-- Bye()                               |   drained: everything reported
       |  --> Stop(reason)                        |   cancel now
 
@@ -125,6 +126,12 @@ class Stop(Message):
 class Failed(Message):
     name: str
     why: str
+
+
+@_message(12)
+@dataclass(slots=True)
+class Halt(Message):
+    """Start nothing new (drop queued tasks), finish what runs, then say Bye."""
 
 
 class ProtocolError(Exception):

@@ -81,6 +81,13 @@ ChildLauncherName = Literal["auto", "local", "srun", "mpiexec"]
 MpiFlavor = Literal["auto", "hydra", "pals", "openmpi"]
 
 
+RetryReason = Literal["exit_code", "signal", "exception", "timeout", "worker_lost", "launch"]
+
+
+def _default_retry_on() -> list[RetryReason]:
+    return ["exit_code", "signal", "exception", "timeout", "worker_lost"]
+
+
 class LauncherConfig(_Strict):
     """How the launcher runs: executors, communication, tree depth, reporting.
 
@@ -119,6 +126,16 @@ class LauncherConfig(_Strict):
         default_factory=list, description="extra arguments for srun/mpiexec when starting "
         "children")
     mpi_flavor: MpiFlavor = "auto"
+    retries: int = Field(default=0, ge=0, description="attempts after the first, for a "
+                         "task whose failure reason is in retry_on")
+    retry_on: list[RetryReason] = Field(default_factory=_default_retry_on)
+    node_loss_retries: int = Field(default=3, ge=0, description="how often a task whose node "
+                                   "was lost runs again elsewhere")
+    shutdown_grace: float = Field(default=30.0, ge=0, description="seconds running tasks "
+                                  "may finish after SIGTERM/SIGINT before they are stopped")
+    walltime: float | None = Field(default=None, gt=0, description="seconds the job has "
+                                   "left (default: asked of Slurm or PBS); tasks whose "
+                                   "estimated_runtime does not fit are not started")
     bind_address: str | None = Field(
         default=None, description="the IP address masters listen on (default: the address "
         "that routes to their children)")

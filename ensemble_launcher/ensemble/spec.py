@@ -32,7 +32,7 @@ OPTIONS = frozenset(
     {
         "nnodes", "ppn", "cmd_template", "relation", "cpu_affinity", "gpu_affinity",
         "ngpus_per_process", "env", "run_dir", "timeout", "stdout_file", "stderr_file",
-        "estimated_runtime",
+        "estimated_runtime", "retries",
     }
 )
 
@@ -105,6 +105,8 @@ class EnsembleSpec(Sequence):
         self.ppn = self._positive_int("ppn", 1)
         self.ngpus_per_process = self._positive_int("ngpus_per_process", 0, minimum=0)
         self.timeout = self._optional_seconds("timeout")
+        self.retries = self._positive_int("retries", 0, minimum=0) \
+            if "retries" in self._definition else None
         self.estimated_runtime = self._optional_seconds("estimated_runtime") or 0.0
         self.cpu_affinity = self._id_list("cpu_affinity", int)
         self.gpu_affinity = self._id_list("gpu_affinity", str)
@@ -283,4 +285,5 @@ class EnsembleSpec(Sequence):
             stderr_file=t["stderr_file"].render(values) if "stderr_file" in t else None,
             estimated_runtime=self.estimated_runtime,
             ensemble=self.name,
+            retries=self.retries,
         )

@@ -18,7 +18,9 @@ class Task:
     as a subprocess. ``args`` are appended to a command line.
 
     ``cpu_affinity`` and ``gpu_affinity`` pin the task to those ids of its node;
-    otherwise the launcher picks free ones. ``timeout`` is in seconds.
+    otherwise the launcher picks free ones. ``timeout`` is in seconds. ``retries``
+    overrides LauncherConfig.retries for this task. ``estimated_runtime`` (seconds) lets
+    the launcher skip a task that cannot finish before the job's walltime.
     """
 
     task_id: str
@@ -38,6 +40,7 @@ class Task:
     estimated_runtime: float = 0.0
     tag: str | None = None
     ensemble: str | None = None
+    retries: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.task_id, str) or not self.task_id:
@@ -66,6 +69,9 @@ class Task:
                 f"{ngpus!r}; to share a GPU between processes, list its id several times in "
                 "SystemConfig.gpus"
             )
+        if self.retries is not None and (not isinstance(self.retries, int) or self.retries < 0):
+            raise ConfigError(f"Task {self.task_id!r}: retries must be a whole number >= 0, "
+                              f"got {self.retries!r}")
         if self.timeout is not None and not self.timeout > 0:
             raise ConfigError(f"Task {self.task_id!r}: timeout must be > 0 seconds, "
                               f"got {self.timeout!r}")

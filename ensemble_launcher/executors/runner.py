@@ -2,9 +2,10 @@
 
     master --[batch of DEFINE/CALL/RUN/STOP]--> runner --[batch of results]--> master
 
-A batch is run in order. Results are sent back when the batch ends, or as soon as 5 ms
-have passed since the last send, so that no-op tasks travel in large batches while a
-long task's result is never held back behind the next one. A function arrives once
+A batch is run in order. Results are sent back when the batch ends, every 64 results, or
+as soon as 2 ms have passed since the last send: no-op tasks travel in batches, the lane
+is refilled while it still works (a sliding window, not a ping-pong), and a long task's
+result is never held back behind the next one. A function arrives once
 (DEFINE, cloudpickle, keyed by digest) and is reused by every CALL that names it.
 
 A result is the tuple ``(key, state, reason, returncode, signal, value, exception,
@@ -29,7 +30,8 @@ DEFINE, CALL, RUN, STOP = 0, 1, 2, 3
 
 SUCCEEDED, FAILED, TIMED_OUT, LOST = "succeeded", "failed", "timed_out", "lost"
 
-_FLUSH_EVERY = 0.005
+_FLUSH_EVERY = 0.002
+_FLUSH_COUNT = 64
 
 
 class _TaskTimeout(BaseException):
@@ -76,7 +78,7 @@ def runner_main(conn: Connection, cpu: int | None, tail_bytes: int, kill_grace: 
                     send(pickle.dumps(out, 5))
                 return
             now = time.monotonic()
-            if now - last_send >= _FLUSH_EVERY:
+            if now - last_send >= _FLUSH_EVERY or len(out) >= _FLUSH_COUNT:
                 send(pickle.dumps(out, 5))
                 out = []
                 last_send = now

@@ -11,13 +11,17 @@ class Counts:
     total: dict[str, int | None]
     done: dict[str, int] = field(default_factory=dict)
     failed: dict[str, int] = field(default_factory=dict)
+    not_run: dict[str, int] = field(default_factory=dict)
+    retried: dict[str, int] = field(default_factory=dict)
     running: int = 0
     started_at: float = field(default_factory=time.monotonic)
 
     def finished(self, ensemble: str | None = None) -> int:
+        """Tasks with a final result: succeeded, failed, or not run."""
+        buckets = (self.done, self.failed, self.not_run)
         if ensemble is not None:
-            return self.done.get(ensemble, 0) + self.failed.get(ensemble, 0)
-        return sum(self.done.values()) + sum(self.failed.values())
+            return sum(b.get(ensemble, 0) for b in buckets)
+        return sum(sum(b.values()) for b in buckets)
 
     def grand_total(self) -> int | None:
         sizes = list(self.total.values())
@@ -36,9 +40,14 @@ class Counts:
     def line(self) -> str:
         """One plain status line, as printed every report_interval when not on a terminal."""
         total = self.grand_total()
-        done, failed = sum(self.done.values()), sum(self.failed.values())
-        parts = [f"{done + failed}/{total if total is not None else '?'} finished",
+        failed = sum(self.failed.values())
+        parts = [f"{self.finished()}/{total if total is not None else '?'} finished",
                  f"{failed} failed", f"{self.running} running", f"{self.rate():.1f} tasks/s"]
+        not_run, retried = sum(self.not_run.values()), sum(self.retried.values())
+        if not_run:
+            parts.insert(2, f"{not_run} not run")
+        if retried:
+            parts.insert(2, f"{retried} retried")
         eta = self.eta()
         if eta is not None:
             parts.append(f"ETA {_clock(eta)}")

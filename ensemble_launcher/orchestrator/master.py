@@ -29,6 +29,7 @@ from ensemble_launcher.comm import (
     Define,
     Drain,
     Failed,
+    Halt,
     Heartbeat,
     Hello,
     Message,
@@ -62,6 +63,9 @@ class Upstream(Protocol):
 
     @property
     def exhausted(self) -> bool: ...
+
+    @property
+    def halted(self) -> bool: ...
 
     def want(self, n: int) -> None: ...
 
@@ -117,6 +121,7 @@ class Master:
         self._children = {c.name.encode(): _Child(c, 0) for c in node.children}
         self._steps: list[tuple[subprocess.Popen, list[bytes], Path]] = []
         self._drained = False
+        self._halted = False
         self._started_at = time.monotonic()
         self._last_beat = 0.0
         self._poller: zmq.Poller | None = None
@@ -134,6 +139,7 @@ class Master:
                 self._assign()
                 self._upstream.want(sum(c.credit for c in self._children.values() if c.live))
                 self._watch_children()
+                self._halt_when_asked()
                 self._drain_when_done()
                 self._upstream.tick()
                 self._wait()
@@ -300,6 +306,13 @@ class Master:
 
     # -- finishing ---------------------------------------------------------------------------
 
+    def _halt_when_asked(self) -> None:
+        if self._upstream.halted and not self._halted:
+            self._halted = True
+            for identity, child in self._children.items():
+                if child.live:
+                    self._send(identity, Halt())
+
     def _drain_when_done(self) -> None:
         if self._drained or not self._upstream.exhausted or self.inflight:
             return
@@ -309,7 +322,8 @@ class Master:
                 self._send(identity, Drain())
 
     def _finished(self) -> bool:
-        return self._drained and all(not c.live for c in self._children.values())
+        return (self._drained or self._halted) and all(not c.live
+                                                        for c in self._children.values())
 
     def stop(self, reason: str) -> None:
         """Cancel: tell every child to stop, then end the launcher steps."""

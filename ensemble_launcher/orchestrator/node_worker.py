@@ -47,6 +47,10 @@ class TaskSource(Protocol):
     def exhausted(self) -> bool:
         """True once no task will ever come again."""
 
+    @property
+    def halted(self) -> bool:
+        """True when shutting down: tasks not yet started are dropped."""
+
     def want(self, n: int) -> None:
         """The node could take ``n`` more tasks: its free room plus a prefetch (a hint for
         pull-based sources)."""
@@ -62,8 +66,11 @@ class ResultSink(Protocol):
     def record(self, key: int, task: Task, result: tuple, cpus: str, gpus: str) -> None:
         """One finished task: ``result`` is the runner's result tuple."""
 
+    def turn(self) -> None:
+        """Called once per loop turn, after a round of results: send or write them."""
+
     def tick(self) -> None:
-        """Called about ten times a second: flush what is due."""
+        """Called about ten times a second: report."""
 
     def flush(self) -> None: ...
 
@@ -75,6 +82,7 @@ class IteratorSource:
         self._tasks: Iterator[Task] = iter(tasks)
         self._next_key = 0
         self.exhausted = False
+        self.halted = False
 
     def take(self) -> tuple[int, Task] | None:
         task = next(self._tasks, None)
@@ -136,12 +144,15 @@ class NodeWorker:
                 break
             self._collect(self._pool.wait(self._wait_timeout(), self._source.sockets()))
             self._expire_callables()
+            self._sink.turn()
             self._tick()
         self._sink.flush()
 
     # -- dispatch ----------------------------------------------------------------------------
 
     def _fill(self) -> None:
+        if self._source.halted:
+            self._backlog.clear()
         for _ in range(len(self._backlog)):
             key, task, since = self._backlog.popleft()
             placement = self._slots.place(task)

@@ -25,6 +25,7 @@ from ensemble_launcher.comm import (
     CurveKeys,
     Define,
     Drain,
+    Halt,
     Heartbeat,
     Hello,
     Message,
@@ -55,6 +56,7 @@ class ParentLink:
         self._interval = heartbeat_interval
         self._last_sent = self._last_heard = time.monotonic()
         self.draining = False
+        self.halted = False
         self.sent_results = 0
         self.stop_reason: str | None = None
 
@@ -121,6 +123,9 @@ class ParentLink:
             self.functions.define(message.digest, message.blob)
         elif isinstance(message, Drain):
             self.draining = True
+        elif isinstance(message, Halt):
+            self._queue.clear()
+            self.draining = self.halted = True
         elif isinstance(message, Stop):
             self.stop_reason = message.reason
 
@@ -138,6 +143,9 @@ class ParentLink:
         self._send(NodeLost(name, host, keys, why))
 
     def tick(self) -> None:
+        self.flush()
+
+    def turn(self) -> None:
         self.flush()
 
     def flush(self) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from ensemble_launcher.ensemble import Task
@@ -20,15 +20,24 @@ class Recorder:
         self.reporter = reporter
 
     def add(self, task: Task, result: Sequence[Any], host: str, cpus: str, gpus: str,
-            attempt: int = 1) -> None:
+            attempt: int = 1, final: bool = True) -> None:
         """``result`` is a runner result tuple: (key, state, reason, returncode, signal,
-        value, exception, traceback, stdout, stderr, start, end)."""
+        value, exception, traceback, stdout, stderr, start, end). A non-final result is an
+        attempt that will be retried."""
         ensemble = task.ensemble or "tasks"
-        bucket = self.counts.done if result[1] == SUCCEEDED else self.counts.failed
+        state = result[1]
+        if not final:
+            bucket = self.counts.retried
+        elif state == SUCCEEDED:
+            bucket = self.counts.done
+        elif state == "not_run":
+            bucket = self.counts.not_run
+        else:
+            bucket = self.counts.failed
         bucket[ensemble] = bucket.get(ensemble, 0) + 1
-        self.store.add((task.task_id, task.ensemble, attempt, result[1], result[2], result[3],
+        self.store.add((task.task_id, task.ensemble, attempt, state, result[2], result[3],
                         result[4], result[5], result[6], result[7], result[8], result[9],
-                        result[10], result[11], host, cpus, gpus))
+                        result[10], result[11], host, cpus, gpus), final)
 
     def tick(self) -> None:
         self.store.maybe_flush()
@@ -37,23 +46,3 @@ class Recorder:
     def flush(self) -> None:
         self.store.flush()
         self.reporter.update(self.counts)
-
-
-class LocalSink:
-    """The sink of a NodeWorker that runs at the root itself (nlevels=0)."""
-
-    def __init__(self, recorder: Recorder, host: str, worker_running: Callable[[], int]) -> None:
-        self._recorder = recorder
-        self._host = host
-        self._running = worker_running
-
-    def record(self, key: int, task: Task, result: tuple, cpus: str, gpus: str) -> None:
-        self._recorder.add(task, result, self._host, cpus, gpus)
-
-    def tick(self) -> None:
-        self._recorder.counts.running = self._running()
-        self._recorder.tick()
-
-    def flush(self) -> None:
-        self._recorder.counts.running = self._running()
-        self._recorder.flush()

@@ -1,46 +1,120 @@
-"""The root of a tree (``main`` at nlevels >= 1): the task stream above, the store below.
+"""The root's adapters between its Ledger and what runs the tasks.
 
-    TaskStream --RootUpstream.take()--> Master(main) --> sub-masters / workers
-    Recorder <--RootUpstream.record_rows()/node_lost()-- Master(main)
-
-The root keeps only the tasks in flight (key -> Task), to record their results and to
-account for them when a node is lost.
+    nlevels=0:  Ledger --LocalSource--> NodeWorker --LocalSink--> Ledger
+    nlevels>=1: Ledger --RootUpstream.take() (wire)--> Master(main) --record_rows()--> Ledger
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterable, Iterator
+import logging
+from collections.abc import Callable
 from typing import Any
 
 import zmq
 
 from ensemble_launcher.ensemble import Task
-from ensemble_launcher.executors.runner import LOST
+from ensemble_launcher.orchestrator.ledger import Ledger
 from ensemble_launcher.orchestrator.recording import Recorder
+from ensemble_launcher.orchestrator.signals import GracefulShutdown
 from ensemble_launcher.orchestrator.wire import FunctionTable, task_to_wire
+
+log = logging.getLogger("ensemble_launcher")
+
+
+class RootControl:
+    """What the root checks on every tick: a requested shutdown halts the ledger; the end
+    of its grace period cancels the run."""
+
+    def __init__(self, ledger: Ledger, shutdown: GracefulShutdown) -> None:
+        self.ledger = ledger
+        self.shutdown = shutdown
+
+    def supervise(self) -> None:
+        if self.shutdown.requested and not self.ledger.halted:
+            log.warning("%s: stopping: no new task starts; running tasks have %g s to finish",
+                        self.shutdown.signal_name, self.shutdown.grace)
+            self.ledger.halt()
+        self.shutdown.check()
+
+
+class LocalSource:
+    """A NodeWorker's source when it runs at the root."""
+
+    def __init__(self, ledger: Ledger) -> None:
+        self._ledger = ledger
+
+    @property
+    def halted(self) -> bool:
+        return self._ledger.halted
+
+    def take(self) -> tuple[int, Task] | None:
+        return self._ledger.take()
+
+    @property
+    def exhausted(self) -> bool:
+        return self._ledger.exhausted
+
+    def want(self, n: int) -> None:
+        pass
+
+    def sockets(self) -> tuple[zmq.Socket, ...]:
+        return ()
+
+    def pump(self) -> None:
+        pass
+
+
+class LocalSink:
+    """A NodeWorker's sink when it runs at the root: results go to the ledger, and the
+    journal is written on every loop turn."""
+
+    def __init__(self, control: RootControl, recorder: Recorder, host: str,
+                 running: Callable[[], int]) -> None:
+        self._control = control
+        self._ledger = control.ledger
+        self._recorder = recorder
+        self._host = host
+        self._running = running
+
+    def record(self, key: int, task: Task, result: tuple, cpus: str, gpus: str) -> None:
+        self._ledger.finished(key, result, self._host, cpus, gpus)
+
+    def tick(self) -> None:
+        self._control.supervise()
+        self._recorder.counts.running = self._running()
+        self._recorder.tick()
+
+    def turn(self) -> None:
+        self._recorder.store.flush()
+
+    def flush(self) -> None:
+        self._recorder.counts.running = self._running()
+        self._recorder.flush()
 
 
 class RootUpstream:
-    def __init__(self, tasks: Iterable[Task], recorder: Recorder) -> None:
-        self._tasks: Iterator[Task] = iter(tasks)
+    """The upstream of the root Master: tasks as wire items, results into the ledger."""
+
+    def __init__(self, control: RootControl, recorder: Recorder) -> None:
+        self._control = control
+        self._ledger = control.ledger
         self._recorder = recorder
         self.functions = FunctionTable()
-        self.inflight: dict[int, Task] = {}
-        self._next_key = 0
-        self.exhausted = False
+
+    @property
+    def halted(self) -> bool:
+        return self._ledger.halted
 
     def take(self) -> tuple[int, list[Any]] | None:
-        if self.exhausted:
+        item = self._ledger.take()
+        if item is None:
             return None
-        task = next(self._tasks, None)
-        if task is None:
-            self.exhausted = True
-            return None
-        key = self._next_key
-        self._next_key += 1
-        self.inflight[key] = task
+        key, task = item
         return key, task_to_wire(key, task, self.functions)
+
+    @property
+    def exhausted(self) -> bool:
+        return self._ledger.exhausted
 
     def want(self, n: int) -> None:
         pass
@@ -52,21 +126,15 @@ class RootUpstream:
         pass
 
     def record_rows(self, rows: list[list[Any]]) -> None:
-        add, inflight = self._recorder.add, self.inflight
+        finished = self._ledger.finished
         for row in rows:
-            task = inflight.pop(row[0], None)
-            if task is not None:
-                add(task, row, row[12], row[13], row[14])
+            finished(row[0], row, row[12], row[13], row[14])
 
     def node_lost(self, name: str, host: str, keys: list[int], why: str) -> None:
-        now = time.time()
-        for key in keys:
-            task = self.inflight.pop(key, None)
-            if task is not None:
-                self._recorder.add(task, (key, LOST, "node_lost", None, None, None,
-                                          f"{name} on {host} was lost: {why}", None, None, "",
-                                          now, now), host, "", "")
+        self._ledger.lost(keys, name, host, why)
 
     def tick(self) -> None:
-        self._recorder.counts.running = len(self.inflight)
-        self._recorder.tick()
+        self._control.supervise()
+        self._recorder.store.flush()
+        self._recorder.counts.running = len(self._ledger.inflight)
+        self._recorder.reporter.update(self._recorder.counts)

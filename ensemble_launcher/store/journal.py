@@ -1,11 +1,13 @@
-"""The run directory's journal: every task result, in SQLite (WAL), written as it arrives.
+"""The run directory's journal: every task's final result and every earlier attempt, in
+SQLite (WAL), written as results arrive.
 
-    orchestrator --add(row)--> buffer --flush() every 256 rows or 100 ms--> journal.db
+    orchestrator --add(row, final)--> buffers --flush() on every loop turn--> journal.db
     Results (a read-only Mapping) <--- SELECT --- journal.db
 
-Rows are inserted in batches inside one transaction, so the store costs a few
-microseconds per task. Readers open their own connection; WAL lets them read while the
-run writes.
+``results`` holds one final row per task; ``attempts`` holds the attempts that were
+retried (a task that succeeds at once costs one row). Rows are inserted in batches, one
+transaction per loop turn of the root, so a killed launcher loses no result that reached
+the root. Readers open their own connection; WAL lets them read while the run writes.
 """
 
 from __future__ import annotations
@@ -34,10 +36,21 @@ CREATE TABLE IF NOT EXISTS results (
     state TEXT NOT NULL, reason TEXT, returncode INTEGER, signal INTEGER, value BLOB,
     exception TEXT, traceback TEXT, stdout TEXT, stderr TEXT,
     start_time REAL, end_time REAL, host TEXT, cpus TEXT, gpus TEXT);
+CREATE TABLE IF NOT EXISTS attempts (
+    seq INTEGER PRIMARY KEY,
+    task_id TEXT NOT NULL, ensemble TEXT, attempt INTEGER NOT NULL,
+    state TEXT NOT NULL, reason TEXT, returncode INTEGER, signal INTEGER, value BLOB,
+    exception TEXT, traceback TEXT, stdout TEXT, stderr TEXT,
+    start_time REAL, end_time REAL, host TEXT, cpus TEXT, gpus TEXT);
+CREATE INDEX IF NOT EXISTS attempts_task ON attempts (task_id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-_INSERT = (f"INSERT OR REPLACE INTO results ({', '.join(_COLUMNS)}) "
-           f"VALUES ({', '.join('?' * len(_COLUMNS))})")
+_VALUES = f"({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
+_INSERT_FINAL = f"INSERT OR REPLACE INTO results {_VALUES}"
+_INSERT_ATTEMPT = f"INSERT INTO attempts {_VALUES}"
+#: A resumed task's earlier final result becomes one of its attempts.
+_ARCHIVE_FINAL = (f"INSERT INTO attempts ({', '.join(_COLUMNS)}) "
+                  f"SELECT {', '.join(_COLUMNS)} FROM results WHERE task_id = ?")
 
 
 def _connect(path: Path, *, write: bool) -> sqlite3.Connection:
@@ -69,6 +82,8 @@ class RunStore:
         self.path = self.run_dir / JOURNAL_NAME
         self._conn: sqlite3.Connection | None = _connect(self.path, write=True)
         self._buffer: list[tuple] = []
+        self._attempts: list[tuple] = []
+        self._archive: list[tuple[str]] = []
         self._flush_rows = flush_rows
         self._flush_seconds = flush_seconds
         self._last_flush = time.monotonic()
@@ -85,11 +100,16 @@ class RunStore:
             conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                              [(k, json.dumps(v)) for k, v in items.items()])
 
-    def add(self, row: tuple) -> None:
-        """Queue one result row (columns as in ``_COLUMNS``); written by the next flush."""
-        self._buffer.append(row)
+    def add(self, row: tuple, final: bool = True) -> None:
+        """Queue one result row (columns as in ``_COLUMNS``): a task's final result, or an
+        attempt that will be retried. Written by the next flush."""
+        (self._buffer if final else self._attempts).append(row)
         if len(self._buffer) >= self._flush_rows:
             self.flush()
+
+    def archive_final(self, task_id: str) -> None:
+        """Keep a resumed task's earlier final result as an attempt before it is replaced."""
+        self._archive.append((task_id,))
 
     def maybe_flush(self) -> None:
         if self._buffer and time.monotonic() - self._last_flush >= self._flush_seconds:
@@ -98,15 +118,28 @@ class RunStore:
     def flush(self) -> None:
         conn = self._require_open()
         self._last_flush = time.monotonic()
-        if not self._buffer:
+        if not (self._buffer or self._attempts or self._archive):
             return
         rows, self._buffer = self._buffer, []
+        attempts, self._attempts = self._attempts, []
+        archive, self._archive = self._archive, []
         try:
             conn.execute("BEGIN")
-            conn.executemany(_INSERT, rows)
+            if archive:
+                conn.executemany(_ARCHIVE_FINAL, archive)
+            if attempts:
+                conn.executemany(_INSERT_ATTEMPT, attempts)
+            conn.executemany(_INSERT_FINAL, rows)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise StoreError(f"cannot write results to {self.path}: {exc}") from exc
+
+    def final_states(self) -> dict[str, tuple[str, int]]:
+        """task_id -> (state, attempt) of every task with a final result (for resume)."""
+        conn = self._require_open()
+        self.flush()
+        return {tid: (state, attempt) for tid, state, attempt in
+                conn.execute("SELECT task_id, state, attempt FROM results")}
 
     def close(self) -> None:
         if self._conn is None:
@@ -164,6 +197,15 @@ class Results(Mapping[str, TaskResult]):
     def counts(self) -> dict[str, int]:
         """Number of results in each state."""
         return dict(self._conn.execute("SELECT state, COUNT(*) FROM results GROUP BY state"))
+
+    def attempts(self, task_id: str) -> list[TaskResult]:
+        """Every attempt of a task, the final one last."""
+        cols = ", ".join(_COLUMNS)
+        rows = self._conn.execute(
+            f"SELECT {cols} FROM attempts WHERE task_id = ? "
+            f"UNION ALL SELECT {cols} FROM results WHERE task_id = ? ORDER BY attempt",
+            (task_id, task_id)).fetchall()
+        return [TaskResult.from_row(row) for row in rows]
 
     def failed(self) -> Iterator[TaskResult]:
         cursor = self._conn.execute(

@@ -4,6 +4,7 @@ ZMQ over TCP between hosts (see tests/cluster)."""
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import time
 from collections import Counter
@@ -140,3 +141,86 @@ def test_a_host_that_does_not_answer_is_a_clear_error_in_bounded_time(cluster, l
     assert "el: error:" in output and "Traceback" not in output
     assert silent in output
     assert "did not connect within 15 s" in output or "did not start" in output
+
+
+def _appending_work(work: Path, ntasks: int, seconds: float, **launcher_config) -> Path:
+    work.mkdir(exist_ok=True)
+    log = work / "ran.txt"
+    (work / "ensemble.json").write_text(json.dumps({"ensembles": {"work": {
+        "cmd_template": f"sh -c 'sleep {seconds}; echo work-{{i}} $(hostname) >> {log}'",
+        "i": f"range({ntasks})"}}}))
+    (work / "launcher.json").write_text(json.dumps(
+        {"master_logs": True, "worker_logs": True, "heartbeat_interval": 0.5,
+         **launcher_config}))
+    return log
+
+
+def _ran(log: Path) -> Counter:
+    return Counter(line.split()[0] for line in log.read_text().splitlines()) \
+        if log.exists() else Counter()
+
+
+def _start_root(cluster, work: Path):
+    (work / "nodes").write_text("".join(f"{h}\n" for h in cluster.hosts))
+    (work / "launcher.json").write_text(json.dumps({
+        **json.loads((work / "launcher.json").read_text()),
+        "child_launcher": "mpiexec", "child_launcher_args": hydra_args(cluster)}))
+    return cluster.popen_on(cluster.hosts[0], el_run_argv(work), cwd=work,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=cluster.client_env({"PBS_NODEFILE": str(work / "nodes")}))
+
+
+def _wait_until_running_on(log: Path, host: str, minimum: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if log.exists() and sum(host in line for line in log.read_text().splitlines()) >= \
+                minimum:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{host} did not run {minimum} tasks within {timeout} s")
+
+
+def _lost_attempts(work: Path, host: str) -> list:
+    from ensemble_launcher.store import Results
+
+    results = Results(work / "run")
+    return [a for tid in results for a in results.attempts(tid)
+            if a.state == "lost" and a.host == host]
+
+
+def test_a_crashed_host_has_its_tasks_rerun_elsewhere(cluster):
+    work = cluster.run_dir / "work"
+    log = _appending_work(work, 90, 0.5)
+    root = _start_root(cluster, work)
+    victim = cluster.hosts[2]
+    _wait_until_running_on(log, victim, 2)
+    cluster.kill_host(victim)
+    _, err = root.communicate(timeout=180)
+    assert root.returncode == 0, err
+    results = json.loads((work / "results.json").read_text())
+    assert Counter(r["state"] for r in results.values()) == {"succeeded": 90}
+    assert set(_ran(log)) == {f"work-{i}" for i in range(90)}
+    assert max(_ran(log).values()) == 1, "a killed task never appends, so nothing ran twice"
+    lost = _lost_attempts(work, victim)
+    assert lost and all(a.reason == "node_lost" for a in lost)
+    assert all(results[a.task_id]["host"] != victim for a in lost)
+
+
+def test_a_partitioned_host_is_detected_within_three_heartbeats(cluster):
+    work = cluster.run_dir / "work"
+    log = _appending_work(work, 90, 0.5)
+    root = _start_root(cluster, work)
+    victim = cluster.hosts[1]
+    _wait_until_running_on(log, victim, 2)
+    cut_at = time.time()
+    cluster.cut_link(victim)
+    _, err = root.communicate(timeout=180)
+    assert root.returncode == 0, err
+    results = json.loads((work / "results.json").read_text())
+    assert Counter(r["state"] for r in results.values()) == {"succeeded": 90}
+    assert set(_ran(log)) == {f"work-{i}" for i in range(90)}
+    lost = _lost_attempts(work, victim)
+    assert lost
+    detected = min(a.end_time for a in lost)
+    assert detected - cut_at < 3 * 0.5 + 0.5, f"detected {detected - cut_at:.2f} s after the cut"
+    assert "no heartbeat" in lost[0].exception

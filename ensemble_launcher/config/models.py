@@ -126,6 +126,9 @@ class LauncherConfig(_Strict):
         default_factory=list, description="extra arguments for srun/mpiexec when starting "
         "children")
     mpi_flavor: MpiFlavor = "auto"
+    child_step: Literal["per_child", "shared"] = Field(
+        default="per_child", description="one srun/mpiexec per child (a lost node ends only "
+        "its own child), or one for all workers of a master (fewer launcher processes)")
     retries: int = Field(default=0, ge=0, description="attempts after the first, for a "
                          "task whose failure reason is in retry_on")
     retry_on: list[RetryReason] = Field(default_factory=_default_retry_on)

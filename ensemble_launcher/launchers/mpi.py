@@ -34,6 +34,9 @@ def detect_mpi_flavor(mpiexec: str = "mpiexec") -> str:
 
 
 class MpiexecLauncher(ChildLauncher):
+    """One mpiexec for all given hosts. With Hydra, ``-disable-auto-cleanup`` keeps the
+    other children alive when one host dies: losing a node must not end the run."""
+
     name = "mpiexec"
 
     def __init__(self, flavor: str = "auto", extra_args=()) -> None:
@@ -46,7 +49,8 @@ class MpiexecLauncher(ChildLauncher):
     def wrap(self, argv: list[str], hosts: list[str], env_names: list[str]) -> list[str]:
         n, host_list = str(len(hosts)), ",".join(hosts)
         if self.flavor == "hydra":
-            head = ["mpiexec", "-n", n, "-ppn", "1", "-hosts", host_list]
+            head = ["mpiexec", "-n", n, "-ppn", "1", "-hosts", host_list,
+                    "-disable-auto-cleanup"]
         elif self.flavor == "pals":
             head = ["mpiexec", "-n", n, "--ppn", "1", "--hosts", host_list]
         else:

@@ -108,6 +108,7 @@ class TreeSettings:
     start_timeout: float
     log_dir: Path
     child_env: dict[str, str]
+    shared_step: bool = False
 
 
 class Master:
@@ -152,10 +153,15 @@ class Master:
     # -- starting ----------------------------------------------------------------------------
 
     def _start_children(self) -> None:
-        """One launcher step for all workers of this master, one step per sub-master."""
+        """One launcher step per child, so that a node lost takes down only its own child
+        (srun and mpiexec may end a whole step when one of its nodes dies); with
+        ``shared_step``, one step for all workers of this master."""
         workers = [c for c in self.node.children if c.role == "worker"]
         masters = [c for c in self.node.children if c.role == "master"]
-        groups = ([workers] if workers else []) + [[m] for m in masters]
+        if self._settings.shared_step and workers:
+            groups = [workers] + [[m] for m in masters]
+        else:
+            groups = [[c] for c in self.node.children]
         for group in groups:
             self._start_step(group)
 

@@ -21,7 +21,8 @@ def tree_settings(me: TreeNode, config: LauncherConfig, run_dir: Path,
     return TreeSettings(
         launcher=launcher, bind=_bind(hosts, all_local, config),
         heartbeat_interval=config.heartbeat_interval, start_timeout=config.child_start_timeout,
-        log_dir=run_dir / "logs", child_env=child_env)
+        log_dir=run_dir / "logs", child_env=child_env,
+        shared_step=config.child_step == "shared")
 
 
 def _bind(hosts: list[str], all_local: bool, config: LauncherConfig) -> str:

@@ -259,7 +259,7 @@ def main() -> None:
     say(f"ensemble_launcher tree benchmarks: {len(os.sched_getaffinity(0))} cores, "
         f"Python {sys.version.split()[0]}")
     plan: dict[str, Callable[[], list[Row]]] = {
-        "levels": lambda: bench_levels(10_000 if quick else 100_000, 2, 1 if quick else 3),
+        "levels": lambda: bench_levels(10_000 if quick else 200_000, 2, 1 if quick else 3),
         "scale": lambda: bench_scale(20_000 if quick else 200_000,
                                      [4] if quick else [16, 64, 256], 64, 0.05),
         "latency": lambda: bench_latency(50 if quick else 200),

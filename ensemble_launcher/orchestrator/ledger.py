@@ -88,8 +88,7 @@ class Ledger:
                 return _Entry(task, 1)
             state, attempt = earlier
             if state == NOT_RUN or (self._retry_failed and state != SUCCEEDED):
-                if state != NOT_RUN:
-                    self._recorder.store.archive_final(task.task_id)
+                self._recorder.store.archive_final(task.task_id)
                 return _Entry(task, attempt + 1)
             self.skipped += 1
         self._stream_done = True

@@ -9,6 +9,7 @@ from ensemble_launcher.ensemble import Task
 from ensemble_launcher.executors.runner import SUCCEEDED
 from ensemble_launcher.monitor import Counts, Reporter
 from ensemble_launcher.store import RunStore
+from ensemble_launcher.store.journal import journal_row
 
 
 class Recorder:
@@ -35,9 +36,8 @@ class Recorder:
         else:
             bucket = self.counts.failed
         bucket[ensemble] = bucket.get(ensemble, 0) + 1
-        self.store.add((task.task_id, task.ensemble, attempt, state, result[2], result[3],
-                        result[4], result[5], result[6], result[7], result[8], result[9],
-                        result[10], result[11], host, cpus, gpus), final)
+        self.store.add(journal_row(task.task_id, task.ensemble, attempt, result, host, cpus,
+                                   gpus), final)
 
     def tick(self) -> None:
         self.store.maybe_flush()

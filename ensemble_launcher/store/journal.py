@@ -20,37 +20,48 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+import msgpack
+
 from ensemble_launcher.errors import LauncherClosedError, StoreError
 from ensemble_launcher.store.result import TaskResult
 
 JOURNAL_NAME = "journal.db"
 
-_COLUMNS = ("task_id", "ensemble", "attempt", "state", "reason", "returncode", "signal",
-            "value", "exception", "traceback", "stdout", "stderr", "start_time", "end_time",
-            "host", "cpus", "gpus")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS results (
-    seq INTEGER PRIMARY KEY,
-    task_id TEXT NOT NULL UNIQUE, ensemble TEXT, attempt INTEGER NOT NULL,
-    state TEXT NOT NULL, reason TEXT, returncode INTEGER, signal INTEGER, value BLOB,
-    exception TEXT, traceback TEXT, stdout TEXT, stderr TEXT,
-    start_time REAL, end_time REAL, host TEXT, cpus TEXT, gpus TEXT);
-CREATE TABLE IF NOT EXISTS attempts (
-    seq INTEGER PRIMARY KEY,
-    task_id TEXT NOT NULL, ensemble TEXT, attempt INTEGER NOT NULL,
-    state TEXT NOT NULL, reason TEXT, returncode INTEGER, signal INTEGER, value BLOB,
-    exception TEXT, traceback TEXT, stdout TEXT, stderr TEXT,
-    start_time REAL, end_time REAL, host TEXT, cpus TEXT, gpus TEXT);
+_COLUMNS = ("task_id", "ensemble", "attempt", "state", "reason", "returncode", "value",
+            "start_time", "end_time", "host", "cpus", "gpus", "detail")
+_TABLE = """(
+    seq INTEGER PRIMARY KEY, task_id TEXT NOT NULL, ensemble TEXT, attempt INTEGER NOT NULL,
+    state TEXT NOT NULL, reason TEXT, returncode INTEGER, value BLOB, start_time REAL,
+    end_time REAL, host TEXT, cpus TEXT, gpus TEXT, detail BLOB)"""
+_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS results {_TABLE};
+CREATE TABLE IF NOT EXISTS attempts {_TABLE};
 CREATE INDEX IF NOT EXISTS attempts_task ON attempts (task_id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
+#: The unique index on results.task_id is built when a run ends (or when a run that holds
+#: results is resumed): maintaining it row by row would double the cost of each insert.
+_INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS results_task ON results (task_id)"
 _VALUES = f"({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))})"
-_INSERT_FINAL = f"INSERT OR REPLACE INTO results {_VALUES}"
+_INSERT_FINAL = f"INSERT INTO results {_VALUES}"
 _INSERT_ATTEMPT = f"INSERT INTO attempts {_VALUES}"
 #: A resumed task's earlier final result becomes one of its attempts.
 _ARCHIVE_FINAL = (f"INSERT INTO attempts ({', '.join(_COLUMNS)}) "
                   f"SELECT {', '.join(_COLUMNS)} FROM results WHERE task_id = ?")
+_DROP_FINAL = "DELETE FROM results WHERE task_id = ?"
+
+
+def journal_row(task_id: str, ensemble: str | None, attempt: int, result: Any, host: str,
+                cpus: str, gpus: str) -> tuple:
+    """A journal row from a runner result tuple (key, state, reason, returncode, signal,
+    value, exception, traceback, stdout, stderr, start, end). The rarely set fields travel
+    together in ``detail`` (msgpack), NULL for a plain success."""
+    signal, exception, tb, stdout, stderr = result[4], result[6], result[7], result[8], \
+        result[9]
+    detail = msgpack.packb([signal, exception, tb, stdout, stderr]) \
+        if signal or exception or tb or stdout or stderr else None
+    return (task_id, ensemble, attempt, result[1], result[2], result[3], result[5], result[10],
+            result[11], host, cpus, gpus, detail)
 
 
 def _connect(path: Path, *, write: bool) -> sqlite3.Connection:
@@ -60,6 +71,8 @@ def _connect(path: Path, *, write: bool) -> sqlite3.Connection:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(_SCHEMA)
+            if conn.execute("SELECT 1 FROM results LIMIT 1").fetchone():
+                conn.execute(_INDEX)
         else:
             if not path.exists():
                 raise StoreError(f"no journal at {path}; is this a run directory?")
@@ -127,11 +140,14 @@ class RunStore:
             conn.execute("BEGIN")
             if archive:
                 conn.executemany(_ARCHIVE_FINAL, archive)
+                conn.executemany(_DROP_FINAL, archive)
             if attempts:
                 conn.executemany(_INSERT_ATTEMPT, attempts)
             conn.executemany(_INSERT_FINAL, rows)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise StoreError(f"cannot write results to {self.path}: {exc}") from exc
 
     def final_states(self) -> dict[str, tuple[str, int]]:
@@ -146,6 +162,7 @@ class RunStore:
             return
         try:
             self.flush()
+            self._conn.execute(_INDEX)
         finally:
             self._conn.close()
             self._conn = None

@@ -6,6 +6,8 @@ import pickle
 from dataclasses import dataclass
 from typing import Any
 
+import msgpack
+
 
 @dataclass(frozen=True, slots=True)
 class TaskResult:
@@ -53,8 +55,10 @@ class TaskResult:
 
     @classmethod
     def from_row(cls, row: tuple) -> TaskResult:
-        (task_id, ensemble, attempt, state, reason, returncode, signal, value, exception, tb,
-         stdout, stderr, start, end, host, cpus, gpus) = row
+        (task_id, ensemble, attempt, state, reason, returncode, value, start, end, host, cpus,
+         gpus, detail) = row
+        signal, exception, tb, stdout, stderr = msgpack.unpackb(detail) if detail \
+            else (None, None, None, None, "")
         return cls(task_id=task_id, state=state, ensemble=ensemble, attempt=attempt,
                    reason=reason, returncode=returncode, signal=signal, value_blob=value,
                    exception=exception, traceback=tb, stdout=stdout, stderr=stderr,

@@ -118,9 +118,9 @@ class EnsembleLauncher:
                 raise ConfigError(f"nlevels=0 runs tasks on this host, but the node is "
                                   f"{self.nodes[0].host!r}; use nlevels=1")
             return 0
-        if config.comm_name not in (None, "zmq"):
-            raise ConfigError(f"comm_name={config.comm_name!r} is not available for a tree "
-                              "(nlevels >= 1) in this version; use comm_name='zmq'")
+        if config.comm_name == "dragon":
+            raise ConfigError("comm_name='dragon' is not available in this version; use 'zmq' "
+                              "or, on one node, 'multiprocessing'")
         if config.child_executor_name == "dragon":
             raise ConfigError("child_executor_name='dragon' is not available in this version; "
                               "use 'mpi' (srun/mpiexec) or 'multiprocessing' (one host)")

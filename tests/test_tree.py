@@ -71,15 +71,16 @@ def run(tasks, tmp_path, nodes, **config):
     return el.run()
 
 
-@pytest.mark.parametrize("nlevels, nchildren", [(1, None), (2, 2)])
-def test_callables_and_commands_through_the_tree(tmp_path, nlevels, nchildren):
+@pytest.mark.parametrize("nlevels, nchildren, comm", [
+    (1, None, "zmq"), (2, 2, "zmq"), (1, None, "multiprocessing"), (2, 2, "multiprocessing")])
+def test_callables_and_commands_through_the_tree(tmp_path, nlevels, nchildren, comm):
     tasks = [Task(task_id=f"c{i}", executable=cube, args=(i,), kwargs={"offset": 1})
              for i in range(300)]
     tasks += [Task(task_id=f"s{i}", executable=f"echo shell {i}") for i in range(50)]
     tasks.append(Task(task_id="boom", executable=fail, args=(7,)))
     tasks.append(Task(task_id="exit", executable="sh -c 'exit 5'"))
     r = run(tasks, tmp_path, ["localhost"] * 3, nlevels=nlevels, nchildren=nchildren,
-            master_logs=True, worker_logs=True)
+            comm_name=comm, master_logs=True, worker_logs=True)
     assert len(r) == 352
     assert all(r[f"c{i}"].value == i ** 3 + 1 for i in range(300))
     assert all(r[f"s{i}"].state == "succeeded" for i in range(50))
@@ -181,3 +182,23 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_three_levels_run(tmp_path):
+    tasks = [Task(task_id=f"c{i}", executable=cube, args=(i,)) for i in range(100)]
+    r = run(tasks, tmp_path, ["localhost"] * 4, nlevels=3, nchildren=2, master_logs=True)
+    assert r.counts() == {"succeeded": 100} and r["c9"].value == 729
+    logs = {p.name for p in (tmp_path / "run" / "logs").iterdir()}
+    assert {"master-main.m0.m0.log", "master-main.m1.m1.log"} <= logs
+
+
+def test_a_lost_sub_master_has_its_subtrees_tasks_rerun(tmp_path):
+    marker = tmp_path / "killed"
+    kill_sub_master = (f"if mkdir {marker} 2>/dev/null; then "
+                       "kill -9 $(ps -o ppid= -p $(ps -o ppid= -p $PPID)); sleep 30; fi; "
+                       "sleep 0.1")
+    tasks = [Task(task_id=f"t{i}", executable=["sh", "-c", kill_sub_master]) for i in range(30)]
+    r = run(tasks, tmp_path, ["localhost"] * 2, nlevels=2, nchildren=2, heartbeat_interval=0.3)
+    assert r.counts() == {"succeeded": 30}
+    lost = [a for tid in r for a in r.attempts(tid) if a.state == "lost"]
+    assert lost and all("main.m" in a.exception for a in lost)

@@ -17,10 +17,11 @@ from ensemble_launcher.comm.messages import (
     Tasks,
     decode,
 )
+from ensemble_launcher.comm.pipe_transport import PipeChildEndpoint, PipeParentEndpoint
 from ensemble_launcher.comm.zmq_transport import ChildEndpoint, CurveKeys, ParentEndpoint
 
 __all__ = [
-    "Bye", "ChildEndpoint", "CurveKeys", "Define", "Drain", "Failed", "Halt", "Heartbeat", "Hello",
-    "Message", "NodeLost", "ParentEndpoint", "ProtocolError", "Request", "Results", "Stop",
-    "Tasks", "decode",
+    "Bye", "ChildEndpoint", "CurveKeys", "Define", "Drain", "Failed", "Halt", "Heartbeat",
+    "Hello", "Message", "NodeLost", "ParentEndpoint", "PipeChildEndpoint",
+    "PipeParentEndpoint", "ProtocolError", "Request", "Results", "Stop", "Tasks", "decode",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import multiprocessing
 import pickle
 import time
@@ -147,7 +148,7 @@ class WarmPool:
                 self._poller.register(sock, zmq.POLLIN)
             self._polled_extra = extra
         ready = [obj for obj, _ in
-                 self._poller.poll(None if timeout is None else int(timeout * 1000))]
+                 self._poller.poll(None if timeout is None else math.ceil(timeout * 1000))]
         events = PoolEvents()
         for obj in ready:
             lane = self._waitables.get(obj) if isinstance(obj, int) else None

@@ -8,6 +8,7 @@ measure what the masters and the protocol cost at scale. Same interface as
 from __future__ import annotations
 
 import heapq
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -58,7 +59,7 @@ class SimulatedPool:
                 self._polled = extra
             assert self._poller is not None
             events.extra_ready = bool(self._poller.poll(
-                None if timeout is None else int(timeout * 1000)))
+                None if timeout is None else math.ceil(timeout * 1000)))
         elif timeout:
             time.sleep(timeout)
         now, wall = time.monotonic(), time.time()

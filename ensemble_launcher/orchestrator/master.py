@@ -35,6 +35,7 @@ from ensemble_launcher.comm import (
     Message,
     NodeLost,
     ParentEndpoint,
+    PipeParentEndpoint,
     Request,
     Results,
     Stop,
@@ -118,7 +119,8 @@ class Master:
         self._upstream = upstream
         self._settings = settings
         self._keys_env = keys_env
-        self._endpoint = ParentEndpoint(ctx, settings.bind, _keys(keys_env))
+        self._endpoint: ParentEndpoint | PipeParentEndpoint = PipeParentEndpoint() \
+            if settings.bind == "pipe" else ParentEndpoint(ctx, settings.bind, _keys(keys_env))
         self._children = {c.name.encode(): _Child(c, 0) for c in node.children}
         self._steps: list[tuple[subprocess.Popen, list[bytes], Path]] = []
         self._drained = False
@@ -179,7 +181,10 @@ class Master:
         argv = [sys.executable, "-m", "ensemble_launcher.orchestrator.child"]
         hosts = [c.host for c in group]
         with open(path, "ab") as log_file:
-            procs = self._settings.launcher.start(argv, hosts, env, log_file)
+            if isinstance(self._endpoint, PipeParentEndpoint):
+                procs = [self._start_over_pipe(argv, child, env, log_file) for child in group]
+            else:
+                procs = self._settings.launcher.start(argv, hosts, env, log_file)
         names = [c.name.encode() for c in group]
         if len(procs) == len(names) > 1:
             self._steps.extend((proc, [name], path) for proc, name in zip(procs, names,
@@ -190,6 +195,19 @@ class Master:
             self._children[name].step = index
         log.info("%s: started %s on %s with %s", self.node.name,
                  ", ".join(c.name for c in group), ",".join(hosts), self._settings.launcher.name)
+
+    def _start_over_pipe(self, argv: list[str], child: TreeNode, env: dict[str, str],
+                         log_file: Any) -> subprocess.Popen:
+        """A local child that talks to us over its end of a socket pair."""
+        assert isinstance(self._endpoint, PipeParentEndpoint)
+        end = self._endpoint.pair_for(child.name.encode())
+        try:
+            return subprocess.Popen(argv, env={**env, "EL_PARENT": f"fd://{end.fileno()}"},
+                                    stdin=subprocess.DEVNULL, stdout=log_file,
+                                    stderr=subprocess.STDOUT, start_new_session=True,
+                                    pass_fds=(end.fileno(),))
+        finally:
+            end.close()
 
     # -- messages ----------------------------------------------------------------------------
 
@@ -350,7 +368,9 @@ class Master:
             self._poller = zmq.Poller()
             for sock in (*self._endpoint.sockets(), *self._upstream.sockets()):
                 self._poller.register(sock, zmq.POLLIN)
-        self._poller.poll(int(_TURN_SECONDS * 1000))
+        pending = getattr(self._endpoint, "has_pending", False) or \
+            getattr(self._upstream, "has_pending", False)
+        self._poller.poll(1 if pending else int(_TURN_SECONDS * 1000))
 
 
 def _end(proc: subprocess.Popen, grace: float = 5.0) -> None:

@@ -221,6 +221,8 @@ class NodeWorker:
     # -- results -----------------------------------------------------------------------------
 
     def _wait_timeout(self) -> float:
+        if getattr(self._source, "has_pending", False):
+            return 0.001
         timeout = _TICK_SECONDS
         now = time.monotonic()
         for entry in self._inflight.values():

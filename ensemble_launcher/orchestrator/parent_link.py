@@ -30,6 +30,7 @@ from ensemble_launcher.comm import (
     Hello,
     Message,
     NodeLost,
+    PipeChildEndpoint,
     Request,
     Results,
     Stop,
@@ -47,7 +48,9 @@ class ParentLink:
     def __init__(self, ctx: zmq.Context, address: str, name: str, keys: CurveKeys | None, *,
                  heartbeat_interval: float, decode_tasks: bool = True) -> None:
         self.name = name
-        self.endpoint = ChildEndpoint(ctx, address, name, keys)
+        self.endpoint: ChildEndpoint | PipeChildEndpoint = \
+            PipeChildEndpoint(int(address.removeprefix("fd://"))) \
+            if address.startswith("fd://") else ChildEndpoint(ctx, address, name, keys)
         self.functions = FunctionTable()
         self._decode = decode_tasks
         self._queue: deque[Any] = deque()
@@ -99,8 +102,13 @@ class ParentLink:
             self._outstanding += shortfall
             self._send(Request(shortfall))
 
-    def sockets(self) -> tuple[zmq.Socket, ...]:
+    def sockets(self) -> tuple[Any, ...]:
         return (self.endpoint.socket,)
+
+    @property
+    def has_pending(self) -> bool:
+        """Output the transport still holds (pipes): the loop should come back soon."""
+        return getattr(self.endpoint, "has_pending", False)
 
     def pump(self) -> None:
         for message in self.endpoint.receive():

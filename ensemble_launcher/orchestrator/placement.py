@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ensemble_launcher.config import LauncherConfig
+from ensemble_launcher.errors import ConfigError
 from ensemble_launcher.launchers import choose_launcher
 from ensemble_launcher.orchestrator.master import TreeSettings
 from ensemble_launcher.orchestrator.tree import TreeNode
@@ -26,8 +27,14 @@ def tree_settings(me: TreeNode, config: LauncherConfig, run_dir: Path,
 
 
 def _bind(hosts: list[str], all_local: bool, config: LauncherConfig) -> str:
-    """ipc when every child is on this host; else TCP on the one address that reaches
-    them (or the configured one), never on every interface."""
+    """``pipe`` for the multiprocessing comm; ipc when every child is on this host; else
+    TCP on the one address that reaches them (or the configured one), never on every
+    interface."""
+    if config.comm_name == "multiprocessing":
+        if not all_local:
+            raise ConfigError("comm_name='multiprocessing' connects children on this host "
+                              f"only, but children run on {', '.join(hosts[:4])}; use 'zmq'")
+        return "pipe"
     if config.bind_address:
         return f"tcp://{config.bind_address}"
     if all_local:

@@ -96,6 +96,44 @@ def resume(run_dir: Path, retry_failed: bool, json_path: Path | None,
     _execute(make, json_path)
 
 
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status(run_dir: Path, as_json: bool) -> None:
+    """Show the progress of a run, live or finished, from its RUN_DIR."""
+    from ensemble_launcher.errors import EnsembleLauncherError
+    from ensemble_launcher.monitor.status import read_status
+
+    try:
+        snapshot = read_status(run_dir)
+    except EnsembleLauncherError as exc:
+        click.echo(f"el: error: {exc}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    if as_json:
+        import json
+
+        click.echo(json.dumps(snapshot.to_dict(), indent=1))
+    else:
+        click.echo("\n".join(snapshot.lines()))
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where the PNG plots go (default: RUN_DIR/report).")
+def report(run_dir: Path, out_dir: Path | None) -> None:
+    """Plot where the time of a run went (PNG) and print a summary."""
+    if not (run_dir / "journal.db").exists():
+        click.echo(f"el: error: {run_dir} is not a run directory (no journal.db)", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+    from ensemble_launcher.monitor.report import write_report
+
+    paths, lines = write_report(run_dir, out_dir)
+    click.echo("\n".join(lines))
+    for path in paths:
+        click.echo(f"wrote {path}")
+
+
 def _execute(make, json_path: Path | None) -> None:
     from ensemble_launcher.errors import EnsembleLauncherError
 

@@ -23,7 +23,15 @@ from ensemble_launcher.config.models import auto_nlevels, default_run_dir
 from ensemble_launcher.ensemble import load_tasks
 from ensemble_launcher.errors import ConfigError
 from ensemble_launcher.executors import executor_for, make_pool
-from ensemble_launcher.monitor import Counts, LogReporter, Reporter
+from ensemble_launcher.monitor import Counts, LogReporter, MultiReporter, Reporter
+from ensemble_launcher.monitor.profiles import (
+    BasicProfile,
+    NoTimeline,
+    Timeline,
+    timeline_for,
+    write_trace,
+)
+from ensemble_launcher.monitor.status import StatusFileReporter
 from ensemble_launcher.orchestrator.ledger import Ledger, RetryPolicy
 from ensemble_launcher.orchestrator.master import Master
 from ensemble_launcher.orchestrator.node_worker import NodeWorker
@@ -141,36 +149,51 @@ class EnsembleLauncher:
         self.counts = counts
         shutdown = GracefulShutdown(config.shutdown_grace)
         interrupted: BaseException | None = None
+        basic = BasicProfile() if config.profile == "basic" else None
+        timeline = timeline_for("main", config.profile)
         with RunStore(self.run_dir) as store, self._master_log():
             previous = store.final_states() if self.resume else None
             self._write_meta(store)
-            recorder = Recorder(store, counts, self._reporter)
+            reporter = MultiReporter(self._reporter,
+                                     StatusFileReporter(self.run_dir, config.report_interval))
+            recorder = Recorder(store, counts, reporter)
             ledger = Ledger(self.tasks, recorder, _retry_policy(config), previous=previous,
-                            retry_failed=self.retry_failed, deadline=self._deadline())
+                            retry_failed=self.retry_failed, deadline=self._deadline(),
+                            profile=basic)
             control = RootControl(ledger, shutdown)
-            self._reporter.start(counts)
+            reporter.start(counts)
             try:
                 with shutdown:
                     if self.nlevels == 0:
-                        self._run_here(control, recorder)
+                        self._run_here(control, recorder, timeline)
                     else:
-                        self._run_tree(control, recorder)
+                        self._run_tree(control, recorder, timeline)
             except KeyboardInterrupt as exc:
                 interrupted = exc
             finally:
                 ledger.abandon("not run: the run was interrupted" if interrupted or
                                shutdown.requested else "not run")
-                self._reporter.stop(counts)
+                reporter.stop(counts)
             if ledger.skipped:
                 log.info("resume: %d task(s) already done were skipped", ledger.skipped)
             store.set_meta(finished=time.time(),
                            interrupted=bool(interrupted or shutdown.requested))
             log.info("run %s finished: %s", self.run_dir, counts.line())
+        if config.profile:
+            self._write_profiles(basic, timeline)
         if interrupted is not None or shutdown.requested:
             raise KeyboardInterrupt(
                 f"interrupted ({shutdown.signal_name or interrupted}); {counts.line()}; "
                 f"continue with: el resume {self.run_dir}")
         return Results(self.run_dir)
+
+    def _write_profiles(self, basic: BasicProfile | None,
+                        timeline: Timeline | NoTimeline) -> None:
+        directory = self.run_dir / "profiles"
+        if basic is not None:
+            basic.write(directory)
+        timeline.write(directory)
+        write_trace(self.run_dir, directory / "trace.json")
 
     def _write_meta(self, store: RunStore) -> None:
         meta: dict[str, Any] = {
@@ -192,21 +215,21 @@ class EnsembleLauncher:
             left = job_time_left()
         return None if left is None else time.time() + left
 
-    def _run_here(self, control: RootControl, recorder: Recorder) -> None:
+    def _run_here(self, control: RootControl, recorder: Recorder,
+                  timeline: Timeline | NoTimeline) -> None:
         config, node = self.launcher_config, self.nodes[0]
         with make_pool(config.task_executor_name, node.cpus, pin=self.pin_resources,
                        tail_bytes=config.stderr_tail_bytes, kill_grace=config.kill_grace) as pool:
-            worker: NodeWorker | None = None
-            sink = LocalSink(control, recorder, node.host,
-                             lambda: worker.running if worker else 0)
-            worker = NodeWorker(LocalSource(control.ledger), sink, node, pool,
+            sink = LocalSink(control, recorder, node.host)
+            NodeWorker(LocalSource(control.ledger), sink, node, pool,
                                 gpu_selector=config.gpu_selector,
                                 capture_stdout=self.return_stdout, pin=self.pin_resources,
                                 kill_grace=config.kill_grace,
-                                check_each_task=self.tasks.total is None)
-            worker.run()
+                                check_each_task=self.tasks.total is None,
+                                timeline=timeline).run()
 
-    def _run_tree(self, control: RootControl, recorder: Recorder) -> None:
+    def _run_tree(self, control: RootControl, recorder: Recorder,
+                  timeline: Timeline | NoTimeline) -> None:
         import zmq
 
         config = self.launcher_config
@@ -225,7 +248,8 @@ class EnsembleLauncher:
         keys_env = CurveKeys.generate().to_env() if settings.bind.startswith("tcp") else {}
         ctx = zmq.Context()
         try:
-            Master(tree, RootUpstream(control, recorder), ctx, settings, keys_env).run()
+            Master(tree, RootUpstream(control, recorder), ctx, settings, keys_env,
+                   timeline).run()
         finally:
             ctx.term()
 

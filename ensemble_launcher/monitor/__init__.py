@@ -3,11 +3,12 @@
 from ensemble_launcher.monitor.counts import Counts
 from ensemble_launcher.monitor.progress import (
     LogReporter,
+    MultiReporter,
     PlainReporter,
     Reporter,
     RichReporter,
     make_reporter,
 )
 
-__all__ = ["Counts", "LogReporter", "PlainReporter", "Reporter", "RichReporter",
-           "make_reporter"]
+__all__ = ["Counts", "LogReporter", "MultiReporter", "PlainReporter", "Reporter",
+           "RichReporter", "make_reporter"]

@@ -1,4 +1,4 @@
-"""Live counts of a run, per ensemble."""
+"""Live counts of a run, per ensemble, kept by the root as results arrive."""
 
 from __future__ import annotations
 
@@ -13,8 +13,13 @@ class Counts:
     failed: dict[str, int] = field(default_factory=dict)
     not_run: dict[str, int] = field(default_factory=dict)
     retried: dict[str, int] = field(default_factory=dict)
-    running: int = 0
+    running_by: dict[str, int] = field(default_factory=dict)
     started_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def running(self) -> int:
+        """Tasks handed out and not finished (running, or queued on a node)."""
+        return sum(self.running_by.values())
 
     def finished(self, ensemble: str | None = None) -> int:
         """Tasks with a final result: succeeded, failed, or not run."""
@@ -27,33 +32,41 @@ class Counts:
         sizes = list(self.total.values())
         return sum(n for n in sizes if n is not None) if None not in sizes else None
 
-    def rate(self) -> float:
+    def rate(self, ensemble: str | None = None) -> float:
         elapsed = time.monotonic() - self.started_at
-        return self.finished() / elapsed if elapsed > 0 else 0.0
+        return self.finished(ensemble) / elapsed if elapsed > 0 else 0.0
 
-    def eta(self) -> float | None:
-        total, rate = self.grand_total(), self.rate()
+    def eta(self, ensemble: str | None = None) -> float | None:
+        total = self.grand_total() if ensemble is None else self.total.get(ensemble)
+        rate = self.rate(ensemble)
         if total is None or rate <= 0:
             return None
-        return max(0.0, (total - self.finished()) / rate)
+        return max(0.0, (total - self.finished(ensemble)) / rate)
 
-    def line(self) -> str:
-        """One plain status line, as printed every report_interval when not on a terminal."""
-        total = self.grand_total()
-        failed = sum(self.failed.values())
-        parts = [f"{self.finished()}/{total if total is not None else '?'} finished",
-                 f"{failed} failed", f"{self.running} running", f"{self.rate():.1f} tasks/s"]
-        not_run, retried = sum(self.not_run.values()), sum(self.retried.values())
-        if not_run:
-            parts.insert(2, f"{not_run} not run")
-        if retried:
-            parts.insert(2, f"{retried} retried")
-        eta = self.eta()
+    def line(self, ensemble: str | None = None) -> str:
+        """One plain status line (of the run, or of one ensemble): finished/total, failed,
+        running, pending, tasks/s, ETA."""
+        def of(bucket: dict[str, int]) -> int:
+            return sum(bucket.values()) if ensemble is None else bucket.get(ensemble, 0)
+
+        total = self.grand_total() if ensemble is None else self.total.get(ensemble)
+        finished, running = self.finished(ensemble), of(self.running_by)
+        parts = [f"{finished}/{total if total is not None else '?'} finished",
+                 f"{of(self.failed)} failed"]
+        if of(self.retried):
+            parts.append(f"{of(self.retried)} retried")
+        if of(self.not_run):
+            parts.append(f"{of(self.not_run)} not run")
+        parts.append(f"{running} running")
+        if total is not None:
+            parts.append(f"{max(0, total - finished - running)} pending")
+        parts.append(f"{self.rate(ensemble):.1f} tasks/s")
+        eta = self.eta(ensemble)
         if eta is not None:
-            parts.append(f"ETA {_clock(eta)}")
+            parts.append(f"ETA {clock(eta)}")
         return ", ".join(parts)
 
 
-def _clock(seconds: float) -> str:
+def clock(seconds: float) -> str:
     s = int(seconds + 0.5)
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"

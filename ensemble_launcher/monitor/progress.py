@@ -32,6 +32,25 @@ class Reporter:
         pass
 
 
+class MultiReporter(Reporter):
+    """Several reporters as one."""
+
+    def __init__(self, *reporters: Reporter) -> None:
+        self.reporters = reporters
+
+    def start(self, counts: Counts) -> None:
+        for r in self.reporters:
+            r.start(counts)
+
+    def update(self, counts: Counts) -> None:
+        for r in self.reporters:
+            r.update(counts)
+
+    def stop(self, counts: Counts) -> None:
+        for r in self.reporters:
+            r.stop(counts)
+
+
 class _Periodic(Reporter):
     def __init__(self, interval: float) -> None:
         self.interval = interval
@@ -41,10 +60,17 @@ class _Periodic(Reporter):
         now = time.monotonic()
         if now >= self._next:
             self._next = now + self.interval
-            self.emit(counts.line())
+            self._emit_all(counts)
 
     def stop(self, counts: Counts) -> None:
+        self._emit_all(counts)
+
+    def _emit_all(self, counts: Counts) -> None:
+        """One line for the run; with several ensembles, one more for each."""
         self.emit(counts.line())
+        if len(counts.total) > 1:
+            for name in counts.total:
+                self.emit(f"  {name}: {counts.line(name)}")
 
     def emit(self, line: str) -> None:
         raise NotImplementedError
@@ -81,6 +107,7 @@ class RichReporter(Reporter):
         self._progress = Progress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("[red]{task.fields[failed]} failed"),
+            TextColumn("{task.fields[running]} running"),
             TextColumn("{task.fields[rate]:.1f}/s"), TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=Console(file=stream or sys.stderr), transient=False)
@@ -88,7 +115,8 @@ class RichReporter(Reporter):
 
     def start(self, counts: Counts) -> None:
         for name, total in counts.total.items():
-            self._bars[name] = self._progress.add_task(name, total=total, failed=0, rate=0.0)
+            self._bars[name] = self._progress.add_task(name, total=total, failed=0, running=0,
+                                                       rate=0.0)
         self._progress.start()
 
     def update(self, counts: Counts) -> None:
@@ -96,6 +124,7 @@ class RichReporter(Reporter):
         for name, bar in self._bars.items():
             finished = counts.finished(name)
             self._progress.update(bar, completed=finished, failed=counts.failed.get(name, 0),
+                                  running=counts.running_by.get(name, 0),
                                   rate=finished / elapsed)
 
     def stop(self, counts: Counts) -> None:

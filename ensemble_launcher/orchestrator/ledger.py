@@ -18,6 +18,7 @@ from typing import Any
 
 from ensemble_launcher.ensemble import Task
 from ensemble_launcher.executors.runner import FAILED, LOST, SUCCEEDED
+from ensemble_launcher.monitor.profiles import BasicProfile
 from ensemble_launcher.orchestrator.recording import Recorder
 
 NOT_RUN = "not_run"
@@ -40,6 +41,7 @@ class _Entry:
     attempt: int
     losses: int = 0
     tries: int = 1
+    handed_out: float = 0.0
 
     def again(self, lost: bool = False) -> _Entry:
         return _Entry(self.task, self.attempt + 1, self.losses + lost, self.tries + 1)
@@ -48,13 +50,15 @@ class _Entry:
 class Ledger:
     def __init__(self, tasks: Iterable[Task], recorder: Recorder, policy: RetryPolicy, *,
                  previous: dict[str, tuple[str, int]] | None = None,
-                 retry_failed: bool = False, deadline: float | None = None) -> None:
+                 retry_failed: bool = False, deadline: float | None = None,
+                 profile: BasicProfile | None = None) -> None:
         self._stream: Iterator[Task] = iter(tasks)
         self._recorder = recorder
         self._policy = policy
         self._previous = previous or {}
         self._retry_failed = retry_failed
         self._deadline = deadline
+        self._profile = profile
         self._retry: deque[_Entry] = deque()
         self.inflight: dict[int, _Entry] = {}
         self._next_key = 0
@@ -78,6 +82,9 @@ class Ledger:
             key = self._next_key
             self._next_key += 1
             self.inflight[key] = entry
+            self._running(entry, +1)
+            if self._profile is not None:
+                entry.handed_out = time.time()
             return key, entry.task
         return None
 
@@ -113,6 +120,9 @@ class Ledger:
         entry = self.inflight.pop(key, None)
         if entry is None:
             return
+        self._running(entry, -1)
+        if self._profile is not None:
+            self._profile.task_done(entry.handed_out, result[10], result[11], time.time())
         if result[1] != SUCCEEDED and self._may_retry(entry, result[2]):
             self._recorder.add(entry.task, result, host, cpus, gpus, entry.attempt, final=False)
             self._retry.append(entry.again())
@@ -131,6 +141,7 @@ class Ledger:
             entry = self.inflight.pop(key, None)
             if entry is None:
                 continue
+            self._running(entry, -1)
             result = (key, LOST, "node_lost", None, None, None,
                       f"{name} on {host} was lost: {why}", None, None, "", now, now)
             if entry.losses < self._policy.node_loss_retries and not self.halted:
@@ -151,8 +162,14 @@ class Ledger:
     def abandon(self, why: str) -> None:
         """Record every task still out as not run (after the grace period ran out)."""
         for entry in self.inflight.values():
+            self._running(entry, -1)
             self._final(entry, _not_run("interrupted", why))
         self.inflight.clear()
+
+    def _running(self, entry: _Entry, change: int) -> None:
+        by = self._recorder.counts.running_by
+        name = entry.task.ensemble or "tasks"
+        by[name] = by.get(name, 0) + change
 
     def _final(self, entry: _Entry, result: tuple) -> None:
         self._recorder.add(entry.task, result, "", "", "", entry.attempt)

@@ -44,6 +44,7 @@ from ensemble_launcher.comm import (
 from ensemble_launcher.errors import LaunchError
 from ensemble_launcher.launchers import ChildLauncher
 from ensemble_launcher.launchers.base import child_environment, log_tail
+from ensemble_launcher.monitor.profiles import NoTimeline, Timeline
 from ensemble_launcher.orchestrator.tree import TreeNode
 from ensemble_launcher.orchestrator.wire import DIGEST, FunctionTable
 
@@ -114,7 +115,8 @@ class TreeSettings:
 
 class Master:
     def __init__(self, node: TreeNode, upstream: Upstream, ctx: zmq.Context,
-                 settings: TreeSettings, keys_env: dict[str, str]) -> None:
+                 settings: TreeSettings, keys_env: dict[str, str],
+                 timeline: Timeline | NoTimeline | None = None) -> None:
         self.node = node
         self._upstream = upstream
         self._settings = settings
@@ -128,6 +130,7 @@ class Master:
         self._started_at = time.monotonic()
         self._last_beat = 0.0
         self._poller: zmq.Poller | None = None
+        self._timeline = timeline or NoTimeline()
 
     @property
     def inflight(self) -> int:
@@ -136,16 +139,23 @@ class Master:
     def run(self) -> None:
         try:
             self._start_children()
+            mark = self._timeline.mark
+            mark("start")
             while not self._finished():
                 self._upstream.pump()
                 self._receive()
+                mark("receive")
                 self._assign()
                 self._upstream.want(sum(c.credit for c in self._children.values() if c.live))
+                mark("assign")
                 self._watch_children()
                 self._halt_when_asked()
                 self._drain_when_done()
+                mark("watch")
                 self._upstream.tick()
+                mark("record")
                 self._wait()
+                mark("wait")
         except BaseException:
             self.stop("the master stopped")
             raise

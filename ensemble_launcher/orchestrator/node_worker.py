@@ -27,6 +27,7 @@ from ensemble_launcher.ensemble.loader import requirement_of
 from ensemble_launcher.errors import ResourceError
 from ensemble_launcher.executors import PoolEvents, WarmPool
 from ensemble_launcher.executors.runner import FAILED, TIMED_OUT
+from ensemble_launcher.monitor.profiles import NoTimeline, Timeline
 from ensemble_launcher.resources import NodeResources, check_requirements
 from ensemble_launcher.scheduler import NodeSlots, Placement, needs_exclusive
 
@@ -112,7 +113,8 @@ class _InFlight:
 class NodeWorker:
     def __init__(self, source: TaskSource, sink: ResultSink, node: NodeResources,
                  pool: WarmPool, *, gpu_selector: str, capture_stdout: bool, pin: bool,
-                 kill_grace: float, check_each_task: bool = False) -> None:
+                 kill_grace: float, check_each_task: bool = False,
+                 timeline: Timeline | NoTimeline | None = None) -> None:
         self._source = source
         self._sink = sink
         self._node = node
@@ -129,6 +131,7 @@ class NodeWorker:
         self._results_seen = 0
         self._expired: set[int] = set()
         self._shapes: dict[tuple, str | None] = {}
+        self._timeline = timeline or NoTimeline()
         self._last_tick = 0.0
         self.stopped = False
 
@@ -137,15 +140,22 @@ class NodeWorker:
         return len(self._inflight)
 
     def run(self) -> None:
+        mark = self._timeline.mark
         while not self.stopped:
             self._source.pump()
+            mark("receive")
             self._fill()
+            mark("dispatch")
             if not self._inflight and not self._backlog and self._source.exhausted:
                 break
-            self._collect(self._pool.wait(self._wait_timeout(), self._source.sockets()))
+            events = self._pool.wait(self._wait_timeout(), self._source.sockets())
+            mark("wait")
+            self._collect(events)
             self._expire_callables()
+            mark("collect")
             self._sink.turn()
             self._tick()
+            mark("report")
         self._sink.flush()
 
     # -- dispatch ----------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import zmq
 
 from ensemble_launcher.config import LauncherConfig, SystemConfig
 from ensemble_launcher.executors import make_pool
+from ensemble_launcher.monitor.profiles import timeline_for
 from ensemble_launcher.orchestrator.master import Master
 from ensemble_launcher.orchestrator.node_worker import NodeWorker
 from ensemble_launcher.orchestrator.parent_link import ParentLink
@@ -22,6 +23,7 @@ log = logging.getLogger("ensemble_launcher")
 def run_worker(me: TreeNode, link: ParentLink, config: LauncherConfig, system: SystemConfig,
                env: dict[str, str]) -> None:
     pin = env.get("EL_PIN") == "1"
+    timeline = timeline_for(me.name, config.profile)
     node = local_node(system, pin=pin)
     link.hello(list(node.cpus), list(node.gpus))
     log.info("%s: running tasks on %s (cpus %s, gpus %s, executor %s)", me.name, node.host,
@@ -32,8 +34,10 @@ def run_worker(me: TreeNode, link: ParentLink, config: LauncherConfig, system: S
         NodeWorker(link, link, node, pool, gpu_selector=config.gpu_selector,
                    capture_stdout=env.get("EL_RETURN_STDOUT") == "1", pin=pin,
                    kill_grace=config.kill_grace,
-                   check_each_task=env.get("EL_CHECK_EACH") == "1").run()
+                   check_each_task=env.get("EL_CHECK_EACH") == "1",
+                   timeline=timeline).run()
     log.info("%s: drained, %d task results sent", me.name, link.sent_results)
+    timeline.write(Path(env["EL_RUN_DIR"]) / "profiles")
 
 
 def run_submaster(me: TreeNode, link: ParentLink, ctx: zmq.Context, config: LauncherConfig,
@@ -41,4 +45,6 @@ def run_submaster(me: TreeNode, link: ParentLink, ctx: zmq.Context, config: Laun
     link.hello([], [])
     settings = tree_settings(me, config, run_dir, child_env={})
     keys_env = {k: v for k, v in env.items() if k.startswith("EL_CURVE_")}
-    Master(me, link, ctx, settings, keys_env).run()
+    timeline = timeline_for(me.name, config.profile)
+    Master(me, link, ctx, settings, keys_env, timeline).run()
+    timeline.write(run_dir / "profiles")

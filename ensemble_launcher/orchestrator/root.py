@@ -7,7 +7,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import zmq
@@ -68,27 +67,23 @@ class LocalSink:
     """A NodeWorker's sink when it runs at the root: results go to the ledger, and the
     journal is written on every loop turn."""
 
-    def __init__(self, control: RootControl, recorder: Recorder, host: str,
-                 running: Callable[[], int]) -> None:
+    def __init__(self, control: RootControl, recorder: Recorder, host: str) -> None:
         self._control = control
         self._ledger = control.ledger
         self._recorder = recorder
         self._host = host
-        self._running = running
 
     def record(self, key: int, task: Task, result: tuple, cpus: str, gpus: str) -> None:
         self._ledger.finished(key, result, self._host, cpus, gpus)
 
     def tick(self) -> None:
         self._control.supervise()
-        self._recorder.counts.running = self._running()
         self._recorder.tick()
 
     def turn(self) -> None:
         self._recorder.store.flush()
 
     def flush(self) -> None:
-        self._recorder.counts.running = self._running()
         self._recorder.flush()
 
 
@@ -136,5 +131,4 @@ class RootUpstream:
     def tick(self) -> None:
         self._control.supervise()
         self._recorder.store.flush()
-        self._recorder.counts.running = len(self._ledger.inflight)
         self._recorder.reporter.update(self._recorder.counts)

@@ -1,0 +1,167 @@
+"""``el report``: where the time of a run went, as PNG plots and a text summary.
+
+    utilization.png   busy cores over time, one line per node (up to 12; then the sum)
+    durations.png     histogram of task durations
+    throughput.png    tasks finished per second over time
+    failures.png      failed tasks by reason
+
+Utilization is the sum over tasks of duration x cores used, divided by the cores of all
+nodes x the time from the first task's start to the last task's end. Plotting libraries
+are imported here only, so the rest of the launcher starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import warnings
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+FIGSIZE, DPI = (8.0, 4.5), 100
+PLOTS = ("utilization.png", "durations.png", "throughput.png", "failures.png")
+
+
+@dataclass
+class RunData:
+    starts: Any
+    ends: Any
+    cores: Any
+    hosts: list[str]
+    states: Counter
+    reasons: Counter
+    total_cores: int
+    meta: dict
+
+    @property
+    def span(self) -> float:
+        return float(self.ends.max() - self.starts.min()) if len(self.starts) else 0.0
+
+    @property
+    def utilization(self) -> float:
+        busy = float(((self.ends - self.starts) * self.cores).sum())
+        return busy / (self.total_cores * self.span) if self.span > 0 else 0.0
+
+
+def load(run_dir: Path) -> RunData:
+    import numpy as np
+
+    journal = run_dir / "journal.db"
+    with sqlite3.connect(f"file:{journal}?mode=ro", uri=True) as conn:
+        meta = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+        rows = conn.execute("SELECT start_time, end_time, host, cpus, state, reason "
+                            "FROM results WHERE state != 'not_run'").fetchall()
+        states = Counter(dict(conn.execute("SELECT state, COUNT(*) FROM results GROUP BY state")))
+        reasons = Counter({r or "unknown": n for r, n in conn.execute(
+            "SELECT reason, COUNT(*) FROM results WHERE state NOT IN ('succeeded', 'not_run') "
+            "GROUP BY reason")})
+    ncpus = meta.get("system_config", {}).get("ncpus", 1)
+    total_cores = ncpus * max(1, len(meta.get("nodes", [])))
+    return RunData(
+        starts=np.array([r[0] for r in rows], dtype=float),
+        ends=np.array([r[1] for r in rows], dtype=float),
+        cores=np.array([max(1, len(r[3].split(","))) if r[3] else 1 for r in rows], dtype=float),
+        hosts=[r[2] or "?" for r in rows], states=states, reasons=reasons,
+        total_cores=total_cores, meta=meta)
+
+
+def summary(data: RunData) -> list[str]:
+    import numpy as np
+
+    durations = data.ends - data.starts
+    total = sum(data.states.values())
+    lines = [f"tasks: {total} ({', '.join(f'{n} {s}' for s, n in data.states.most_common())})"]
+    if len(durations):
+        lines += [
+            f"span: {data.span:.2f} s from the first task's start to the last task's end",
+            f"utilization: {100 * data.utilization:.1f}% of {data.total_cores} cores",
+            f"task duration: mean {durations.mean():.3f} s, median "
+            f"{float(np.median(durations)):.3f} s, max {durations.max():.3f} s",
+            f"throughput: {len(durations) / data.span if data.span else 0:.1f} tasks/s",
+        ]
+    if data.reasons:
+        lines.append("failures: " + ", ".join(f"{n} {r}" for r, n in data.reasons.most_common()))
+    return lines
+
+
+def write_report(run_dir: Path, out_dir: Path | None = None) -> tuple[list[Path], list[str]]:
+    """Write the plots; return their paths and the summary lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with warnings.catch_warnings():
+        # scienceplots calls a matplotlib function deprecated in 3.11; not ours to fix.
+        warnings.simplefilter("ignore", matplotlib.MatplotlibDeprecationWarning)
+        import scienceplots  # noqa: F401 - registers the "science" styles
+
+    data = load(run_dir)
+    out_dir = out_dir or run_dir / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    with plt.style.context(["science", "no-latex", {"savefig.bbox": "standard"}]):
+        for name, draw in zip(PLOTS, (_utilization, _durations, _throughput, _failures),
+                              strict=True):
+            fig, ax = plt.subplots(figsize=FIGSIZE, dpi=DPI)
+            draw(ax, data)
+            fig.tight_layout()
+            path = out_dir / name
+            fig.savefig(path, dpi=DPI)
+            plt.close(fig)
+            paths.append(path)
+    return paths, summary(data)
+
+
+def _utilization(ax: Any, data: RunData) -> None:
+    import numpy as np
+
+    origin = data.starts.min() if len(data.starts) else 0.0
+    hosts = sorted(set(data.hosts))
+    groups = {h: [i for i, x in enumerate(data.hosts) if x == h] for h in hosts} \
+        if len(hosts) <= 12 else {"all nodes": list(range(len(data.hosts)))}
+    for label, idx in groups.items():
+        times = np.concatenate([data.starts[idx], data.ends[idx]]) - origin
+        steps = np.concatenate([data.cores[idx], -data.cores[idx]])
+        order = np.argsort(times, kind="stable")
+        ax.step(times[order], np.cumsum(steps[order]), where="post", label=label)
+    ax.set_xlabel("time since the first task started (s)")
+    ax.set_ylabel("busy cores")
+    ax.set_title(f"Busy cores per node; utilization {100 * data.utilization:.1f}% of "
+                 f"{data.total_cores} cores")
+    if groups:
+        ax.legend(fontsize="small")
+
+
+def _durations(ax: Any, data: RunData) -> None:
+    durations = data.ends - data.starts
+    ax.hist(durations, bins=min(50, max(1, len(durations))))
+    ax.set_xlabel("task duration (s)")
+    ax.set_ylabel("tasks")
+    ax.set_title(f"Task durations ({len(durations)} tasks)")
+
+
+def _throughput(ax: Any, data: RunData) -> None:
+    import numpy as np
+
+    if not len(data.ends):
+        ax.set_title("Throughput (no task ran)")
+        return
+    origin = data.starts.min()
+    width = max(data.span / 50, 1e-3)
+    bins = np.arange(0.0, data.span + width, width)
+    counts, edges = np.histogram(data.ends - origin, bins=bins)
+    ax.plot(edges[:-1], counts / width)
+    ax.set_xlabel("time since the first task started (s)")
+    ax.set_ylabel("tasks finished per second")
+    ax.set_title("Throughput")
+
+
+def _failures(ax: Any, data: RunData) -> None:
+    if data.reasons:
+        labels, values = zip(*data.reasons.most_common(), strict=True)
+        ax.bar(labels, values)
+    ax.set_ylabel("tasks")
+    ax.set_title(f"Failures by reason ({sum(data.reasons.values())} failed)")

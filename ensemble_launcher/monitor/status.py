@@ -1,0 +1,167 @@
+"""A run's status, read from its run directory: during the run and after it.
+
+    status.json  the live root's counts (done, failed, not run, running per ensemble),
+                 rewritten every report_interval (at most 5 s) by StatusFileReporter;
+                 used while the run is alive, so that all figures are one snapshot
+    journal.db   final results per ensemble and state, for a run that is over
+    meta         ensemble sizes, start and end times
+
+``el status RUNDIR`` prints :func:`read_status`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ensemble_launcher.errors import StoreError
+from ensemble_launcher.monitor.counts import Counts, clock
+from ensemble_launcher.monitor.progress import Reporter
+
+STATUS_NAME = "status.json"
+
+
+class StatusFileReporter(Reporter):
+    """Writes the live counts to ``run_dir/status.json`` (atomically) for ``el status``."""
+
+    def __init__(self, run_dir: Path, interval: float) -> None:
+        self.path = run_dir / STATUS_NAME
+        self.interval = interval
+        self._next = 0.0
+
+    def update(self, counts: Counts) -> None:
+        now = time.monotonic()
+        if now >= self._next:
+            self._next = now + min(self.interval, 5.0)
+            self._write(counts, live=True)
+
+    def stop(self, counts: Counts) -> None:
+        self._write(counts, live=False)
+
+    def _write(self, counts: Counts, live: bool) -> None:
+        data = {"pid": os.getpid(), "time": time.time(), "live": live,
+                "running": counts.running_by, "done": counts.done, "failed": counts.failed,
+                "not_run": counts.not_run, "rate": counts.rate()}
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, self.path)
+
+
+@dataclass
+class EnsembleStatus:
+    name: str
+    total: int | None
+    done: int
+    failed: int
+    not_run: int
+    running: int
+    """Handed out to a node and not finished: running there, or queued to start."""
+
+    @property
+    def pending(self) -> int | None:
+        if self.total is None:
+            return None
+        return max(0, self.total - self.done - self.failed - self.not_run - self.running)
+
+
+@dataclass
+class RunStatus:
+    run_dir: str
+    state: str  # running, finished, interrupted, stopped
+    ensembles: list[EnsembleStatus]
+    rate: float
+    eta: float | None
+    started: float | None
+    finished: float | None
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        for entry, ensemble in zip(data["ensembles"], self.ensembles, strict=True):
+            entry["pending"] = ensemble.pending
+        return data
+
+    def lines(self) -> list[str]:
+        head = f"{self.run_dir}: {self.state}, {self.rate:.1f} tasks/s"
+        if self.eta is not None and self.state == "running":
+            head += f", ETA {clock(self.eta)}"
+        out = [head]
+        for e in self.ensembles:
+            out.append(f"  {e.name}: {e.done + e.failed + e.not_run}/"
+                       f"{e.total if e.total is not None else '?'} finished: {e.done} done, "
+                       f"{e.failed} failed, {e.not_run} not run, {e.running} running, "
+                       f"{e.pending if e.pending is not None else '?'} pending")
+        return out
+
+
+def read_status(run_dir: str | os.PathLike) -> RunStatus:
+    run_dir = Path(run_dir)
+    journal = run_dir / "journal.db"
+    if not journal.exists():
+        raise StoreError(f"{run_dir} is not a run directory (no journal.db)")
+    with sqlite3.connect(f"file:{journal}?mode=ro", uri=True) as conn:
+        meta = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+        rows = conn.execute("SELECT ensemble, state, COUNT(*) FROM results "
+                            "GROUP BY ensemble, state").fetchall()
+        span = conn.execute("SELECT MIN(start_time), MAX(end_time), COUNT(*) FROM results "
+                            "WHERE state != 'not_run'").fetchone()
+    live = _live_status(run_dir, meta)
+    totals: dict[str, int | None] = meta.get("ensembles", {})
+    counts: dict[str, dict[str, int]] = {name: {} for name in totals}
+    for ensemble, state, n in rows:
+        counts.setdefault(ensemble or "tasks", {})[state] = n
+    if live is not None:
+        ensembles = [EnsembleStatus(name, totals.get(name), *(
+            int(live.get(key, {}).get(name, 0)) for key in ("done", "failed", "not_run",
+                                                            "running")))
+            for name in counts]
+    else:
+        ensembles = [EnsembleStatus(
+            name, totals.get(name), c.get("succeeded", 0),
+            sum(v for s, v in c.items() if s not in ("succeeded", "not_run")),
+            c.get("not_run", 0), 0) for name, c in counts.items()]
+    state = _run_state(meta, live)
+    rate = _rate(span, live, state)
+    remaining = sum(e.pending or 0 for e in ensembles) + sum(e.running for e in ensembles)
+    eta = remaining / rate if rate > 0 and state == "running" else None
+    return RunStatus(str(run_dir), state, ensembles, rate, eta, meta.get("started"),
+                     meta.get("finished"))
+
+
+def _live_status(run_dir: Path, meta: dict) -> dict | None:
+    path = run_dir / STATUS_NAME
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if data.get("live") and _pid_alive(data.get("pid", -1)) else None
+
+
+def _run_state(meta: dict, live: dict | None) -> str:
+    if live is not None and "finished" not in meta:
+        return "running"
+    if meta.get("interrupted"):
+        return "interrupted"
+    if "finished" in meta:
+        return "finished"
+    return "stopped"
+
+
+def _rate(span: tuple, live: dict | None, state: str) -> float:
+    if live is not None and state == "running":
+        return float(live.get("rate", 0.0))
+    first, last, n = span
+    return n / (last - first) if n and last and first and last > first else 0.0
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, ValueError, OverflowError):
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -23,6 +23,7 @@ from ensemble_launcher.config.models import auto_nlevels, default_run_dir
 from ensemble_launcher.ensemble import load_tasks
 from ensemble_launcher.errors import ConfigError
 from ensemble_launcher.executors import executor_for, make_pool
+from ensemble_launcher.executors.mpi import mpi_launch_factory
 from ensemble_launcher.monitor import Counts, LogReporter, MultiReporter, Reporter
 from ensemble_launcher.monitor.profiles import (
     BasicProfile,
@@ -226,7 +227,9 @@ class EnsembleLauncher:
                                 capture_stdout=self.return_stdout, pin=self.pin_resources,
                                 kill_grace=config.kill_grace,
                                 check_each_task=self.tasks.total is None,
-                                timeline=timeline).run()
+                                timeline=timeline, mpi=mpi_launch_factory(
+                                    config.mpi_launcher, config.mpi_flavor, config.mpi_args,
+                                    config.gpu_selector)).run()
 
     def _run_tree(self, control: RootControl, recorder: Recorder,
                   timeline: Timeline | NoTimeline) -> None:

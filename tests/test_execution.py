@@ -66,10 +66,13 @@ def test_without_pinning_tasks_see_every_core(tmp_path):
 
 @needs_two_cores
 def test_multi_core_task_and_explicit_affinity(tmp_path):
-    tasks = [Task(task_id="two", ppn=2, executable=PRINT_AFFINITY),
+    tasks = [Task(task_id="two", cpu_affinity=CORES[:2], executable=PRINT_AFFINITY),
+             Task(task_id="ranks", ppn=2, executable=PRINT_AFFINITY),
              Task(task_id="last", cpu_affinity=[CORES[-1]], executable=PRINT_AFFINITY)]
     r = run(tasks, tmp_path, return_stdout=True)
     assert r["two"].cpus == tuple(CORES[:2]) and r["two"].stdout.strip() == str(CORES[:2])
+    assert r["ranks"].cpus == tuple(CORES[:2])
+    assert sorted(r["ranks"].stdout.split("\n")[:2]) == [f"[{c}]" for c in CORES[:2]]
     assert r["last"].cpus == (CORES[-1],) and r["last"].stdout.strip() == str([CORES[-1]])
 
 

@@ -125,7 +125,13 @@ class LauncherConfig(_Strict):
     child_launcher_args: list[str] = Field(
         default_factory=list, description="extra arguments for srun/mpiexec when starting "
         "children")
-    mpi_flavor: MpiFlavor = "auto"
+    mpi_flavor: MpiFlavor = Field(default="auto", description="which mpiexec this is "
+                                  "(for children and MPI tasks); auto asks mpiexec --version")
+    mpi_launcher: Literal["auto", "mpiexec", "srun"] = Field(
+        default="auto", description="what starts the ranks of a task with ppn > 1 or nnodes > "
+        "1: srun inside Slurm, else mpiexec")
+    mpi_args: list[str] = Field(default_factory=list, description="extra arguments for the "
+                                "mpiexec/srun that starts an MPI task's ranks")
     child_step: Literal["per_child", "shared"] = Field(
         default="per_child", description="one srun/mpiexec per child (a lost node ends only "
         "its own child), or one for all workers of a master (fewer launcher processes)")

@@ -7,6 +7,8 @@ from ensemble_launcher.errors import ConfigError
 #: name -> what it is; a name is usable when it is present here.
 EXECUTORS: dict[str, str] = {
     "multiprocessing": "warm pinned runner processes on each node (callables and commands)",
+    "mpi": "the same warm runners; the original launcher's name for running MPI tasks, which "
+           "every executor here runs under mpiexec/srun (tasks with ppn or nnodes > 1)",
     "simulate": "no process: a task completes after its estimated_runtime (for scale tests)",
 }
 

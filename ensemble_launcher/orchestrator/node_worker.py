@@ -16,7 +16,7 @@ from __future__ import annotations
 import shlex
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -24,8 +24,10 @@ import zmq
 
 from ensemble_launcher.ensemble import Task
 from ensemble_launcher.ensemble.loader import requirement_of
+from ensemble_launcher.ensemble.programs import command_argv
 from ensemble_launcher.errors import ResourceError
 from ensemble_launcher.executors import PoolEvents, WarmPool
+from ensemble_launcher.executors.mpi import MpiLaunch, split_per_rank
 from ensemble_launcher.executors.runner import FAILED, TIMED_OUT
 from ensemble_launcher.monitor.profiles import NoTimeline, Timeline
 from ensemble_launcher.resources import NodeResources, check_requirements
@@ -114,7 +116,8 @@ class NodeWorker:
     def __init__(self, source: TaskSource, sink: ResultSink, node: NodeResources,
                  pool: WarmPool, *, gpu_selector: str, capture_stdout: bool, pin: bool,
                  kill_grace: float, check_each_task: bool = False,
-                 timeline: Timeline | NoTimeline | None = None) -> None:
+                 timeline: Timeline | NoTimeline | None = None,
+                 mpi: Callable[[], MpiLaunch] | None = None) -> None:
         self._source = source
         self._sink = sink
         self._node = node
@@ -132,6 +135,8 @@ class NodeWorker:
         self._expired: set[int] = set()
         self._shapes: dict[tuple, str | None] = {}
         self._timeline = timeline or NoTimeline()
+        self._make_mpi = mpi
+        self._mpi: MpiLaunch | None = None
         self._last_tick = 0.0
         self.stopped = False
 
@@ -214,6 +219,9 @@ class NodeWorker:
 
     def _dispatch(self, key: int, task: Task, placement: Placement) -> None:
         env = dict(task.env) if task.env else None
+        if task.ppn > 1 and not task.is_callable:
+            self._dispatch_mpi(key, task, placement, env)
+            return
         if placement.gpus:
             env = env or {}
             env[self._gpu_selector] = ",".join(placement.gpus)
@@ -227,6 +235,22 @@ class NodeWorker:
             self._pool.submit_run(placement.lane, key, _command(task), env, task, cpus,
                                   self._capture)
         self._inflight[key] = _InFlight(task, placement, deadline)
+
+    def _dispatch_mpi(self, key: int, task: Task, placement: Placement,
+                      env: dict | None) -> None:
+        """A task with ppn > 1: its ranks start under mpiexec/srun, each bound to its share
+        of the placement's cores and GPUs."""
+        if self._mpi is None:
+            if self._make_mpi is None:
+                raise RuntimeError("an MPI task reached a node worker without an MPI launcher")
+            self._mpi = self._make_mpi()
+        cpus = split_per_rank(placement.cpus, task.ppn) if self._pin else []
+        gpus = split_per_rank(placement.gpus, task.ppn)
+        command = self._mpi.command(command_argv(_command(task)), [self._node.host], task.ppn,
+                                    cpus, gpus, local=True)
+        self._pool.submit_run(placement.lane, key, command, env, task, placement.cpus,
+                              self._capture)
+        self._inflight[key] = _InFlight(task, placement, None)
 
     # -- results -----------------------------------------------------------------------------
 

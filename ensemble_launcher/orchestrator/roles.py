@@ -9,6 +9,7 @@ import zmq
 
 from ensemble_launcher.config import LauncherConfig, SystemConfig
 from ensemble_launcher.executors import make_pool
+from ensemble_launcher.executors.mpi import mpi_launch_factory
 from ensemble_launcher.monitor.profiles import timeline_for
 from ensemble_launcher.orchestrator.master import Master
 from ensemble_launcher.orchestrator.node_worker import NodeWorker
@@ -35,7 +36,9 @@ def run_worker(me: TreeNode, link: ParentLink, config: LauncherConfig, system: S
                    capture_stdout=env.get("EL_RETURN_STDOUT") == "1", pin=pin,
                    kill_grace=config.kill_grace,
                    check_each_task=env.get("EL_CHECK_EACH") == "1",
-                   timeline=timeline).run()
+                   timeline=timeline, mpi=mpi_launch_factory(
+                       config.mpi_launcher, config.mpi_flavor, config.mpi_args,
+                       config.gpu_selector)).run()
     log.info("%s: drained, %d task results sent", me.name, link.sent_results)
     timeline.write(Path(env["EL_RUN_DIR"]) / "profiles")
 

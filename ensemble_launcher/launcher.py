@@ -90,6 +90,11 @@ class EnsembleLauncher:
         self.nlevels = self._nlevels()
         executor_for(self.launcher_config.task_executor_name)
         check_requirements(self.tasks.requirements(), self.nodes)
+        if self.nlevels >= 2:
+            multi = next((r for r in self.tasks.requirements() if r.nnodes > 1), None)
+            if multi is not None:
+                raise ConfigError(f"{multi.label} spans {multi.nnodes} nodes; multi-node tasks "
+                                  "run at nlevels=1 (up to 64 nodes) in this version")
         label = Path(ensemble_file).stem if isinstance(ensemble_file, (str, os.PathLike)) \
             else "run"
         self.run_dir = Path(out_dir) if out_dir is not None else default_run_dir(label)

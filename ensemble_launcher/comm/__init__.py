@@ -7,12 +7,16 @@ from ensemble_launcher.comm.messages import (
     Failed,
     Halt,
     Heartbeat,
+    Held,
     Hello,
+    Hold,
     Message,
     NodeLost,
     ProtocolError,
+    Release,
     Request,
     Results,
+    RunHeld,
     Stop,
     Tasks,
     decode,
@@ -22,6 +26,7 @@ from ensemble_launcher.comm.zmq_transport import ChildEndpoint, CurveKeys, Paren
 
 __all__ = [
     "Bye", "ChildEndpoint", "CurveKeys", "Define", "Drain", "Failed", "Halt", "Heartbeat",
-    "Hello", "Message", "NodeLost", "ParentEndpoint", "PipeChildEndpoint",
-    "PipeParentEndpoint", "ProtocolError", "Request", "Results", "Stop", "Tasks", "decode",
+    "Held", "Hello", "Hold", "Message", "NodeLost", "ParentEndpoint", "PipeChildEndpoint",
+    "PipeParentEndpoint", "ProtocolError", "Release", "Request", "Results", "RunHeld", "Stop",
+    "Tasks", "decode",
 ]

@@ -12,6 +12,9 @@
       |  --> Halt()                              |   shutting down: drop queued tasks
       |  <-- Bye()                               |   drained: everything reported
       |  --> Stop(reason)                        |   cancel now
+      |  --> Hold(key, cpus, gpus)               |   multi-node task: reserve a share,
+      |  <-- Held(key, cpus, gpus)               |   reserved;
+      |  --> RunHeld(key, task) / Release(key)   |   run it there (leader) / free it
 
 Every transport moves the same bytes, so ZMQ and pipes behave the same.
 """
@@ -132,6 +135,39 @@ class Failed(Message):
 @dataclass(slots=True)
 class Halt(Message):
     """Start nothing new (drop queued tasks), finish what runs, then say Bye."""
+
+
+@_message(13)
+@dataclass(slots=True)
+class Hold(Message):
+    """Reserve these cores and this many GPU slots for part of a multi-node task."""
+
+    key: int
+    cpus: list[int]
+    gpus: list[str]
+
+
+@_message(14)
+@dataclass(slots=True)
+class Held(Message):
+    key: int
+    cpus: list[int]
+    gpus: list[str]
+
+
+@_message(15)
+@dataclass(slots=True)
+class RunHeld(Message):
+    """Run this task (its command starts every node's ranks) in the reservation ``key``."""
+
+    key: int
+    task: list[Any]
+
+
+@_message(16)
+@dataclass(slots=True)
+class Release(Message):
+    key: int
 
 
 class ProtocolError(Exception):

@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -31,6 +32,7 @@ from ensemble_launcher.comm import (
     Failed,
     Halt,
     Heartbeat,
+    Held,
     Hello,
     Message,
     NodeLost,
@@ -42,9 +44,11 @@ from ensemble_launcher.comm import (
     Tasks,
 )
 from ensemble_launcher.errors import LaunchError
+from ensemble_launcher.executors.mpi import MpiLaunch
 from ensemble_launcher.launchers import ChildLauncher
 from ensemble_launcher.launchers.base import child_environment, log_tail
 from ensemble_launcher.monitor.profiles import NoTimeline, Timeline
+from ensemble_launcher.orchestrator.gangs import GangScheduler
 from ensemble_launcher.orchestrator.tree import TreeNode
 from ensemble_launcher.orchestrator.wire import DIGEST, FunctionTable
 
@@ -94,10 +98,16 @@ class _Child:
     inflight: dict[int, list[Any]] = field(default_factory=dict)
     known: set[bytes] = field(default_factory=set)
     last_heard: float = field(default_factory=time.monotonic)
+    cpus: list[int] = field(default_factory=list)
+    gpus: list[str] = field(default_factory=list)
 
     @property
     def live(self) -> bool:
         return not self.done and not self.lost
+
+
+def _no_mpi() -> MpiLaunch:
+    raise LaunchError("this master has no MPI launcher configured for multi-node tasks")
 
 
 @dataclass
@@ -111,6 +121,7 @@ class TreeSettings:
     log_dir: Path
     child_env: dict[str, str]
     shared_step: bool = False
+    mpi: Callable[[], MpiLaunch] = _no_mpi
 
 
 class Master:
@@ -131,6 +142,7 @@ class Master:
         self._last_beat = 0.0
         self._poller: zmq.Poller | None = None
         self._timeline = timeline or NoTimeline()
+        self._gangs = GangScheduler(self._send, settings.mpi)
 
     @property
     def inflight(self) -> int:
@@ -234,11 +246,23 @@ class Master:
         if isinstance(message, Results):
             for row in message.rows:
                 child.inflight.pop(row[0], None)
+            if self._gangs.busy:
+                for row in message.rows:
+                    hosts = self._gangs.finished(row[0])
+                    if hosts:
+                        row[12] = hosts
             self._upstream.record_rows(message.rows)
         elif isinstance(message, Request):
             child.credit += message.credit
+        elif isinstance(message, Held):
+            started = self._gangs.held(child.node.name.encode(), message.key,
+                                       {n: c.host for n, c in self._children.items()})
+            if started is not None:
+                leader, key, wire = started
+                self._children[leader].inflight[key] = wire
         elif isinstance(message, Hello):
             child.ready, child.host = True, message.host
+            child.cpus, child.gpus = message.cpus, message.gpus
             log.info("%s: %s connected from %s (pid %d, %d cpus, %d gpus)", self.node.name,
                      message.name, message.host, message.pid, len(message.cpus),
                      len(message.gpus))
@@ -264,6 +288,9 @@ class Master:
                 if item is None:
                     break
                 key, wire = item
+                if self._gangs.wants(wire):
+                    self._gangs.offer(key, wire)
+                    continue
                 digest = wire[DIGEST]
                 if digest is not None and digest not in child.known:
                     child.known.add(digest)
@@ -276,6 +303,19 @@ class Master:
                     batch = []
             if batch:
                 self._send(identity, Tasks(batch))
+        self._advance_gangs()
+
+    def _advance_gangs(self) -> None:
+        workers = {n: (c.host, c.cpus, c.gpus) for n, c in self._children.items()
+                   if c.ready and c.live and c.node.role == "worker"}
+        refused = self._gangs.advance(workers)
+        if refused is not None:
+            key, wire = refused
+            now = time.time()
+            self._upstream.record_rows([[key, "failed", "launch", None, None, None,
+                                         f"multi-node task {wire[1]!r} cannot run: "
+                                         "not enough worker nodes are alive", None, None, "",
+                                         now, now, "", "", ""]])
 
     def _send(self, identity: bytes, message: Message) -> None:
         if not self._endpoint.send(identity, message):
@@ -326,6 +366,10 @@ class Master:
         """Give up on a child: account for its tasks upstream, and end its process when it
         has one of its own, so that it cannot go on running tasks recorded as lost."""
         child.lost = True
+        unstarted = self._gangs.member_lost(child.node.name.encode())
+        if unstarted is not None:
+            self._upstream.node_lost(child.node.name, child.host or child.node.host,
+                                     [unstarted], why)
         for proc, names, _ in self._steps:
             if names == [child.node.name.encode()]:
                 _kill_group(proc)
@@ -348,7 +392,7 @@ class Master:
                     self._send(identity, Halt())
 
     def _drain_when_done(self) -> None:
-        if self._drained or not self._upstream.exhausted or self.inflight:
+        if self._drained or not self._upstream.exhausted or self.inflight or self._gangs.busy:
             return
         self._drained = True
         for identity, child in self._children.items():

@@ -64,10 +64,17 @@ class TaskSource(Protocol):
     def pump(self) -> None:
         """Handle whatever arrived on ``sockets()``; called on every loop turn."""
 
+    def take_orders(self) -> list[tuple[str, int, Task | None]]:
+        """Orders about reservations of multi-node tasks: ("run", key, task) to run a task
+        in reservation ``key``, ("release", key, None) to free it."""
+
 
 class ResultSink(Protocol):
     def record(self, key: int, task: Task, result: tuple, cpus: str, gpus: str) -> None:
         """One finished task: ``result`` is the runner's result tuple."""
+
+    def held(self, key: int, cpus: list[int], gpus: list[str]) -> None:
+        """A reservation for a multi-node task is in place."""
 
     def turn(self) -> None:
         """Called once per loop turn, after a round of results: send or write them."""
@@ -104,6 +111,16 @@ class IteratorSource:
     def pump(self) -> None:
         pass
 
+    def take_orders(self) -> list[tuple[str, int, Task | None]]:
+        return []
+
+
+class Reservation(Task):
+    """A node's share of a multi-node task: placed like a task, run by nothing; the
+    task itself runs later in it (see orchestrator.gangs)."""
+
+    __slots__ = ()
+
 
 @dataclass(slots=True)
 class _InFlight:
@@ -137,6 +154,7 @@ class NodeWorker:
         self._timeline = timeline or NoTimeline()
         self._make_mpi = mpi
         self._mpi: MpiLaunch | None = None
+        self._held: dict[int, Placement] = {}
         self._last_tick = 0.0
         self.stopped = False
 
@@ -149,9 +167,10 @@ class NodeWorker:
         while not self.stopped:
             self._source.pump()
             mark("receive")
+            self._follow_orders()
             self._fill()
             mark("dispatch")
-            if not self._inflight and not self._backlog and self._source.exhausted:
+            if not (self._inflight or self._backlog or self._held) and self._source.exhausted:
                 break
             events = self._pool.wait(self._wait_timeout(), self._source.sockets())
             mark("wait")
@@ -217,7 +236,24 @@ class NodeWorker:
                                       None, "", now, now), "", "")
         return False
 
+    def _follow_orders(self) -> None:
+        for order, key, task in self._source.take_orders():
+            placement = self._held.pop(key, None)
+            if placement is None:
+                continue
+            if order == "run" and task is not None:
+                self._pool.submit_run(placement.lane, key, task.executable,
+                                      dict(task.env) if task.env else None, task,
+                                      placement.cpus if self._pin else None, self._capture)
+                self._inflight[key] = _InFlight(task, placement, None)
+            else:
+                self._slots.release(placement)
+
     def _dispatch(self, key: int, task: Task, placement: Placement) -> None:
+        if isinstance(task, Reservation):
+            self._held[key] = placement
+            self._sink.held(key, list(placement.cpus), list(placement.gpus))
+            return
         env = dict(task.env) if task.env else None
         if task.ppn > 1 and not task.is_callable:
             self._dispatch_mpi(key, task, placement, env)

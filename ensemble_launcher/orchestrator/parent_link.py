@@ -27,16 +27,21 @@ from ensemble_launcher.comm import (
     Drain,
     Halt,
     Heartbeat,
+    Held,
     Hello,
+    Hold,
     Message,
     NodeLost,
     PipeChildEndpoint,
+    Release,
     Request,
     Results,
+    RunHeld,
     Stop,
     Tasks,
 )
 from ensemble_launcher.ensemble import Task
+from ensemble_launcher.orchestrator.node_worker import Reservation
 from ensemble_launcher.orchestrator.wire import FunctionTable, task_from_wire
 
 
@@ -60,6 +65,7 @@ class ParentLink:
         self._last_sent = self._last_heard = time.monotonic()
         self.draining = False
         self.halted = False
+        self._orders: list[tuple[str, int, Task | None]] = []
         self.sent_results = 0
         self.stop_reason: str | None = None
 
@@ -71,6 +77,10 @@ class ParentLink:
     def take(self) -> Any:
         while self._queue:
             item = self._queue.popleft()
+            if isinstance(item, Hold):
+                return item.key, Reservation(task_id=f"reservation-{item.key}",
+                                             executable="(reservation)",
+                                             cpu_affinity=item.cpus, gpu_affinity=item.gpus)
             if not self._decode:
                 return item[0], item
             try:
@@ -131,13 +141,27 @@ class ParentLink:
             self.functions.define(message.digest, message.blob)
         elif isinstance(message, Drain):
             self.draining = True
+        elif isinstance(message, Hold):
+            self._queue.append(message)
+        elif isinstance(message, RunHeld):
+            self._orders.append(("run", message.key,
+                                 task_from_wire(message.task, self.functions)[1]))
+        elif isinstance(message, Release):
+            self._orders.append(("release", message.key, None))
         elif isinstance(message, Halt):
             self._queue.clear()
             self.draining = self.halted = True
         elif isinstance(message, Stop):
             self.stop_reason = message.reason
 
+    def take_orders(self) -> list[tuple[str, int, Task | None]]:
+        orders, self._orders = self._orders, []
+        return orders
+
     # -- ResultSink ----------------------------------------------------------------------------
+
+    def held(self, key: int, cpus: list[int], gpus: list[str]) -> None:
+        self._send(Held(key, cpus, gpus))
 
     def record(self, key: int, task: Task, result: tuple, cpus: str, gpus: str) -> None:
         self._rows.append([*result, self._host, cpus, gpus])

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ensemble_launcher.config import LauncherConfig
 from ensemble_launcher.errors import ConfigError
+from ensemble_launcher.executors.mpi import mpi_launch_factory
 from ensemble_launcher.launchers import choose_launcher
 from ensemble_launcher.orchestrator.master import TreeSettings
 from ensemble_launcher.orchestrator.tree import TreeNode
@@ -23,7 +24,9 @@ def tree_settings(me: TreeNode, config: LauncherConfig, run_dir: Path,
         launcher=launcher, bind=_bind(hosts, all_local, config),
         heartbeat_interval=config.heartbeat_interval, start_timeout=config.child_start_timeout,
         log_dir=run_dir / "logs", child_env=child_env,
-        shared_step=config.child_step == "shared")
+        shared_step=config.child_step == "shared",
+        mpi=mpi_launch_factory(config.mpi_launcher, config.mpi_flavor, config.mpi_args,
+                               config.gpu_selector))
 
 
 def _bind(hosts: list[str], all_local: bool, config: LauncherConfig) -> str:

@@ -62,6 +62,9 @@ class LocalSource:
     def pump(self) -> None:
         pass
 
+    def take_orders(self) -> list:
+        return []
+
 
 class LocalSink:
     """A NodeWorker's sink when it runs at the root: results go to the ledger, and the
@@ -75,6 +78,9 @@ class LocalSink:
 
     def record(self, key: int, task: Task, result: tuple, cpus: str, gpus: str) -> None:
         self._ledger.finished(key, result, self._host, cpus, gpus)
+
+    def held(self, key: int, cpus: list[int], gpus: list[str]) -> None:
+        raise RuntimeError("a multi-node task cannot run on one node")
 
     def tick(self) -> None:
         self._control.supervise()

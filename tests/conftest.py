@@ -19,3 +19,10 @@ def pytest_runtest_makereport(item, call):
         report.outcome = "failed"
         reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else report.longrepr
         report.longrepr = f"skipped under CI=true, which counts as a failure: {reason}"
+
+
+# A fresh multi-node Slurm + MPICH cluster per test, on network namespaces (see
+# tests/cluster). Needs root and the Debian packages that .ci/run installs.
+from cluster import cluster_fixture  # noqa: E402
+
+cluster = cluster_fixture()

@@ -168,9 +168,14 @@ def _run(item: tuple, own_affinity: set[int], tail_bytes: int, kill_grace: float
     _, key, command, env, cwd, timeout, cpus, capture, stdout_file, stderr_file = item
     if env:
         env = {**os.environ, **env}
-    if cpus:
-        os.sched_setaffinity(0, cpus)
     start = time.time()
+    if cpus:
+        try:
+            os.sched_setaffinity(0, cpus)
+        except OSError as exc:
+            return (key, FAILED, "launch", None, None, None,
+                    f"cannot pin to cpus {sorted(cpus)}: {exc.strerror}", None, None, "",
+                    start, time.time())
     try:
         done = run_command(command, env=env, cwd=cwd, timeout=timeout, capture_stdout=capture,
                            stdout_file=stdout_file, stderr_file=stderr_file,

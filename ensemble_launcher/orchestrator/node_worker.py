@@ -284,8 +284,8 @@ class NodeWorker:
         gpus = split_per_rank(placement.gpus, task.ppn)
         command = self._mpi.command(command_argv(_command(task)), [self._node.host], task.ppn,
                                     cpus, gpus, local=True)
-        self._pool.submit_run(placement.lane, key, command, env, task, placement.cpus,
-                              self._capture)
+        self._pool.submit_run(placement.lane, key, command, env, task,
+                              placement.cpus if self._pin else None, self._capture)
         self._inflight[key] = _InFlight(task, placement, None)
 
     # -- results -----------------------------------------------------------------------------

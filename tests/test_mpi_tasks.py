@@ -138,8 +138,12 @@ def run_in_job(cluster, work: Path, ensemble: dict, **launcher_config) -> dict:
               f"--system-config sys.json --out run --json results.json --return-stdout\n"
               "echo \"el exit $?\"\n")
     job = cluster.sbatch(script, nodes=3, timeout=240)
-    assert "el exit 0" in job.stdout, job.stdout + job.stderr
-    return json.loads((work / "results.json").read_text())
+    results = json.loads((work / "results.json").read_text()) \
+        if (work / "results.json").exists() else {}
+    failed = {k: (r["exception"], r["stderr"]) for k, r in results.items()
+              if r["state"] != "succeeded"}
+    assert "el exit 0" in job.stdout, f"{job.stdout}{job.stderr}{failed}"
+    return results
 
 
 def test_mpi_program_on_two_nodes_matches_what_was_recorded(cluster, mpi_program):

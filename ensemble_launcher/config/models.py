@@ -129,7 +129,7 @@ class LauncherConfig(_Strict):
                                   "(for children and MPI tasks); auto asks mpiexec --version")
     mpi_launcher: Literal["auto", "mpiexec", "srun"] = Field(
         default="auto", description="what starts the ranks of a task with ppn > 1 or nnodes > "
-        "1: srun inside Slurm, else mpiexec")
+        "1: mpiexec when on PATH, else srun inside Slurm")
     mpi_args: list[str] = Field(default_factory=list, description="extra arguments for the "
                                 "mpiexec/srun that starts an MPI task's ranks")
     child_step: Literal["per_child", "shared"] = Field(

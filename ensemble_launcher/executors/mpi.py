@@ -29,9 +29,10 @@ LAUNCHERS = ("hydra", "pals", "openmpi", "srun")
 
 
 def choose_mpi_launcher(launcher: str, flavor: str) -> str:
-    """``auto``: srun inside a Slurm job, else the mpiexec flavor (detected or given)."""
-    if launcher == "srun" or (launcher == "auto" and os.environ.get("SLURM_JOB_ID")
-                              and shutil.which("srun")):
+    """``auto``: mpiexec when there is one (under Slurm it reaches the nodes through srun
+    itself, with the PMI the MPI library expects), else srun inside a Slurm job."""
+    if launcher == "srun" or (launcher == "auto" and not shutil.which("mpiexec")
+                              and os.environ.get("SLURM_JOB_ID") and shutil.which("srun")):
         return "srun"
     if flavor != "auto":
         return flavor

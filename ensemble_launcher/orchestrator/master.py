@@ -263,6 +263,7 @@ class Master:
         elif isinstance(message, Hello):
             child.ready, child.host = True, message.host
             child.cpus, child.gpus = message.cpus, message.gpus
+            self._catch_up(child)
             log.info("%s: %s connected from %s (pid %d, %d cpus, %d gpus)", self.node.name,
                      message.name, message.host, message.pid, len(message.cpus),
                      len(message.gpus))
@@ -277,6 +278,15 @@ class Master:
         elif not isinstance(message, Heartbeat):
             log.warning("%s: unexpected %s from %s", self.node.name, type(message).__name__,
                         child.node.name)
+
+    def _catch_up(self, child: _Child) -> None:
+        """A child that connects after we drained or halted (messages to a child not yet
+        connected are dropped) is told now."""
+        identity = child.node.name.encode()
+        if self._halted:
+            self._send(identity, Halt())
+        elif self._drained:
+            self._send(identity, Drain())
 
     def _assign(self) -> None:
         for identity, child in self._children.items():
@@ -306,9 +316,12 @@ class Master:
         self._advance_gangs()
 
     def _advance_gangs(self) -> None:
-        workers = {n: (c.host, c.cpus, c.gpus) for n, c in self._children.items()
-                   if c.ready and c.live and c.node.role == "worker"}
-        refused = self._gangs.advance(workers)
+        """Reserve nodes for the next multi-node task once every worker has connected."""
+        workers = [c for c in self._children.values() if c.live and c.node.role == "worker"]
+        if not self._gangs.busy or any(not c.ready for c in workers):
+            return
+        refused = self._gangs.advance({c.node.name.encode(): (c.host, c.cpus, c.gpus)
+                                       for c in workers})
         if refused is not None:
             key, wire = refused
             now = time.time()

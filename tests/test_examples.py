@@ -1,0 +1,41 @@
+"""The bundled MPI examples build with mpicc and run with el run, as their README says."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def el(*args):
+    exe = shutil.which("el")
+    cmd = [exe] if exe else [sys.executable, "-m", "ensemble_launcher.cli"]
+    return subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True, cwd=REPO,
+                          timeout=180)
+
+
+def test_mpi_examples_build_and_run(tmp_path):
+    subprocess.run([str(REPO / "examples/mpi/build.sh")], check=True, timeout=120,
+                   capture_output=True)
+    for name, count in (("basic", 6), ("sweep", 5)):
+        out = el("run", f"examples/mpi/{name}.json", "--out", tmp_path / name,
+                 "--return-stdout", "--json", tmp_path / f"{name}.json")
+        assert out.returncode == 0, out.stderr
+        results = json.loads((tmp_path / f"{name}.json").read_text()).values()
+        assert len(results) == count
+        for r in results:
+            fields = dict(f.split("=") for f in r["stdout"].split())
+            assert fields["ranks"] == "2" and abs(float(fields["pi"]) - 3.14159265) < 1e-4
+
+
+def test_pipeline_stage_two_runs_after_stage_one(tmp_path):
+    out = subprocess.run([str(REPO / "examples/mpi/pipeline.sh"), str(tmp_path / "runs")],
+                         capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    lines = [line for line in out.stdout.splitlines() if line.startswith("n=")]
+    assert [line.split()[0] for line in lines] == [
+        "n=100", "n=1000", "n=10000", "n=100000", "n=1000000"]

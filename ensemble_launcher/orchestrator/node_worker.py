@@ -16,7 +16,7 @@ from __future__ import annotations
 import shlex
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -85,22 +85,9 @@ class ResultSink(Protocol):
     def flush(self) -> None: ...
 
 
-class IteratorSource:
-    """Tasks straight from an iterable, numbered in order."""
-
-    def __init__(self, tasks: Iterable[Task]) -> None:
-        self._tasks: Iterator[Task] = iter(tasks)
-        self._next_key = 0
-        self.exhausted = False
-        self.halted = False
-
-    def take(self) -> tuple[int, Task] | None:
-        task = next(self._tasks, None)
-        if task is None:
-            self.exhausted = True
-            return None
-        self._next_key += 1
-        return self._next_key - 1, task
+class LocalFeed:
+    """Base of sources that live in the root's own process: nothing to wait on, no
+    credit to ask for, no reservations (those need several nodes)."""
 
     def want(self, n: int) -> None:
         pass

@@ -9,10 +9,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import zmq
-
 from ensemble_launcher.ensemble import Task
 from ensemble_launcher.orchestrator.ledger import Ledger
+from ensemble_launcher.orchestrator.node_worker import LocalFeed
 from ensemble_launcher.orchestrator.recording import Recorder
 from ensemble_launcher.orchestrator.signals import GracefulShutdown
 from ensemble_launcher.orchestrator.wire import FunctionTable, task_to_wire
@@ -36,7 +35,7 @@ class RootControl:
         self.shutdown.check()
 
 
-class LocalSource:
+class LocalSource(LocalFeed):
     """A NodeWorker's source when it runs at the root."""
 
     def __init__(self, ledger: Ledger) -> None:
@@ -52,18 +51,6 @@ class LocalSource:
     @property
     def exhausted(self) -> bool:
         return self._ledger.exhausted
-
-    def want(self, n: int) -> None:
-        pass
-
-    def sockets(self) -> tuple[zmq.Socket, ...]:
-        return ()
-
-    def pump(self) -> None:
-        pass
-
-    def take_orders(self) -> list:
-        return []
 
 
 class LocalSink:
@@ -93,7 +80,7 @@ class LocalSink:
         self._recorder.flush()
 
 
-class RootUpstream:
+class RootUpstream(LocalFeed):
     """The upstream of the root Master: tasks as wire items, results into the ledger."""
 
     def __init__(self, control: RootControl, recorder: Recorder) -> None:
@@ -116,15 +103,6 @@ class RootUpstream:
     @property
     def exhausted(self) -> bool:
         return self._ledger.exhausted
-
-    def want(self, n: int) -> None:
-        pass
-
-    def sockets(self) -> tuple[zmq.Socket, ...]:
-        return ()
-
-    def pump(self) -> None:
-        pass
 
     def record_rows(self, rows: list[list[Any]]) -> None:
         finished = self._ledger.finished

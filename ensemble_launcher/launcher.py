@@ -21,7 +21,7 @@ from ensemble_launcher.comm import CurveKeys
 from ensemble_launcher.config import LauncherConfig, SystemConfig
 from ensemble_launcher.config.models import auto_nlevels, default_run_dir
 from ensemble_launcher.ensemble import load_tasks
-from ensemble_launcher.errors import ConfigError
+from ensemble_launcher.errors import ConfigError, ResourceError
 from ensemble_launcher.executors import executor_for, make_pool
 from ensemble_launcher.executors.mpi import mpi_launch_factory
 from ensemble_launcher.monitor import Counts, LogReporter, MultiReporter, Reporter
@@ -90,11 +90,16 @@ class EnsembleLauncher:
         self.nlevels = self._nlevels()
         executor_for(self.launcher_config.task_executor_name)
         check_requirements(self.tasks.requirements(), self.nodes)
-        if self.nlevels >= 2:
-            multi = next((r for r in self.tasks.requirements() if r.nnodes > 1), None)
-            if multi is not None:
-                raise ConfigError(f"{multi.label} spans {multi.nnodes} nodes; multi-node tasks "
-                                  "run at nlevels=1 (up to 64 nodes) in this version")
+        if self.nlevels >= 1:
+            self.tree = plan_tree([n.host for n in self.nodes], self.nlevels,
+                                  self.launcher_config.nchildren)
+            widest = self.tree.gang_capacity()
+            too_wide = next((r for r in self.tasks.requirements() if r.nnodes > widest), None)
+            if too_wide is not None:
+                raise ResourceError(
+                    f"{too_wide.label} can never run: nnodes={too_wide.nnodes}, but the widest "
+                    f"group of workers under one master has {widest} nodes (nlevels="
+                    f"{self.nlevels}); raise nchildren or lower nlevels")
         label = Path(ensemble_file).stem if isinstance(ensemble_file, (str, os.PathLike)) \
             else "run"
         self.run_dir = Path(out_dir) if out_dir is not None else default_run_dir(label)
@@ -241,7 +246,7 @@ class EnsembleLauncher:
         import zmq
 
         config = self.launcher_config
-        tree = plan_tree([n.host for n in self.nodes], self.nlevels, config.nchildren)
+        tree = self.tree
         run_dir = self.run_dir.resolve()
         child_env = {
             "EL_LAUNCHER_CONFIG": config.model_dump_json(),

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from ensemble_launcher import EnsembleLauncher
-from ensemble_launcher.config import SystemConfig
+from ensemble_launcher.config import LauncherConfig, SystemConfig
 from ensemble_launcher.ensemble import Task
 from ensemble_launcher.executors.mpi import BIND_GPUS, MpiLaunch
 
@@ -191,3 +191,32 @@ def test_mixed_ensemble_never_gives_a_core_to_two_tasks(cluster, mpi_program):
         spans.sort()
         for (_, end, first), (start, _, second) in zip(spans, spans[1:], strict=False):
             assert start >= end, f"{slot}: {first} and {second} overlap"
+
+
+RANK_LINE = """import os
+os.write(1, f"{os.environ.get('PMI_RANK')} {sorted(os.sched_getaffinity(0))}\\n".encode())
+"""
+
+
+@pytest.mark.parametrize("nlevels", [1, 2])
+def test_multi_node_tasks_run_once_across_reserved_nodes(tmp_path, nlevels):
+    from ensemble_launcher import ResourceError
+
+    script = tmp_path / "rank.py"
+    script.write_text(RANK_LINE)
+    tasks = {f"g{i}": Task(task_id=f"g{i}", nnodes=2, ppn=1,
+                           executable=[sys.executable, str(script)]) for i in range(3)}
+    tasks.update({f"s{i}": Task(task_id=f"s{i}", executable="true") for i in range(10)})
+    config = LauncherConfig(nlevels=nlevels, nchildren=2)
+    r = EnsembleLauncher(tasks, Nodes=["localhost"] * 4, launcher_config=config,
+                         return_stdout=True, out_dir=tmp_path / "run").run()
+    assert r.counts() == {"succeeded": 13}
+    for i in range(3):
+        ranks = sorted(line.split(maxsplit=1)[0] for line in r[f"g{i}"].stdout.splitlines())
+        assert ranks == ["0", "1"]
+        assert len(r[f"g{i}"].host.split(",")) == 2
+    if nlevels == 2:
+        with pytest.raises(ResourceError, match="widest group of workers under one master "
+                                                "has 2"):
+            EnsembleLauncher({"wide": Task(task_id="wide", nnodes=3, executable="true")},
+                             Nodes=["localhost"] * 4, launcher_config=config)

@@ -48,7 +48,7 @@ from ensemble_launcher.executors.mpi import MpiLaunch
 from ensemble_launcher.launchers import ChildLauncher
 from ensemble_launcher.launchers.base import child_environment, log_tail
 from ensemble_launcher.monitor.profiles import NoTimeline, Timeline
-from ensemble_launcher.orchestrator.gangs import GangScheduler
+from ensemble_launcher.orchestrator.gangs import NNODES, GangScheduler
 from ensemble_launcher.orchestrator.tree import TreeNode
 from ensemble_launcher.orchestrator.wire import DIGEST, FunctionTable
 
@@ -143,6 +143,7 @@ class Master:
         self._poller: zmq.Poller | None = None
         self._timeline = timeline or NoTimeline()
         self._gangs = GangScheduler(self._send, settings.mpi)
+        self._passed_over: list[tuple[int, list[Any]]] = []
 
     @property
     def inflight(self) -> int:
@@ -289,18 +290,25 @@ class Master:
             self._send(identity, Drain())
 
     def _assign(self) -> None:
+        """Give each child up to its credit. A multi-node task is reserved here when our
+        children are workers, else passed down to a child whose subtree has a master with
+        enough workers of its own (held back until such a child has credit)."""
         for identity, child in self._children.items():
             if not child.ready or not child.live or child.credit <= 0 or self._drained:
                 continue
             batch = []
             while child.credit > 0:
-                item = self._upstream.take()
+                item = self._next_for(child)
                 if item is None:
                     break
                 key, wire = item
                 if self._gangs.wants(wire):
-                    self._gangs.offer(key, wire)
-                    continue
+                    if child.node.role == "worker":
+                        self._gangs.offer(key, wire)
+                        continue
+                    if child.node.gang_capacity() < wire[NNODES]:
+                        self._passed_over.append(item)
+                        continue
                 digest = wire[DIGEST]
                 if digest is not None and digest not in child.known:
                     child.known.add(digest)
@@ -314,6 +322,14 @@ class Master:
             if batch:
                 self._send(identity, Tasks(batch))
         self._advance_gangs()
+
+    def _next_for(self, child: _Child) -> tuple[int, list[Any]] | None:
+        """A multi-node task passed over by a child too small for it comes first."""
+        for i, (key, wire) in enumerate(self._passed_over):
+            if child.node.gang_capacity() >= wire[NNODES]:
+                del self._passed_over[i]
+                return key, wire
+        return self._upstream.take()
 
     def _advance_gangs(self) -> None:
         """Reserve nodes for the next multi-node task once every worker has connected."""
@@ -405,7 +421,8 @@ class Master:
                     self._send(identity, Halt())
 
     def _drain_when_done(self) -> None:
-        if self._drained or not self._upstream.exhausted or self.inflight or self._gangs.busy:
+        if self._drained or not self._upstream.exhausted or self.inflight or self._gangs.busy \
+                or self._passed_over:
             return
         self._drained = True
         for identity, child in self._children.items():

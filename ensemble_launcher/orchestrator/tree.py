@@ -36,6 +36,15 @@ class TreeNode:
         return cls(data["name"], data["role"], list(data["hosts"]),
                    [cls.from_dict(c) for c in data["children"]])
 
+    def gang_capacity(self) -> int:
+        """The most nodes a multi-node task can span in this subtree: the largest group of
+        workers under one master (a worker alone: 1)."""
+        if self.role == "worker":
+            return 1
+        if all(c.role == "worker" for c in self.children):
+            return len(self.children)
+        return max(c.gang_capacity() for c in self.children)
+
     def workers(self) -> list[TreeNode]:
         if self.role == "worker":
             return [self]

@@ -124,7 +124,7 @@ def bench_scale(n: int, node_counts: list[int], slots: int, seconds: float) -> l
             rate = timed_run(sim_tasks(n, seconds), n, ["localhost"] * nodes, steady=True,
                              nlevels=level,
                              task_executor_name="simulate", system=system,
-                             child_start_timeout=600, heartbeat_interval=5.0)
+                             child_start_timeout=600, heartbeat_interval=30.0)
             say(f"[scale] {nodes} nodes x {slots} slots, nlevels={level}: {rate:,.0f} tasks/s "
                 f"through the root")
             ok = rate >= 20_000 if level == 2 else True

@@ -188,6 +188,7 @@ class OneAtATime:
         self._sent_at: float | None = None
         self.trips: list[float] = []
         self.exhausted = False
+        self.halted = False
 
     def take(self):
         if self._sent_at is not None or self.exhausted:

@@ -17,3 +17,14 @@ def test_quick_benchmark_prints_ratios_against_baselines():
     rows = [line for line in out.stdout.splitlines()
             if line.endswith(("PASS", "MISS")) and "tasks/s" in line]
     assert len(rows) == 2, out.stdout
+
+
+TREE = BENCH.with_name("bench_tree.py")
+
+
+def test_tree_benchmark_measures_a_round_trip_against_bare_zmq():
+    out = subprocess.run([sys.executable, str(TREE), "--quick", "--only", "latency"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "ERROR" not in out.stdout, out.stdout
+    assert "bare ZMQ CURVE ping-pong" in out.stdout and "one-task round trip" in out.stdout

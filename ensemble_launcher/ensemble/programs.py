@@ -6,6 +6,7 @@ import os
 import shlex
 import shutil
 from collections.abc import Sequence
+from typing import Any
 
 _SHELL_CHARS = frozenset("|&;<>()$`\\*?[#~\n")
 
@@ -38,3 +39,13 @@ def resolve_program(program: str, run_dir: str | None) -> str | None:
             else os.path.join(run_dir, program)
         return path if os.path.isfile(path) and os.access(path, os.X_OK) else None
     return shutil.which(program)
+
+
+def command_line(executable: Any, args: Sequence[object]) -> str | list[str]:
+    """A command task's command line (a string, or a list of arguments) with its ``args``
+    appended, quoted when the command is a string."""
+    if not args:
+        return executable if isinstance(executable, str) else list(executable)
+    if isinstance(executable, str):
+        return executable + " " + " ".join(shlex.quote(str(a)) for a in args)
+    return [*executable, *(str(a) for a in args)]

@@ -13,7 +13,6 @@ tasks are long.
 
 from __future__ import annotations
 
-import shlex
 import time
 from collections import deque
 from collections.abc import Callable
@@ -24,7 +23,7 @@ import zmq
 
 from ensemble_launcher.ensemble import Task
 from ensemble_launcher.ensemble.loader import requirement_of
-from ensemble_launcher.ensemble.programs import command_argv
+from ensemble_launcher.ensemble.programs import command_argv, command_line
 from ensemble_launcher.errors import ResourceError
 from ensemble_launcher.executors import PoolEvents, WarmPool
 from ensemble_launcher.executors.mpi import MpiLaunch, split_per_rank
@@ -255,8 +254,8 @@ class NodeWorker:
             self._pool.submit_call(placement.lane, key, task, env, self._capture)
         else:
             cpus = placement.cpus if placement.exclusive and self._pin else None
-            self._pool.submit_run(placement.lane, key, _command(task), env, task, cpus,
-                                  self._capture)
+            self._pool.submit_run(placement.lane, key, command_line(task.executable, task.args),
+                                  env, task, cpus, self._capture)
         self._inflight[key] = _InFlight(task, placement, deadline)
 
     def _dispatch_mpi(self, key: int, task: Task, placement: Placement,
@@ -269,8 +268,8 @@ class NodeWorker:
             self._mpi = self._make_mpi()
         cpus = split_per_rank(placement.cpus, task.ppn) if self._pin else []
         gpus = split_per_rank(placement.gpus, task.ppn)
-        command = self._mpi.command(command_argv(_command(task)), [self._node.host], task.ppn,
-                                    cpus, gpus, local=True)
+        argv = command_argv(command_line(task.executable, task.args))
+        command = self._mpi.command(argv, [self._node.host], task.ppn, cpus, gpus, local=True)
         self._pool.submit_run(placement.lane, key, command, env, task,
                               placement.cpus if self._pin else None, self._capture)
         self._inflight[key] = _InFlight(task, placement, None)
@@ -350,11 +349,3 @@ class NodeWorker:
         if now - self._last_tick >= _TICK_SECONDS:
             self._last_tick = now
             self._sink.tick()
-
-
-def _command(task: Task) -> str | list[str]:
-    if not task.args:
-        return task.executable  # type: ignore[return-value]
-    if isinstance(task.executable, str):
-        return task.executable + " " + " ".join(shlex.quote(str(a)) for a in task.args)
-    return [*task.executable, *(str(a) for a in task.args)]  # type: ignore[misc]

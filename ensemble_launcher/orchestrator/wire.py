@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ensemble_launcher.ensemble import Task
+from ensemble_launcher.ensemble.programs import command_line
 from ensemble_launcher.ensemble.task import trusted_task
 
 DIGEST = 4
@@ -58,9 +59,7 @@ def task_to_wire(key: int, task: Task, functions: FunctionTable) -> list[Any]:
         args_blob = _pickle((task.args, dict(task.kwargs))) if task.args or task.kwargs \
             else None
     else:
-        command, digest, args_blob = task.executable, None, None
-        if task.args:
-            command = _with_args(task)
+        command, digest, args_blob = command_line(task.executable, task.args), None, None
     return [key, task.task_id, task.ensemble, command, digest, args_blob, task.nnodes,
             task.ppn, task.ngpus_per_process, task.cpu_affinity, task.gpu_affinity,
             dict(task.env) if task.env else None, task.run_dir, task.timeout,
@@ -84,11 +83,3 @@ def _pickle(value: Any) -> bytes:
         import cloudpickle
 
         return cloudpickle.dumps(value)
-
-
-def _with_args(task: Task) -> str | list[str]:
-    import shlex
-
-    if isinstance(task.executable, str):
-        return task.executable + " " + " ".join(shlex.quote(str(a)) for a in task.args)
-    return [*task.executable, *(str(a) for a in task.args)]  # type: ignore[misc]

@@ -22,7 +22,7 @@ Every transport moves the same bytes, so ZMQ and pipes behave the same.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 import msgpack
@@ -181,7 +181,3 @@ def decode(data: bytes) -> Message:
         return cls(*values)
     except (ValueError, TypeError, KeyError, msgpack.ExtraData) as exc:
         raise ProtocolError(f"undecodable message ({len(data)} bytes): {exc}") from None
-
-
-def field_names(cls: type[Message]) -> list[str]:
-    return [f.name for f in fields(cls)]  # type: ignore[arg-type]

@@ -41,7 +41,6 @@ class _Lane:
 class PoolEvents:
     results: list[tuple] = field(default_factory=list)
     dead_lanes: list[tuple[int, int | None]] = field(default_factory=list)
-    extra_ready: bool = False
 
 
 class WarmPool:
@@ -57,7 +56,6 @@ class WarmPool:
         self._waitables: dict[int, tuple[int, bool]] = {}
         self._poller: zmq.Poller | None = None
         self._polled_extra: tuple = ()
-        self._started = False
         self._closed = False
 
     def __enter__(self) -> WarmPool:
@@ -72,7 +70,6 @@ class WarmPool:
             raise LauncherClosedError("the pool was closed")
         for index in range(len(self._lanes)):
             self._spawn(index)
-        self._started = True
 
     def _spawn(self, index: int) -> None:
         lane = self._lanes[index]
@@ -138,8 +135,8 @@ class WarmPool:
     # -- waiting -----------------------------------------------------------------------------
 
     def wait(self, timeout: float | None, extra: tuple[zmq.Socket, ...] = ()) -> PoolEvents:
-        """Wait for runner results, runner deaths, or input on the ``extra`` sockets
-        (reported in ``events.extra_ready``)."""
+        """Wait for runner results, runner deaths, or input on the ``extra`` sockets (the
+        caller reads those itself)."""
         if self._poller is None or extra != self._polled_extra:
             self._poller = zmq.Poller()
             for fd in self._waitables:
@@ -152,9 +149,7 @@ class WarmPool:
         events = PoolEvents()
         for obj in ready:
             lane = self._waitables.get(obj) if isinstance(obj, int) else None
-            if lane is None:
-                events.extra_ready = True
-            elif not lane[1]:
+            if lane is not None and not lane[1]:
                 self._drain(self._lanes[lane[0]].conn, events)  # type: ignore[arg-type]
         for obj in ready:
             lane = self._waitables.get(obj) if isinstance(obj, int) else None

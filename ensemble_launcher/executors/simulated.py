@@ -58,8 +58,7 @@ class SimulatedPool:
                     self._poller.register(sock, zmq.POLLIN)
                 self._polled = extra
             assert self._poller is not None
-            events.extra_ready = bool(self._poller.poll(
-                None if timeout is None else math.ceil(timeout * 1000)))
+            self._poller.poll(None if timeout is None else math.ceil(timeout * 1000))
         elif timeout:
             time.sleep(timeout)
         now, wall = time.monotonic(), time.time()

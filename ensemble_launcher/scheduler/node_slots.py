@@ -73,10 +73,6 @@ class NodeSlots:
             for lane in range(len(self.cpus)):
                 self._maybe_open(lane)
 
-    @property
-    def busy_lanes(self) -> int:
-        return sum(1 for lane, q in enumerate(self.queued) if q or self._held[lane])
-
     def room(self) -> int:
         """How many more one-core tasks the lanes would queue now."""
         depth, held = self._depth, self._held
@@ -87,9 +83,6 @@ class NodeSlots:
         on top of its free room, about 20 ms of work per core (one task per core when
         tasks are long)."""
         return self._depth * len(self.cpus)
-
-    def idle(self) -> bool:
-        return not any(self.queued) and not any(self._held)
 
     def place(self, task: Task) -> Placement | None:
         if needs_exclusive(task):

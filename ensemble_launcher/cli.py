@@ -1,11 +1,14 @@
 """``el``: the command line.
 
 Exit status of ``el run``: 0 when every task succeeded, 1 when any task failed,
-2 for bad input (nothing was run), 130 when interrupted.
+2 for bad input (nothing was run), 130 when interrupted. ``kill -USR1`` on a running ``el``
+(or any process of its tree) prints that process's Python stack to its stderr.
 """
 
 from __future__ import annotations
 
+import faulthandler
+import signal
 import sys
 import time
 from pathlib import Path
@@ -19,6 +22,7 @@ EXIT_OK, EXIT_TASKS_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 @click.version_option(package_name="ensemble_launcher")
 def main() -> None:
     """Launch ensembles of tasks across the nodes of an HPC job."""
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
 
 _PROGRESS = click.option("--progress/--no-progress", default=None,

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ensemble_launcher.comm import CurveKeys
+from ensemble_launcher.comm import CurveKeys, terminate
 from ensemble_launcher.config import LauncherConfig, SystemConfig
 from ensemble_launcher.config.models import auto_nlevels, default_run_dir
 from ensemble_launcher.ensemble import load_tasks
@@ -264,7 +264,7 @@ class EnsembleLauncher:
             Master(tree, RootUpstream(control, recorder), ctx, settings, keys_env,
                    timeline).run()
         finally:
-            ctx.term()
+            terminate(ctx)
 
     def _master_log(self) -> _LogFile:
         path = self.run_dir / "logs" / "master-main.log" if self.launcher_config.master_logs \

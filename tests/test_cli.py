@@ -131,6 +131,17 @@ def test_interrupt_stops_running_tasks_and_exits_130(tmp_path, sig):
     assert _wait_gone(pids) == []
 
 
+def test_sigusr1_prints_the_launchers_stack_and_the_run_goes_on(tmp_path):
+    proc, pids = _start_sleepers(tmp_path)
+    proc.send_signal(signal.SIGUSR1)
+    time.sleep(0.5)
+    assert proc.poll() is None and all(_alive(pid) for pid in pids)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert "most recent call first" in err and "ensemble_launcher" in err
+    assert proc.returncode == 130
+
+
 def test_tasks_do_not_outlive_a_killed_launcher(tmp_path):
     proc, pids = _start_sleepers(tmp_path)
     proc.kill()

@@ -27,6 +27,7 @@ from ensemble_launcher.comm import (
     Stop,
     Tasks,
     decode,
+    terminate,
 )
 
 MESSAGES = [
@@ -112,3 +113,22 @@ def test_ipc_socket_lives_in_a_private_directory(ctx):
     child.close(0)
     parent.close()
     assert not os.path.exists(directory)
+
+
+def test_terminating_a_context_that_cannot_finish_gives_up_in_bounded_time():
+    """libzmq can hang in zmq_ctx_term (a CURVE handshake cut short); the launcher's exit
+    must not. A socket left open is a certain way to make term wait forever."""
+    import signal
+
+    handler = signal.getsignal(signal.SIGALRM)
+    ctx = zmq.Context()
+    left_open = ctx.socket(zmq.DEALER)
+    start = time.monotonic()
+    assert terminate(ctx, timeout=0.3) is False
+    assert time.monotonic() - start < 5
+    assert signal.getsignal(signal.SIGALRM) is handler
+    left_open.close(linger=0)
+
+    clean = zmq.Context()
+    clean.socket(zmq.DEALER).close(linger=0)
+    assert terminate(clean, timeout=5) is True

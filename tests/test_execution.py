@@ -12,7 +12,10 @@ from ensemble_launcher.config import LauncherConfig, SystemConfig
 from ensemble_launcher.ensemble import Task
 
 CORES = sorted(os.sched_getaffinity(0))
-PRINT_AFFINITY = f"{sys.executable} -c 'import os; print(sorted(os.sched_getaffinity(0)))'"
+# One write per process, so that the ranks of an MPI task cannot interleave within a line
+# (print() writes each piece apart under PYTHONUNBUFFERED).
+PRINT_AFFINITY = (f"{sys.executable} -c "
+                  "'import os; os.write(1, f\"{sorted(os.sched_getaffinity(0))}\\n\".encode())'")
 needs_two_cores = pytest.mark.skipif(len(CORES) < 2, reason="needs 2 usable cores")
 
 

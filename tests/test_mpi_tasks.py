@@ -50,13 +50,20 @@ def test_gpus_per_rank_go_through_the_binding_wrapper():
                                         "0.0;0.1", *ARGV]
 
 
-PRINT_RANK = (f"{sys.executable} -c \"import os; print(os.environ.get('PMI_RANK'), "
-              "sorted(os.sched_getaffinity(0)), os.environ.get('ZE_AFFINITY_MASK'))\"")
+# One write per rank: with PYTHONUNBUFFERED set, print() writes each field apart, and
+# mpiexec may then interleave the ranks' fields within a line.
+PRINT_RANK = """import os
+rank, mask = os.environ.get("PMI_RANK"), os.environ.get("ZE_AFFINITY_MASK")
+os.write(1, f"{rank} {sorted(os.sched_getaffinity(0))} {mask}\\n".encode())
+"""
 
 
 def test_ranks_get_their_cores_and_overloaded_gpus_on_one_node(tmp_path):
     system = SystemConfig(name="fake", cpus=[0, 1], gpus=["0", "0", "1", "1"])
-    tasks = {"mpi": Task(task_id="mpi", ppn=2, ngpus_per_process=2, executable=PRINT_RANK)}
+    script = tmp_path / "rank.py"
+    script.write_text(PRINT_RANK)
+    tasks = {"mpi": Task(task_id="mpi", ppn=2, ngpus_per_process=2,
+                         executable=[sys.executable, str(script)])}
     r = EnsembleLauncher(tasks, system, return_stdout=True, out_dir=tmp_path / "run").run()
     result = r["mpi"]
     assert result.state == "succeeded", result.stderr

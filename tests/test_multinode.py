@@ -106,7 +106,8 @@ def test_a_node_name_that_does_not_resolve_is_a_clear_error(cluster):
 
 def submit_and_wait_for_script(cluster, work: Path, timeout: float) -> str:
     """sbatch, then wait for the script's last line: a job with an unreachable node stays
-    COMPLETING in Slurm long after its script has ended."""
+    COMPLETING in Slurm long after its script has ended. On a timeout, ``el`` is asked for
+    its stack (SIGUSR1), which lands in the job's output."""
     script, out = work / "job.sh", work / "job.out"
     script.write_text(batch_script(work))
     submitted = cluster.run(["sbatch", "--parsable", "--nodes=3", f"--output={out}",
@@ -117,8 +118,12 @@ def submit_and_wait_for_script(cluster, work: Path, timeout: float) -> str:
         if out.exists() and "el exit" in out.read_text():
             return out.read_text()
         time.sleep(0.2)
+    subprocess.run(["pkill", "-USR1", "-f", "ensemble_launcher.cli run"], check=False)
+    time.sleep(1)
+    log = work / "run" / "logs" / "master-main.log"
     raise AssertionError(f"the batch script did not finish within {timeout} s:\n"
-                         f"{out.read_text() if out.exists() else ''}")
+                         f"{out.read_text() if out.exists() else ''}\n"
+                         f"{log.read_text()[-4000:] if log.exists() else '(no master log)'}")
 
 
 @pytest.mark.parametrize("launcher", ["srun", "mpiexec"])

@@ -22,11 +22,16 @@ from ensemble_launcher.comm.messages import (
     decode,
 )
 from ensemble_launcher.comm.pipe_transport import PipeChildEndpoint, PipeParentEndpoint
-from ensemble_launcher.comm.zmq_transport import ChildEndpoint, CurveKeys, ParentEndpoint
+from ensemble_launcher.comm.zmq_transport import (
+    ChildEndpoint,
+    CurveKeys,
+    ParentEndpoint,
+    terminate,
+)
 
 __all__ = [
     "Bye", "ChildEndpoint", "CurveKeys", "Define", "Drain", "Failed", "Halt", "Heartbeat",
     "Held", "Hello", "Hold", "Message", "NodeLost", "ParentEndpoint", "PipeChildEndpoint",
     "PipeParentEndpoint", "ProtocolError", "Release", "Request", "Results", "RunHeld", "Stop",
-    "Tasks", "decode",
+    "Tasks", "decode", "terminate",
 ]

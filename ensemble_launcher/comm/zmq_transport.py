@@ -14,14 +14,20 @@ One thread per process: the ZAP requests are answered from the owner's poll loop
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 
 import zmq
 from zmq.utils import z85
 
 from ensemble_launcher.comm.messages import Message, decode
+
+log = logging.getLogger("ensemble_launcher")
 
 ZAP_ENDPOINT = "inproc://zeromq.zap.01"
 KEY_ENV = ("EL_CURVE_SERVER_PUBLIC", "EL_CURVE_SERVER_SECRET", "EL_CURVE_CLIENT_PUBLIC",
@@ -160,3 +166,33 @@ class ChildEndpoint:
 
     def close(self, linger: float = 2.0) -> None:
         self.socket.close(linger=int(linger * 1000))
+
+
+def terminate(ctx: zmq.Context, timeout: float = 5.0) -> bool:
+    """Terminate ``ctx`` after its sockets are closed; False if that took over ``timeout``.
+
+    libzmq can wait forever in ``zmq_ctx_term`` when a CURVE socket with a ZAP domain is
+    closed in the middle of a handshake (zeromq/libzmq#2733), which would hang the run
+    after its work is done. In the main thread a SIGALRM interrupts that wait; pyzmq then
+    returns, and the process's exit reclaims the context.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        ctx.term()
+        return True
+    fired: list[int] = []
+    pending, _ = signal.getitimer(signal.ITIMER_REAL)
+    previous = signal.signal(signal.SIGALRM, lambda signum, frame: fired.append(signum))
+    start = time.monotonic()
+    signal.setitimer(signal.ITIMER_REAL, timeout)
+    try:
+        ctx.term()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if pending:
+            signal.setitimer(signal.ITIMER_REAL,
+                             max(pending - (time.monotonic() - start), 0.001))
+    if fired:
+        log.warning("the ZMQ context did not terminate within %.0f s; left to process exit",
+                    timeout)
+    return not fired

@@ -10,9 +10,11 @@ keys, and the launcher and system configs as JSON. Nothing secret is on a comman
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import traceback
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import zmq
 
-from ensemble_launcher.comm import CurveKeys, Failed
+from ensemble_launcher.comm import CurveKeys, Failed, terminate
 from ensemble_launcher.config import LauncherConfig, SystemConfig
 from ensemble_launcher.orchestrator.parent_link import ParentLink, ParentLost
 from ensemble_launcher.orchestrator.signals import sigterm_interrupts
@@ -58,6 +60,7 @@ def _adopt_sys_path(env: dict[str, str]) -> None:
 
 
 def main() -> int:
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     env = dict(os.environ)
     _adopt_sys_path(env)
     me = pick_entry([TreeNode.from_dict(d) for d in json.loads(env["EL_TREE"])],
@@ -94,7 +97,7 @@ def main() -> int:
         return EXIT_FAILED
     finally:
         link.close()
-        ctx.term()
+        terminate(ctx)
 
 
 def _setup_logging(me: TreeNode, config: LauncherConfig, run_dir: Path) -> None:

@@ -135,16 +135,17 @@ def parse_ranks(stdout: str) -> list[dict[str, str]]:
             for line in stdout.splitlines() if line.startswith("rank=")]
 
 
-def run_in_job(cluster, work: Path, ensemble: dict, **launcher_config) -> dict:
+def run_in_job(cluster, work: Path, ensemble: dict, nodes: int = 3,
+               system: dict | None = None, el_flags: str = "", **launcher_config) -> dict:
     work.mkdir(exist_ok=True)
     (work / "e.json").write_text(json.dumps({"ensembles": ensemble}))
     (work / "lc.json").write_text(json.dumps({"nlevels": 1, **launcher_config}))
-    (work / "sys.json").write_text(json.dumps({"cpus": [0, 1], "gpus": ["0", "1"]}))
+    (work / "sys.json").write_text(json.dumps(system or {"cpus": [0, 1], "gpus": ["0", "1"]}))
     script = (f"#!/bin/sh\ncd {work}\nexport FI_TCP_IFACE=eth0 FI_SOCKETS_IFACE=eth0\n"
               f"{sys.executable} -m ensemble_launcher.cli run e.json --launcher-config lc.json "
-              f"--system-config sys.json --out run --json results.json --return-stdout\n"
-              "echo \"el exit $?\"\n")
-    job = cluster.sbatch(script, nodes=3, timeout=240)
+              f"--system-config sys.json --out run --json results.json --return-stdout "
+              f"{el_flags}\necho \"el exit $?\"\n")
+    job = cluster.sbatch(script, nodes=nodes, timeout=240)
     results = json.loads((work / "results.json").read_text()) \
         if (work / "results.json").exists() else {}
     failed = {k: (r["exception"], r["stderr"]) for k, r in results.items()
@@ -227,3 +228,21 @@ def test_multi_node_tasks_run_once_across_reserved_nodes(tmp_path, nlevels):
                                                 "has 2"):
             EnsembleLauncher({"wide": Task(task_id="wide", nnodes=3, executable="true")},
                              Nodes=["localhost"] * 4, launcher_config=config)
+
+
+def test_two_one_node_mpi_tasks_share_a_cluster_node_at_once(cluster, mpi_program):
+    """Issue 4's packing on a real host: the worker ``main.w0`` started by srun, each task's
+    ranks by mpiexec there. The hosts have 2 CPUs, so the node declares 4 logical cores and
+    pinning is off."""
+    results = run_in_job(cluster, cluster.run_dir / "work", {"pack": {
+        "ppn": 2, "cmd_template": f"sh -c '{mpi_program} {{i}} && sleep 1'", "i": "range(2)"}},
+        nodes=1, system={"cpus": [0, 1, 2, 3]}, el_flags="--no-pin", child_launcher="srun")
+    a, b = results["pack-0"], results["pack-1"]
+    assert a["state"] == b["state"] == "succeeded", (a, b)
+    assert a["host"] == b["host"] != ""
+    assert a["start_time"] < b["end_time"] and b["start_time"] < a["end_time"]
+    assert set(a["cpus"]).isdisjoint(b["cpus"]) and len(a["cpus"]) == len(b["cpus"]) == 2
+    for r in (a, b):
+        ranks = parse_ranks(r["stdout"])
+        assert sorted(x["rank"] for x in ranks) == ["0", "1"]
+        assert all(x["sum"] == "1" and x["host"] == r["host"] for x in ranks)

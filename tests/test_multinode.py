@@ -4,6 +4,8 @@ ZMQ over TCP between hosts (see tests/cluster)."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -229,3 +231,75 @@ def test_a_partitioned_host_is_detected_within_three_heartbeats(cluster):
     detected = min(a.end_time for a in lost)
     assert detected - cut_at < 3 * 0.5 + 0.5, f"detected {detected - cut_at:.2f} s after the cut"
     assert "no heartbeat" in lost[0].exception
+
+
+KILL_RUNNER_JOB = '''
+import socket, sys, time
+from ensemble_launcher import EnsembleLauncher
+from ensemble_launcher.config import LauncherConfig
+from ensemble_launcher.ensemble import Task
+
+LOG = sys.argv[1]
+
+
+def append(i):
+    time.sleep(0.3)
+    with open(LOG, "a") as f:
+        f.write(f"t{i} {socket.gethostname()}\\n")
+    return i
+
+
+if __name__ == "__main__":
+    tasks = {f"t{i}": Task(task_id=f"t{i}", executable=append, args=(i,)) for i in range(90)}
+    config = LauncherConfig(nlevels=1, retries=1, child_launcher="mpiexec",
+                            child_launcher_args=sys.argv[2:])
+    EnsembleLauncher(tasks, launcher_config=config, out_dir="run").run()
+'''
+
+
+def _runner_pids(cluster, host: str) -> list[int]:
+    """The Python runner processes of the worker on ``host``: forked from the worker, so
+    both have the worker's command line."""
+    def cmdline(pid: int) -> str:
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_text()
+        except OSError:
+            return ""
+
+    def parent(pid: int) -> int:
+        try:
+            return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return 0
+
+    child = "ensemble_launcher.orchestrator.child"
+    return sorted(pid for pid in cluster.host_pids(host)
+                  if child in cmdline(pid) and child in cmdline(parent(pid)))
+
+
+def test_kill_9_of_a_python_runner_on_a_host_reruns_only_its_task(cluster):
+    from ensemble_launcher.store import Results
+
+    work = cluster.run_dir / "work"
+    work.mkdir()
+    (work / "job.py").write_text(KILL_RUNNER_JOB)
+    (work / "nodes").write_text("".join(f"{h}\n" for h in cluster.hosts))
+    log = work / "ran.txt"
+    root = cluster.popen_on(cluster.hosts[0], [sys.executable, "job.py", str(log),
+                                               *hydra_args(cluster)],
+                            cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=cluster.client_env({"PBS_NODEFILE": str(work / "nodes")}))
+    victim = cluster.hosts[2]
+    _wait_until_running_on(log, victim, 2)
+    runners = _runner_pids(cluster, victim)
+    assert len(runners) == 2, runners
+    os.kill(runners[0], signal.SIGKILL)
+    _, err = root.communicate(timeout=180)
+    assert root.returncode == 0, err
+    results = Results(work / "run")
+    assert len(results) == 90 and results.counts() == {"succeeded": 90}
+    lost = [a for tid in results for a in results.attempts(tid) if a.reason == "worker_lost"]
+    assert len(lost) == 1 and lost[0].host == victim
+    assert "killed by signal 9" in lost[0].exception
+    assert results[lost[0].task_id].attempt == 2
+    assert _ran(log) == Counter({f"t{i}": 1 for i in range(90)})

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 
 import pytest
@@ -202,3 +204,14 @@ def test_a_lost_sub_master_has_its_subtrees_tasks_rerun(tmp_path):
     assert r.counts() == {"succeeded": 30}
     lost = [a for tid in r for a in r.attempts(tid) if a.state == "lost"]
     assert lost and all("main.m" in a.exception for a in lost)
+
+
+def test_a_tree_process_starts_without_importing_pydantic():
+    """Thousands of children start at once on a big run; the root validated the configs,
+    so a child reads them as plain values and skips pydantic's import cost."""
+    code = ("import sys, ensemble_launcher.orchestrator.child, "
+            "ensemble_launcher.orchestrator.roles; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'pydantic'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert out.stdout.strip() == "[]"

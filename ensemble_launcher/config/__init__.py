@@ -3,9 +3,34 @@
 Field names and defaults follow the original ensemble_launcher so that existing
 scripts run unchanged. Unknown keys are rejected, and values are checked when the
 object is built, not when a task first needs them.
+
+Names load on first use: a child process of the tree imports modules that mention these
+models only in annotations, and must not pay for pydantic (see orchestrator.child).
 """
 
-from ensemble_launcher.config.files import load_config_file
-from ensemble_launcher.config.models import LauncherConfig, SystemConfig
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+_EXPORTS = {
+    "LauncherConfig": "ensemble_launcher.config.models",
+    "SystemConfig": "ensemble_launcher.config.models",
+    "load_config_file": "ensemble_launcher.config.files",
+}
 
 __all__ = ["LauncherConfig", "SystemConfig", "load_config_file"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ensemble_launcher.config' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+if TYPE_CHECKING:
+    from ensemble_launcher.config.files import load_config_file
+    from ensemble_launcher.config.models import LauncherConfig, SystemConfig

@@ -1,16 +1,21 @@
-"""Reading structured files (JSON or YAML) and building config models from them."""
+"""Reading structured files (JSON or YAML) and building config models from them.
+
+pydantic is imported only where a model is built, so that reading an ensemble file (and
+every process of the tree, which imports the ensemble layer) does not pay for it.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, TypeVar
-
-from pydantic import BaseModel, ValidationError
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ensemble_launcher.errors import ConfigError, EnsembleFileError
 
-M = TypeVar("M", bound=BaseModel)
+if TYPE_CHECKING:
+    from pydantic import BaseModel, ValidationError
+
+M = TypeVar("M", bound="BaseModel")
 
 
 def read_structured_file(path: str | Path) -> Any:
@@ -58,6 +63,8 @@ def validation_error_to_config_error(
 
 
 def build_model(model: type[M], data: Any, source: str) -> M:
+    from pydantic import ValidationError
+
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of {model.__name__} keys, got {data!r}")
     try:

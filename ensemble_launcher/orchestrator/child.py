@@ -19,14 +19,18 @@ import socket
 import sys
 import traceback
 from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
 from ensemble_launcher.comm import CurveKeys, Failed, terminate
-from ensemble_launcher.config import LauncherConfig, SystemConfig
 from ensemble_launcher.orchestrator.parent_link import ParentLink, ParentLost
 from ensemble_launcher.orchestrator.signals import sigterm_interrupts
 from ensemble_launcher.orchestrator.tree import TreeNode
+
+if TYPE_CHECKING:
+    from ensemble_launcher.config import LauncherConfig, SystemConfig
 
 log = logging.getLogger("ensemble_launcher")
 
@@ -59,14 +63,21 @@ def _adopt_sys_path(env: dict[str, str]) -> None:
             sys.path.insert(0, path)
 
 
+def _validated(text: str) -> Any:
+    """A config the root validated and dumped, read back as plain attributes: validating
+    it again would import pydantic in every process of the tree, about a quarter of a
+    child's start-up."""
+    return SimpleNamespace(**json.loads(text))
+
+
 def main() -> int:
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     env = dict(os.environ)
     _adopt_sys_path(env)
     me = pick_entry([TreeNode.from_dict(d) for d in json.loads(env["EL_TREE"])],
                     socket.gethostname(), env)
-    launcher_config = LauncherConfig.model_validate_json(env["EL_LAUNCHER_CONFIG"])
-    system_config = SystemConfig.model_validate_json(env["EL_SYSTEM_CONFIG"])
+    launcher_config: LauncherConfig = _validated(env["EL_LAUNCHER_CONFIG"])
+    system_config: SystemConfig = _validated(env["EL_SYSTEM_CONFIG"])
     run_dir = Path(env["EL_RUN_DIR"])
     _setup_logging(me, launcher_config, run_dir)
     ctx = zmq.Context()

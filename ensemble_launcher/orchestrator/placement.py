@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ensemble_launcher.config import LauncherConfig
 from ensemble_launcher.errors import ConfigError
 from ensemble_launcher.executors.mpi import mpi_launch_factory
 from ensemble_launcher.launchers import choose_launcher
@@ -12,6 +12,9 @@ from ensemble_launcher.orchestrator.master import TreeSettings
 from ensemble_launcher.orchestrator.tree import TreeNode
 from ensemble_launcher.resources import is_this_host
 from ensemble_launcher.resources.discovery import local_address_for
+
+if TYPE_CHECKING:
+    from ensemble_launcher.config import LauncherConfig
 
 
 def tree_settings(me: TreeNode, config: LauncherConfig, run_dir: Path,

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import zmq
 
-from ensemble_launcher.config import LauncherConfig, SystemConfig
 from ensemble_launcher.executors import make_pool
 from ensemble_launcher.executors.mpi import mpi_launch_factory
 from ensemble_launcher.monitor.profiles import timeline_for
@@ -17,6 +17,9 @@ from ensemble_launcher.orchestrator.parent_link import ParentLink
 from ensemble_launcher.orchestrator.placement import tree_settings
 from ensemble_launcher.orchestrator.tree import TreeNode
 from ensemble_launcher.resources import local_node
+
+if TYPE_CHECKING:
+    from ensemble_launcher.config import LauncherConfig, SystemConfig
 
 log = logging.getLogger("ensemble_launcher")
 

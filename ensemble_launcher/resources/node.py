@@ -6,10 +6,13 @@ import os
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from ensemble_launcher.config import SystemConfig
 from ensemble_launcher.ensemble import Requirement
 from ensemble_launcher.errors import ResourceError
+
+if TYPE_CHECKING:
+    from ensemble_launcher.config import SystemConfig
 
 
 @dataclass(frozen=True, slots=True)

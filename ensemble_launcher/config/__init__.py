@@ -10,8 +10,9 @@ models only in annotations, and must not pay for pydantic (see orchestrator.chil
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from ensemble_launcher._lazy import lazy_exports
 
 _EXPORTS = {
     "LauncherConfig": "ensemble_launcher.config.models",
@@ -21,14 +22,7 @@ _EXPORTS = {
 
 __all__ = ["LauncherConfig", "SystemConfig", "load_config_file"]
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'ensemble_launcher.config' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 if TYPE_CHECKING:

@@ -205,11 +205,11 @@ def tree_round_trips(count: int) -> list[float]:
            "EL_SYSTEM_CONFIG": SystemConfig().model_dump_json(), "EL_RUN_DIR": str(out),
            "EL_PIN": "1", "EL_RETURN_STDOUT": "0", "EL_CHECK_EACH": "0",
            "EL_SYS_PATH": json.dumps(sys.path)}
-    settings = TreeSettings(LocalLauncher(), "tcp://127.0.0.1", 1.0, 60.0, out / "logs", env)
+    settings = TreeSettings(LocalLauncher(), "tcp://127.0.0.1", 1.0, 60.0, out, env)
     ctx = zmq.Context()
     try:
         Master(plan_tree(["localhost"], 1), upstream, ctx, settings,
-               CurveKeys.generate().to_env()).run()
+               CurveKeys.generate()).run()
     finally:
         ctx.term()
         shutil.rmtree(out, ignore_errors=True)
@@ -258,6 +258,9 @@ class OneAtATime:
     def node_lost(self, *args) -> None:
         raise RuntimeError(f"the worker was lost: {args}")
 
+    def report_running(self, by_ensemble) -> None:
+        pass
+
     def tick(self) -> None:
         pass
 
@@ -278,7 +281,7 @@ def zmq_round_trips(count: int) -> list[float]:
     trips = []
     try:
         child.send(Heartbeat(0.0))
-        while not parent.receive():
+        while not parent.receive({b"echo"}):
             poller.poll(100)
         for _ in range(count):
             start = time.perf_counter()
@@ -286,7 +289,7 @@ def zmq_round_trips(count: int) -> list[float]:
             while not child.receive():
                 child.socket.poll(100)
             child.send(Heartbeat(start))
-            while not parent.receive():
+            while not parent.receive({b"echo"}):
                 poller.poll(100)
             trips.append(time.perf_counter() - start)
     finally:

@@ -23,6 +23,7 @@ _EXPORTS = {
     "ExecutorError": "ensemble_launcher.errors",
     "LauncherClosedError": "ensemble_launcher.errors",
     "ResourceError": "ensemble_launcher.errors",
+    "RunAbortedError": "ensemble_launcher.errors",
     "StoreError": "ensemble_launcher.errors",
     "LauncherConfig": "ensemble_launcher.config",
     "SystemConfig": "ensemble_launcher.config",
@@ -36,7 +37,7 @@ _EXPORTS = {
 __all__ = [
     "ConfigError", "EnsembleFileError", "EnsembleLauncher", "EnsembleLauncherError",
     "ExecutorError", "LauncherClosedError", "LauncherConfig", "ResourceError", "Results",
-    "StoreError", "SystemConfig", "Task", "TaskResult", "write_results_to_json",
+    "RunAbortedError", "StoreError", "SystemConfig", "Task", "TaskResult", "write_results_to_json",
 ]
 
 
@@ -57,6 +58,7 @@ if TYPE_CHECKING:
         ExecutorError,
         LauncherClosedError,
         ResourceError,
+        RunAbortedError,
         StoreError,
     )
     from ensemble_launcher.launcher import EnsembleLauncher

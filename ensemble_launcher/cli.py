@@ -1,24 +1,59 @@
 """``el``: the command line.
 
-Exit status of ``el run``: 0 when every task succeeded, 1 when any task failed,
-2 for bad input (nothing was run), 130 when interrupted. ``kill -USR1`` on a running ``el``
-(or any process of its tree) prints that process's Python stack to its stderr.
+Exit status of ``el run`` and ``el resume`` (``el status`` and ``el report`` use 0, 2, 3):
+
+    0    every task succeeded
+    1    some task failed (the summary lists the first failures)
+    2    bad input: a bad ensemble, config, option or run directory; nothing was run
+    3    internal error, a bug: one line on the terminal, the traceback in
+         RUNDIR/logs/master-main.log (or a file in $TMPDIR when there is no run directory)
+    4    the run started but could not go on (the only worker lost, the journal could not
+         be written, e.g. a full disk), or its ``--json`` file could not be written:
+         ``el resume RUNDIR`` continues it
+    130  interrupted (SIGINT/SIGTERM): ``el resume RUNDIR`` continues it
+
+``kill -USR1`` on a running ``el`` (or any process of its tree) prints that process's
+Python stack to its stderr.
 """
 
 from __future__ import annotations
 
 import faulthandler
+import os
 import signal
 import sys
+import tempfile
 import time
+import traceback
 from pathlib import Path
+from typing import NoReturn
 
 import click
 
-EXIT_OK, EXIT_TASKS_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_TASKS_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_ABORTED, EXIT_INTERRUPTED = \
+    0, 1, 2, 3, 4, 130
+#: Where ``_execute`` leaves the run directory in the click context's meta, for the log of
+#: an internal error.
+_RUN_DIR_KEY = "el.run_dir"
+_EXIT_STATUSES = ("Exit status: 0 every task succeeded; 1 some task failed; 2 bad input, "
+                  "nothing ran; 3 internal error (traceback in RUNDIR/logs/master-main.log); "
+                  "4 the run could not go on (el resume continues it); 130 interrupted.")
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """Our commands, with one rule for an exception we did not raise on purpose (a bug):
+    one line on the terminal, the traceback in the run's log, exit status 3."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001 - this is the one place bugs are reported
+            _internal_error(exc, ctx.meta.get(_RUN_DIR_KEY))
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="ensemble_launcher")
 def main() -> None:
     """Launch ensembles of tasks across the nodes of an HPC job."""
@@ -32,14 +67,14 @@ _JSON = click.option("--json", "json_path", type=click.Path(dir_okay=False, path
                      help="Also write all results to this JSON file.")
 
 
-@main.command()
+@main.command(epilog=_EXIT_STATUSES)
 @click.argument("ensemble", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--system-config", type=click.Path(dir_okay=False, path_type=Path),
               help="JSON/YAML file with SystemConfig keys (ncpus, cpus, ngpus, gpus, ...).")
 @click.option("--launcher-config", type=click.Path(dir_okay=False, path_type=Path),
               help="JSON/YAML file with LauncherConfig keys (report_interval, ...).")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Run directory (default: el-runs/<ensemble>-<time>-<pid>).")
+              help="Run directory (default: el-runs/<ensemble>-<time>-<pid>-<n>).")
 @click.option("--no-pin", is_flag=True, help="Do not pin tasks to their cores.")
 @click.option("--return-stdout", is_flag=True, help="Keep each task's stdout in its result.")
 @click.option("--retries", type=click.IntRange(min=0),
@@ -68,7 +103,7 @@ def run(ensemble: Path, system_config: Path | None, launcher_config: Path | None
     _execute(make, json_path)
 
 
-@main.command()
+@main.command(epilog=_EXIT_STATUSES)
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--retry-failed", is_flag=True,
               help="Also run again the tasks that failed (default: only those not run).")
@@ -80,18 +115,12 @@ def resume(run_dir: Path, retry_failed: bool, json_path: Path | None,
 
     def make():
         from ensemble_launcher.config import LauncherConfig, SystemConfig
-        from ensemble_launcher.errors import ConfigError
         from ensemble_launcher.launcher import EnsembleLauncher
-        from ensemble_launcher.store import Results
 
-        meta = Results(run_dir).meta()
-        if "ensemble_copy" not in meta:
-            raise ConfigError(f"{run_dir} was not started from an ensemble file; resume it "
-                              "from Python with EnsembleLauncher(..., out_dir=RUN_DIR, "
-                              "resume=True)")
-        config = LauncherConfig.model_validate(meta["launcher_config"])
+        meta = _resumable_meta(run_dir)
+        config = _recorded(LauncherConfig, meta, "launcher_config", run_dir)
         return EnsembleLauncher(str(run_dir / meta["ensemble_copy"]),
-                                SystemConfig.model_validate(meta["system_config"]), config,
+                                _recorded(SystemConfig, meta, "system_config", run_dir), config,
                                 pin_resources=meta["pin_resources"],
                                 return_stdout=meta["return_stdout"], out_dir=run_dir,
                                 reporter=_reporter(config, progress), resume=True,
@@ -100,19 +129,57 @@ def resume(run_dir: Path, retry_failed: bool, json_path: Path | None,
     _execute(make, json_path)
 
 
+def _resumable_meta(run_dir: Path) -> dict:
+    """The metadata el run recorded in RUN_DIR's journal, with what a resume needs."""
+    from ensemble_launcher.errors import ConfigError, StoreError
+    from ensemble_launcher.store.journal import JOURNAL_NAME, read_meta
+
+    meta = read_meta(run_dir)
+    journal = run_dir / JOURNAL_NAME
+    if not meta:
+        raise StoreError(f"{journal} holds no run metadata: it was not written by el run")
+    if "ensemble_copy" not in meta:
+        raise ConfigError(f"{run_dir} was not started from an ensemble file; resume it "
+                          "from Python with EnsembleLauncher(..., out_dir=RUN_DIR, "
+                          "resume=True)")
+    missing = [key for key in ("launcher_config", "system_config", "pin_resources",
+                               "return_stdout") if key not in meta]
+    if missing:
+        raise StoreError(f"{journal} lacks the run metadata {', '.join(missing)}; it was "
+                         "written by another version, or damaged")
+    return meta
+
+
+def _recorded(model, meta: dict, key: str, run_dir: Path):
+    """The config el run recorded under ``key``, read back as ``model`` (SystemConfig or
+    LauncherConfig); StoreError when this version does not accept it."""
+    from pydantic import ValidationError
+
+    from ensemble_launcher.errors import StoreError
+
+    try:
+        return model.model_validate(meta[key])
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or key
+        raise StoreError(f"{run_dir}: the recorded {key} does not suit this version: "
+                         f"{where}: {first['msg']}") from None
+
+
 @main.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def status(run_dir: Path, as_json: bool) -> None:
     """Show the progress of a run, live or finished, from its RUN_DIR."""
     from ensemble_launcher.errors import EnsembleLauncherError
     from ensemble_launcher.monitor.status import read_status
+    from ensemble_launcher.store.journal import check_journal
 
     try:
+        check_journal(run_dir, read_all=True)
         snapshot = read_status(run_dir)
     except EnsembleLauncherError as exc:
-        click.echo(f"el: error: {exc}", err=True)
-        sys.exit(EXIT_BAD_INPUT)
+        _bad_input(exc)
     if as_json:
         import json
 
@@ -122,40 +189,115 @@ def status(run_dir: Path, as_json: bool) -> None:
 
 
 @main.command()
-@click.argument("run_dir", type=click.Path(exists=True, file_okay=False, path_type=Path))
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where the PNG plots go (default: RUN_DIR/report).")
 def report(run_dir: Path, out_dir: Path | None) -> None:
     """Plot where the time of a run went (PNG) and print a summary."""
-    if not (run_dir / "journal.db").exists():
-        click.echo(f"el: error: {run_dir} is not a run directory (no journal.db)", err=True)
-        sys.exit(EXIT_BAD_INPUT)
+    import sqlite3
+
+    from ensemble_launcher.errors import EnsembleLauncherError
+    from ensemble_launcher.store.journal import check_journal
+
+    try:
+        journal = check_journal(run_dir, read_all=True)
+    except EnsembleLauncherError as exc:
+        _bad_input(exc)
     from ensemble_launcher.monitor.report import write_report
 
-    paths, lines = write_report(run_dir, out_dir)
+    try:
+        paths, lines = write_report(run_dir, out_dir)
+    except sqlite3.Error as exc:
+        _bad_input(f"cannot read {journal}: {exc}")
     click.echo("\n".join(lines))
     for path in paths:
         click.echo(f"wrote {path}")
 
 
 def _execute(make, json_path: Path | None) -> None:
-    from ensemble_launcher.errors import EnsembleLauncherError
+    from ensemble_launcher.errors import EnsembleLauncherError, RunAbortedError
 
     started = time.monotonic()
     try:
+        _check_json_path(json_path)
         el = make()
+        click.get_current_context().meta[_RUN_DIR_KEY] = el.run_dir
         results = el.run()
-    except EnsembleLauncherError as exc:
+    except RunAbortedError as exc:
         click.echo(f"el: error: {exc}", err=True)
-        sys.exit(EXIT_BAD_INPUT)
+        sys.exit(EXIT_ABORTED)
+    except EnsembleLauncherError as exc:
+        _bad_input(exc)
     except KeyboardInterrupt as exc:
         click.echo(f"el: {exc or 'interrupted'}", err=True)
         sys.exit(EXIT_INTERRUPTED)
     if json_path is not None:
-        from ensemble_launcher.store import write_results_to_json
-
-        write_results_to_json(results, json_path)
+        _write_json(results, json_path, el.run_dir)
     sys.exit(_summarize(results, el.run_dir, time.monotonic() - started))
+
+
+def _check_json_path(path: Path | None) -> None:
+    """--json is written after the run: a path that cannot be written is bad input, found
+    before anything runs."""
+    if path is None:
+        return
+    from ensemble_launcher.errors import ConfigError
+
+    parent = path.parent
+    if path.is_dir():
+        raise ConfigError(f"--json {path}: is a directory")
+    if not parent.is_dir():
+        raise ConfigError(f"--json {path}: directory {parent} "
+                          f"{'is not a directory' if parent.exists() else 'does not exist'}")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"--json {path}: directory {parent} is not writable")
+
+
+def _write_json(results, path: Path, run_dir: Path) -> None:
+    from ensemble_launcher.store import write_results_to_json
+
+    try:
+        write_results_to_json(results, path)
+    except OSError as exc:
+        click.echo(f"el: error: cannot write {path}: {exc}; the results are in "
+                   f"{run_dir}/journal.db (el resume {run_dir} --json FILE writes them)",
+                   err=True)
+        sys.exit(EXIT_ABORTED)
+
+
+def _bad_input(error: object) -> NoReturn:
+    click.echo(f"el: error: {error}", err=True)
+    sys.exit(EXIT_BAD_INPUT)
+
+
+def _internal_error(exc: BaseException, run_dir: Path | None) -> NoReturn:
+    text = "".join(traceback.format_exception(exc))
+    log = _write_traceback(text, run_dir)
+    first = (str(exc).splitlines() or [""])[0][:200]
+    click.echo(f"el: internal error (a bug in ensemble_launcher; please report it): "
+               f"{type(exc).__name__}: {first}; "
+               f"{f'the traceback is in {log}' if log else 'its traceback follows'}", err=True)
+    if log is None:
+        click.echo(text, err=True, nl=False)
+    sys.exit(EXIT_INTERNAL)
+
+
+def _write_traceback(text: str, run_dir: Path | None) -> Path | None:
+    """Append the traceback to the run's master log, or, without a run directory, to a
+    file of its own in $TMPDIR. None when neither can be written (a full disk)."""
+    candidates = [Path(tempfile.gettempdir()) / f"el-internal-error-{os.getpid()}.log"]
+    if run_dir is not None and Path(run_dir).is_dir():
+        candidates.insert(0, Path(run_dir) / "logs" / "master-main.log")
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    for path in candidates:
+        try:
+            path.parent.mkdir(exist_ok=True)
+            with open(path, "a") as f:
+                f.write(f"{stamp} ERROR ensemble_launcher: internal error\n{text}")
+        except OSError:
+            continue
+        return path
+    return None
 
 
 def _reporter(config, progress: bool | None):
@@ -171,17 +313,23 @@ def _override(config, **values):
 
 
 def _seconds(text: str | None) -> float | None:
+    """``--walltime`` in seconds. The command line's values skip the model's checks
+    (model_copy), so NaN and infinity, which would disable the walltime check, are
+    refused here."""
     if text is None:
         return None
+    import math
+
+    from ensemble_launcher.errors import ConfigError, _short
     from ensemble_launcher.resources.walltime import parse_duration
 
     try:
         value = parse_duration(text)
     except ValueError:
         value = None
-    if value is None or value <= 0:
-        raise click.BadParameter(f"{text!r} is not a duration like 3600 or 01:00:00",
-                                 param_hint="--walltime")
+    if value is None or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"--walltime: value {_short(text)}: not a duration like 3600 or "
+                          "01:00:00 (a finite time > 0)")
     return value
 
 

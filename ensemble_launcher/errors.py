@@ -9,6 +9,7 @@ Errors are grouped by kind so that callers can catch what they can handle:
     ├── ExecutorError          an executor could not be started or stopped
     ├── LaunchError            a child of the tree could not be started or reached
     ├── StoreError             the run directory or its journal cannot be used
+    ├── RunAbortedError        the run started but could not go on (el exits 4; resume continues)
     └── LauncherClosedError    a resource was used after it was closed
 
 Task failures are never exceptions: they are results with a state.
@@ -16,6 +17,7 @@ Task failures are never exceptions: they are results with a state.
 
 from __future__ import annotations
 
+import reprlib
 from typing import Any
 
 
@@ -49,9 +51,9 @@ class EnsembleFileError(ConfigError):
         if file:
             where.append(str(file))
         if ensemble is not None:
-            where.append(f"ensemble {ensemble!r}")
+            where.append(f"ensemble {_short(ensemble)}")
         if key is not None:
-            where.append(f"key {key!r}")
+            where.append(f"key {_short(key)}")
         if has_value or value is not None:
             where.append(f"value {_short(value)}")
         prefix = ": ".join(where)
@@ -74,10 +76,36 @@ class StoreError(EnsembleLauncherError):
     """The run directory or its journal cannot be created, read or written."""
 
 
+class RunAbortedError(EnsembleLauncherError):
+    """The run started but cannot go on: the only worker was lost, or the journal cannot be
+    written (a full disk). Raise it from inside the run; ``EnsembleLauncher.run`` records
+    the tasks still out as not run, marks the run interrupted, and re-raises it, so that
+    ``el`` exits 4 with its message and ``el resume`` continues the run."""
+
+
 class LauncherClosedError(EnsembleLauncherError):
     """A launcher, executor or store was used after it was closed."""
 
 
+def _short_repr() -> reprlib.Repr:
+    short = reprlib.Repr()
+    short.maxlevel = 3
+    short.maxlist = short.maxtuple = short.maxset = short.maxfrozenset = short.maxdeque = 8
+    short.maxdict = 6
+    short.maxstring = short.maxother = 60
+    short.maxlong = 40
+    return short
+
+
+_SHORT_REPR = _short_repr()
+
+
 def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
+    """``repr(value)`` cut to ``limit`` characters without building the whole repr, so that
+    a message about a million-element list or a value nested 20,000 deep stays one short
+    line."""
+    try:
+        text = _SHORT_REPR.repr(value)
+    except Exception:  # a user object whose __repr__ fails still gets a message
+        text = f"<{type(value).__name__}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -21,7 +21,14 @@ from ensemble_launcher.comm import CurveKeys, terminate
 from ensemble_launcher.config import LauncherConfig, SystemConfig
 from ensemble_launcher.config.models import auto_nlevels, default_run_dir
 from ensemble_launcher.ensemble import load_tasks
-from ensemble_launcher.errors import ConfigError, ResourceError
+from ensemble_launcher.errors import (
+    ConfigError,
+    EnsembleLauncherError,
+    LauncherClosedError,
+    ResourceError,
+    RunAbortedError,
+    StoreError,
+)
 from ensemble_launcher.executors import executor_for, make_pool
 from ensemble_launcher.executors.mpi import mpi_launch_factory
 from ensemble_launcher.monitor import Counts, LogReporter, MultiReporter, Reporter
@@ -33,7 +40,7 @@ from ensemble_launcher.monitor.profiles import (
     write_trace,
 )
 from ensemble_launcher.monitor.status import StatusFileReporter
-from ensemble_launcher.orchestrator.ledger import Ledger, RetryPolicy
+from ensemble_launcher.orchestrator.ledger import Ledger, RetryPolicy, runs_again
 from ensemble_launcher.orchestrator.master import Master
 from ensemble_launcher.orchestrator.node_worker import NodeWorker
 from ensemble_launcher.orchestrator.placement import tree_settings
@@ -50,6 +57,8 @@ from ensemble_launcher.resources import (
 from ensemble_launcher.resources.discovery import check_resolvable, discover_nodes
 from ensemble_launcher.resources.walltime import job_time_left
 from ensemble_launcher.store import JOURNAL_NAME, Results, RunStore
+from ensemble_launcher.store.journal import check_journal
+from ensemble_launcher.store.lock import RunDirLock, check_not_in_use
 
 log = logging.getLogger("ensemble_launcher")
 
@@ -60,7 +69,7 @@ class EnsembleLauncher:
     ``ensemble_file`` is a path to a JSON/YAML ensemble file, the same structure as a
     dict, a dict of :class:`~ensemble_launcher.ensemble.Task` keyed by task id, or an
     iterable of Tasks. ``out_dir`` is the run directory (default
-    ``el-runs/<name>-<time>-<pid>``).
+    ``el-runs/<name>-<time>-<pid>-<n>``, new for every launcher). One launcher runs once.
 
     ``resume=True`` continues the run in ``out_dir``: tasks that succeeded there are not
     run again, nor failed ones unless ``retry_failed``; tasks not run are.
@@ -104,14 +113,27 @@ class EnsembleLauncher:
             else "run"
         self.run_dir = Path(out_dir) if out_dir is not None else default_run_dir(label)
         self.resume, self.retry_failed = resume, retry_failed
-        has_journal = (self.run_dir / JOURNAL_NAME).exists()
-        if has_journal and not resume:
-            raise ConfigError(f"{self.run_dir} already holds a run (its {JOURNAL_NAME} exists); "
-                              "choose another output directory, or resume it")
-        if resume and not has_journal:
-            raise ConfigError(f"cannot resume {self.run_dir}: it holds no {JOURNAL_NAME}")
+        self._check_run_dir()
         self._reporter = reporter or LogReporter(self.launcher_config.report_interval)
         self.counts: Counts | None = None
+        self._ran = False
+
+    def _check_run_dir(self, *, locked: bool = False) -> None:
+        """A new run needs a directory without a journal, a resume one with a journal that
+        this version reads. Checked before anything is written, and again by run() once it
+        holds the directory's lock (another launcher may have started there meanwhile)."""
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise ConfigError(f"out_dir {self.run_dir} exists and is not a directory")
+        has_journal = (self.run_dir / JOURNAL_NAME).exists()
+        if has_journal and not locked:
+            check_not_in_use(self.run_dir)
+        if has_journal and not self.resume:
+            raise ConfigError(f"{self.run_dir} already holds a run (its {JOURNAL_NAME} exists); "
+                              "choose another output directory, or resume it")
+        if self.resume and not has_journal:
+            raise ConfigError(f"cannot resume {self.run_dir}: it holds no {JOURNAL_NAME}")
+        if self.resume:
+            check_journal(self.run_dir)
 
     def _nodes(self, names: list[str] | None) -> list[NodeResources]:
         here = local_node(self.system_config, pin=self.pin_resources)
@@ -152,51 +174,110 @@ class EnsembleLauncher:
     def run(self) -> Results:
         """Run every task; return their results. A failed task is a result, not an error.
 
+        An EnsembleLauncher runs once: calling run() again raises LauncherClosedError
+        (make a new one, or resume its run directory). The run holds a lock on its run
+        directory from start to end, so a second launcher there gets StoreError.
+
         SIGTERM or SIGINT stops it gracefully (see LauncherConfig.shutdown_grace); the
-        journal then holds every result, and KeyboardInterrupt is raised.
+        journal then holds every result, and KeyboardInterrupt is raised. When the run
+        cannot go on (the only worker lost; the journal cannot be written, e.g. a full
+        disk), tasks still out are recorded as not run where the journal allows, and
+        RunAbortedError is raised; in both cases ``el resume`` continues the run.
         """
+        self._refuse_second_run()
         config = self.launcher_config
         counts = Counts(self.tasks.ensembles)
         self.counts = counts
         shutdown = GracefulShutdown(config.shutdown_grace)
-        interrupted: BaseException | None = None
         basic = BasicProfile() if config.profile == "basic" else None
         timeline = timeline_for("main", config.profile)
-        with RunStore(self.run_dir) as store, self._master_log():
-            previous = store.final_states() if self.resume else None
-            self._write_meta(store)
-            reporter = MultiReporter(self._reporter,
-                                     StatusFileReporter(self.run_dir, config.report_interval))
-            recorder = Recorder(store, counts, reporter)
-            ledger = Ledger(self.tasks, recorder, _retry_policy(config), previous=previous,
-                            retry_failed=self.retry_failed, deadline=self._deadline(),
-                            profile=basic)
-            control = RootControl(ledger, shutdown)
-            reporter.start(counts)
-            try:
-                with shutdown:
-                    if self.nlevels == 0:
-                        self._run_here(control, recorder, timeline)
-                    else:
-                        self._run_tree(control, recorder, timeline)
-            except KeyboardInterrupt as exc:
-                interrupted = exc
-            finally:
-                ledger.abandon("not run: the run was interrupted" if interrupted or
-                               shutdown.requested else "not run")
-                reporter.stop(counts)
-            if ledger.skipped:
-                log.info("resume: %d task(s) already done were skipped", ledger.skipped)
-            store.set_meta(finished=time.time(),
-                           interrupted=bool(interrupted or shutdown.requested))
-            log.info("run %s finished: %s", self.run_dir, counts.line())
+        with RunDirLock(self.run_dir):
+            self._check_run_dir(locked=True)
+            self._ran = True
+            stop = self._run_recorded(counts, shutdown, basic, timeline)
+        if isinstance(stop, RunAbortedError):
+            raise stop
         if config.profile:
             self._write_profiles(basic, timeline)
-        if interrupted is not None or shutdown.requested:
+        if stop is not None or shutdown.requested:
             raise KeyboardInterrupt(
-                f"interrupted ({shutdown.signal_name or interrupted}); {counts.line()}; "
+                f"interrupted ({shutdown.signal_name or stop}); {counts.line()}; "
                 f"continue with: el resume {self.run_dir}")
         return Results(self.run_dir)
+
+    def _refuse_second_run(self) -> None:
+        """Its tasks may be a consumed iterator and its run directory holds a run now: a
+        second run() would re-run everything and then fail, so it fails at once. A run()
+        that failed before it started anything (a locked directory) may be called again."""
+        if self._ran:
+            raise LauncherClosedError(
+                f"this EnsembleLauncher already ran (in {self.run_dir}); it runs once: make a "
+                "new one for a new run, or continue that one with EnsembleLauncher(..., "
+                f"out_dir={str(self.run_dir)!r}, resume=True)")
+
+    def _run_recorded(self, counts: Counts, shutdown: GracefulShutdown,
+                      basic: BasicProfile | None,
+                      timeline: Timeline | NoTimeline) -> BaseException | None:
+        """Run the tasks, every result into the journal. Returns what ended the run early:
+        KeyboardInterrupt, RunAbortedError, or None. A journal that cannot be written
+        once tasks started ends the run as RunAbortedError; before that, as StoreError."""
+        config = self.launcher_config
+        stop: BaseException | None = None
+        started = False
+        try:
+            with RunStore(self.run_dir) as store, self._master_log():
+                previous = store.final_states() if self.resume else None
+                if self.resume:
+                    self._count_skipped(store, counts)
+                self._write_meta(store)
+                reporter = MultiReporter(
+                    self._reporter, StatusFileReporter(self.run_dir, config.report_interval))
+                recorder = Recorder(store, counts, reporter)
+                ledger = Ledger(self.tasks, recorder, _retry_policy(config), previous=previous,
+                                retry_failed=self.retry_failed, deadline=self._deadline(),
+                                profile=basic, shutdown=shutdown)
+                control = RootControl(ledger, shutdown)
+                reporter.start(counts)
+                started = True
+                try:
+                    with shutdown:
+                        if self.nlevels == 0:
+                            self._run_here(control, recorder, timeline)
+                        else:
+                            self._run_tree(control, recorder, timeline)
+                except KeyboardInterrupt as exc:
+                    stop = exc
+                except (StoreError, RunAbortedError) as exc:
+                    stop = self._aborted(exc)
+                finally:
+                    _wind_down(ledger, reporter, counts, stopped=bool(stop or shutdown.requested))
+                if ledger.skipped:
+                    log.info("resume: %d task(s) already done were skipped", ledger.skipped)
+                aborted = {"aborted": str(stop)} if isinstance(stop, RunAbortedError) else {}
+                store.set_meta(finished=time.time(),
+                               interrupted=bool(stop or shutdown.requested), **aborted)
+                log.info("run %s finished: %s", self.run_dir, counts.line())
+        except StoreError as exc:
+            if not started:
+                raise
+            stop = stop if isinstance(stop, RunAbortedError) else self._aborted(exc)
+        return stop
+
+    def _aborted(self, exc: EnsembleLauncherError) -> RunAbortedError:
+        log.info("the run cannot go on: %s", exc)
+        error = RunAbortedError(
+            f"{exc}; every result recorded until then is in {self.run_dir / JOURNAL_NAME}; "
+            f"continue with: el resume {self.run_dir}")
+        error.__cause__ = exc
+        return error
+
+    def _count_skipped(self, store: RunStore, counts: Counts) -> None:
+        """Tasks a resume does not run again count as finished from the start, not as
+        pending until the stream reaches them."""
+        for (ensemble, state), n in store.final_counts().items():
+            if not runs_again(state, self.retry_failed):
+                name = ensemble or "tasks"
+                counts.skipped[name] = counts.skipped.get(name, 0) + n
 
     def _write_profiles(self, basic: BasicProfile | None,
                         timeline: Timeline | NoTimeline) -> None:
@@ -215,9 +296,15 @@ class EnsembleLauncher:
             "pin_resources": self.pin_resources, "return_stdout": self.return_stdout}
         if self.tasks.source and not self.resume:
             copy = self.run_dir / f"ensemble{Path(self.tasks.source).suffix or '.json'}"
-            shutil.copyfile(self.tasks.source, copy)
+            try:
+                shutil.copyfile(self.tasks.source, copy)
+            except OSError as exc:
+                raise StoreError(f"cannot copy {self.tasks.source} into {self.run_dir}: "
+                                 f"{exc}") from exc
             meta["source"] = str(Path(self.tasks.source).resolve())
             meta["ensemble_copy"] = copy.name
+        if self.resume:
+            store.drop_meta("finished", "interrupted", "aborted")
         store.set_meta(**meta)
 
     def _deadline(self) -> float | None:
@@ -258,11 +345,10 @@ class EnsembleLauncher:
             "EL_SYS_PATH": json.dumps([os.path.abspath(p) for p in sys.path if p]),
         }
         settings = tree_settings(tree, config, run_dir, child_env)
-        keys_env = CurveKeys.generate().to_env() if settings.bind.startswith("tcp") else {}
+        keys = None if settings.bind == "pipe" else CurveKeys.generate()
         ctx = zmq.Context()
         try:
-            Master(tree, RootUpstream(control, recorder), ctx, settings, keys_env,
-                   timeline).run()
+            Master(tree, RootUpstream(control, recorder), ctx, settings, keys, timeline).run()
         finally:
             terminate(ctx)
 
@@ -283,7 +369,7 @@ class _LogFile:
     def __enter__(self) -> _LogFile:
         if self.path is not None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._handler = logging.FileHandler(self.path)
+            self._handler = _DroppingFileHandler(self.path)
             self._handler.setFormatter(
                 logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
             log.addHandler(self._handler)
@@ -296,6 +382,23 @@ class _LogFile:
             log.removeHandler(self._handler)
             self._handler.close()
             log.setLevel(self._level)
+
+
+class _DroppingFileHandler(logging.FileHandler):
+    """A log line that cannot be written (a full disk) is dropped: the run ends with one
+    clear message, not a traceback on the terminal for every line."""
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        pass
+
+
+def _wind_down(ledger: Ledger, reporter: Reporter, counts: Counts, *, stopped: bool) -> None:
+    """Record the tasks still out as not run, and stop the reporters even when the journal
+    can no longer be written."""
+    try:
+        ledger.abandon("not run: the run was interrupted" if stopped else "not run")
+    finally:
+        reporter.stop(counts)
 
 
 def _retry_policy(config: LauncherConfig) -> RetryPolicy:

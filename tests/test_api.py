@@ -26,7 +26,8 @@ def test_public_surface_is_pinned():
     assert set(ensemble_launcher.__all__) == {
         "ConfigError", "EnsembleFileError", "EnsembleLauncher", "EnsembleLauncherError",
         "ExecutorError", "LauncherClosedError", "LauncherConfig", "ResourceError", "Results",
-        "StoreError", "SystemConfig", "Task", "TaskResult", "write_results_to_json",
+        "RunAbortedError", "StoreError", "SystemConfig", "Task", "TaskResult",
+        "write_results_to_json",
     }
     assert all(getattr(ensemble_launcher, name) is not None for name in ensemble_launcher.__all__)
     from ensemble_launcher.config import LauncherConfig as LC
@@ -176,3 +177,23 @@ def test_nodes_naming_this_host_runs_here(tmp_path):
     assert r["a"].host == socket.gethostname()
     with pytest.raises(ensemble_launcher.ConfigError, match="does not resolve"):
         EnsembleLauncher(tasks, Nodes=["some-other-node.invalid"])
+
+
+def test_launchers_made_in_one_second_get_run_directories_of_their_own(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    tasks = {"a": Task(task_id="a", executable=square, args=(3,))}
+    launchers = [EnsembleLauncher(tasks) for _ in range(3)]
+    results = [el.run() for el in launchers]
+    assert len({el.run_dir for el in launchers}) == 3
+    assert all(r["a"].value == 9 for r in results)
+
+
+def test_a_launcher_runs_once_and_says_so_when_run_again(tmp_path):
+    marks = tmp_path / "marks"
+    tasks = {"a": Task(task_id="a", executable=f"sh -c 'echo x >> {marks}'")}
+    el = EnsembleLauncher(tasks, out_dir=tmp_path / "run")
+    assert el.run()["a"].ok
+    with pytest.raises(ensemble_launcher.LauncherClosedError,
+                       match=r"already ran .*resume=True"):
+        el.run()
+    assert marks.read_text() == "x\n"

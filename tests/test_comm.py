@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import os
 import stat
+import struct
 import time
 
+import msgpack
 import pytest
 import zmq
 
@@ -21,6 +23,8 @@ from ensemble_launcher.comm import (
     Hello,
     NodeLost,
     ParentEndpoint,
+    PipeChildEndpoint,
+    PipeParentEndpoint,
     ProtocolError,
     Request,
     Results,
@@ -57,14 +61,14 @@ def ctx():
     context.term()
 
 
-def _receive(parent, seconds=1.0):
+def _receive(parent, seconds=1.0, known=(b"main.w0",)):
     poller = zmq.Poller()
     for sock in parent.sockets():
         poller.register(sock, zmq.POLLIN)
     got, deadline = [], time.monotonic() + seconds
     while time.monotonic() < deadline:
         poller.poll(50)
-        got += parent.receive()
+        got += parent.receive(known)
     return got
 
 
@@ -73,12 +77,12 @@ def test_tcp_parent_listens_on_one_address_and_admits_only_this_runs_clients(ctx
     parent = ParentEndpoint(ctx, "tcp://127.0.0.1", keys)
     try:
         assert parent.address.startswith("tcp://127.0.0.1:")
-        member = ChildEndpoint(ctx, parent.address, "main.w0", keys)
+        member = ChildEndpoint(ctx, parent.address, "main.w0", keys.for_client())
         stranger_keys = CurveKeys(keys.server_public, b"", *zmq.curve_keypair())
         stranger = ChildEndpoint(ctx, parent.address, "intruder", stranger_keys)
         member.send(Hello("main.w0", "h", 1, [0], []))
         stranger.send(Hello("intruder", "h", 2, [0], []))
-        got = _receive(parent)
+        got = _receive(parent, known=(b"main.w0", b"intruder"))
         assert [identity for identity, _ in got] == [b"main.w0"]
         assert parent.send(b"main.w0", Drain())
         assert not parent.send(b"intruder", Drain())
@@ -132,3 +136,150 @@ def test_terminating_a_context_that_cannot_finish_gives_up_in_bounded_time():
     clean = zmq.Context()
     clean.socket(zmq.DEALER).close(linger=0)
     assert terminate(clean, timeout=5) is True
+
+
+#: Frames that are not messages of ours, one of each way to be wrong.
+GARBAGE = [
+    [b"\xc1"],                                              # not msgpack
+    [b""],                                                  # empty
+    [b"\x92\x02"],                                          # truncated
+    [Request(1).encode() + b"\x00"],                        # extra bytes after a message
+    [msgpack.packb("Request")],                             # not a list
+    [msgpack.packb([99, 1])],                               # unknown message kind
+    [msgpack.packb([2, 1, 2, 3])],                          # wrong number of fields
+    [msgpack.packb([2, "many"])],                           # wrong field type
+    [msgpack.packb([5, [[1, "succeeded"]], []])],           # a result row cut short
+    [msgpack.packb([1, "n", "h", 1, [0, "x"], []])],        # a wrong type inside a list
+]
+#: ZMQ only: a message in two parts.
+TWO_PARTS = [Request(1).encode(), Request(2).encode()]
+
+
+def test_a_known_child_sending_garbage_gets_only_its_good_messages_through(ctx, caplog):
+    parent = ParentEndpoint(ctx, "ipc", None)
+    child = ChildEndpoint(ctx, parent.address, "main.w0", None)
+    try:
+        for frames in [*GARBAGE, TWO_PARTS]:
+            child.socket.send_multipart(frames)
+        child.send(Request(7))
+        assert _receive(parent, 1.0) == [(b"main.w0", Request(7))]
+        drops = [r.message for r in caplog.records if "dropped a bad frame" in r.message]
+        assert len(drops) == len(GARBAGE) + 1
+        assert all("from main.w0" in d for d in drops)
+        assert any("unknown message code 99" in d for d in drops)
+        assert any("Request.credit is not int" in d for d in drops)
+    finally:
+        child.close(0)
+        parent.close()
+
+
+def test_a_stranger_is_dropped_before_its_frames_are_decoded(ctx, caplog):
+    parent = ParentEndpoint(ctx, "ipc", None)
+    stranger = ctx.socket(zmq.DEALER)
+    stranger.setsockopt(zmq.IDENTITY, b"intruder")
+    stranger.connect(parent.address)
+    try:
+        stranger.send(Hello("intruder", "h", 1, [0], []).encode())
+        stranger.send(b"\xc1")
+        assert _receive(parent, 0.5) == []
+        drops = [r.message for r in caplog.records if "dropped a bad frame" in r.message]
+        assert drops == ["dropped a bad frame from b'intruder': not a child of this master"] * 2
+    finally:
+        stranger.close(0)
+        parent.close()
+
+
+def test_a_child_drops_garbage_from_its_parent(ctx, caplog):
+    parent = ParentEndpoint(ctx, "ipc", None)
+    child = ChildEndpoint(ctx, parent.address, "main.w0", None)
+    try:
+        child.send(Hello("main.w0", "h", 1, [0], []))
+        assert _receive(parent, 0.5)
+        for frames in [*GARBAGE, TWO_PARTS]:
+            parent.router.send_multipart([b"main.w0", *frames])
+        parent.send(b"main.w0", Drain())
+        got, deadline = [], time.monotonic() + 5
+        while not got and time.monotonic() < deadline:
+            child.socket.poll(50)
+            got += child.receive()
+        assert got == [Drain()]
+        drops = [r.message for r in caplog.records if "dropped a bad frame" in r.message]
+        assert len(drops) == len(GARBAGE) + 1 and all("from the parent" in d for d in drops)
+    finally:
+        child.close(0)
+        parent.close()
+
+
+def test_pipes_drop_garbage_both_ways(caplog):
+    parent = PipeParentEndpoint()
+    theirs = parent.pair_for(b"main.w0")
+    child = PipeChildEndpoint(theirs.detach())
+    ours = parent._links[b"main.w0"].sock
+    try:
+        framed = b"".join(struct.pack("!I", len(frame)) + frame for [frame] in GARBAGE)
+        ours.sendall(framed)
+        parent.send(b"main.w0", Drain())
+        assert _poll_until(child.receive) == [Drain()]
+        child._link.sock.sendall(framed)
+        child.send(Bye())
+        assert _poll_until(lambda: parent.receive({b"main.w0"})) == [(b"main.w0", Bye())]
+        drops = [r.message for r in caplog.records if "dropped a bad frame" in r.message]
+        assert len(drops) == 2 * len(GARBAGE)
+        assert {d.split(":")[0] for d in drops} == {"dropped a bad frame from the parent",
+                                                    "dropped a bad frame from main.w0"}
+    finally:
+        child.close(0)
+        parent.close()
+
+
+def _poll_until(receive, seconds=5.0):
+    got, deadline = [], time.monotonic() + seconds
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.01)
+        got = receive()
+    return got
+
+
+def test_a_wildcard_bind_address_is_refused_before_the_run(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "e.json").write_text('{"ensembles": {"a": {"cmd_template": "true"}}}')
+    (tmp_path / "lc.json").write_text('{"bind_address": "0.0.0.0"}')
+    out = subprocess.run([sys.executable, "-m", "ensemble_launcher.cli", "run", "e.json",
+                          "--launcher-config", "lc.json", "--out", "run"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert all(part in out.stderr for part in ("lc.json", "'bind_address'", "'0.0.0.0'"))
+    assert "listens on every interface" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("value, why", [
+    ("::", "listens on every interface"), ("*", "listens on every interface"),
+    ("0:0::0", "listens on every interface"),
+    ("not-an-ip", "neither an IP address nor a network interface of this host"),
+    ("10.255.255.254", "is not an address of this host"),
+    ("127.0.0.1:5555", "neither an IP address nor a network interface"),
+])
+def test_bind_address_must_be_one_address_of_this_host(tmp_path, value, why):
+    from ensemble_launcher.config import LauncherConfig
+    from ensemble_launcher.config.files import load_config_file
+    from ensemble_launcher.errors import ConfigError
+
+    path = tmp_path / "lc.json"
+    path.write_text(f'{{"bind_address": "{value}"}}')
+    start = time.monotonic()
+    with pytest.raises(ConfigError) as err:
+        load_config_file(LauncherConfig, path)
+    assert time.monotonic() - start < 5
+    message = str(err.value)
+    assert all(part in message for part in (str(path), "'bind_address'", repr(value), why))
+    assert "leave it unset" in str(err.value)
+
+
+def test_bind_address_takes_an_address_or_an_interface_of_this_host():
+    from ensemble_launcher.config import LauncherConfig
+
+    for value in ("127.0.0.1", "lo"):
+        assert LauncherConfig(bind_address=value).bind_address == value

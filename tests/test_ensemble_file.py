@@ -266,6 +266,8 @@ def test_iterating_a_stream_twice_gives_the_same_tasks(tmp_path):
 
 
 def test_options_reach_the_tasks(tmp_path):
+    for a in (1, 2):
+        (tmp_path / "runs" / f"a{a}").mkdir(parents=True)
     path = write_json(tmp_path, {"sim": {
         "cmd_template": "echo {a}",
         "a": [1, 2],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -33,8 +34,10 @@ def test_mpi_examples_build_and_run(tmp_path):
 
 
 def test_pipeline_stage_two_runs_after_stage_one(tmp_path):
+    env = {**os.environ,
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     out = subprocess.run([str(REPO / "examples/mpi/pipeline.sh"), str(tmp_path / "runs")],
-                         capture_output=True, text=True, timeout=300, cwd=REPO)
+                         capture_output=True, text=True, timeout=300, cwd=REPO, env=env)
     assert out.returncode == 0, out.stderr
     lines = [line for line in out.stdout.splitlines() if line.startswith("n=")]
     assert [line.split()[0] for line in lines] == [

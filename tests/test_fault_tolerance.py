@@ -5,6 +5,7 @@ Tasks append their id to a file when they finish, so the file proves how often e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -116,20 +117,84 @@ def _journal_count(run_dir: Path) -> int:
         return 0
 
 
-def _el(*args, env=None) -> subprocess.Popen:
+def _el(*args, env=None, own_group: bool = False) -> subprocess.Popen:
+    """``el`` as a subprocess; with ``own_group``, in a process group of its own, as a
+    batch job's processes are, so that the test can signal the whole group."""
     exe = shutil.which("el")
     cmd = [exe] if exe else [sys.executable, "-m", "ensemble_launcher.cli"]
     return subprocess.Popen([*cmd, *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+                            stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=own_group)
+
+
+def _children_of(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (the tree's children of a root)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def _signal_job(root: int, sig: int) -> None:
+    """Signal the process group of ``root`` and those of its children (the tree's
+    children have groups of their own), as a batch system signals a whole job."""
+    children = _children_of(root)
+    os.killpg(root, sig)
+    for child in children:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child, sig)
+
+
+def _gone(pid: int) -> bool:
+    """True once ``pid`` has exited (a zombie counts as gone)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def _wait_until(predicate, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _one_lane(tmp_path: Path, **launcher: object) -> list[str]:
+    """Config options for a run on one core, so that the test knows what is running."""
+    system = tmp_path / "system.json"
+    system.write_text(json.dumps({"name": "one", "cpus": sorted(os.sched_getaffinity(0))[:1]}))
+    config = tmp_path / "launcher.json"
+    config.write_text(json.dumps(launcher))
+    return ["--system-config", str(system), "--launcher-config", str(config)]
+
+
+def _work_ensemble(tmp_path: Path, template: str, n: int) -> Path:
+    """An ensemble file of ``n`` tasks ``work-<i>`` running ``template``."""
+    ens = tmp_path / "e.json"
+    ens.write_text(json.dumps({"ensembles": {"work": {"cmd_template": template,
+                                                      "i": f"range({n})"}}}))
+    return ens
 
 
 def _appending_ensemble(tmp_path: Path, n: int, seconds: float) -> Path:
-    ens = tmp_path / "e.json"
     log = tmp_path / "ran.txt"
-    ens.write_text(json.dumps({"ensembles": {"work": {
-        "cmd_template": f"sh -c 'sleep {seconds}; echo work-{{i}} >> {log}'",
-        "i": f"range({n})"}}}))
-    return ens
+    return _work_ensemble(tmp_path, f"sh -c 'sleep {seconds}; echo work-{{i}} >> {log}'", n)
+
+
+def _localhost_job(tmp_path: Path, **env: str) -> dict[str, str]:
+    """The environment of a one-node batch job on this host (so that nlevels=1 works)."""
+    (tmp_path / "nodes").write_text("localhost\n")
+    return {**os.environ, "PBS_NODEFILE": str(tmp_path / "nodes"), **env}
 
 
 def _wait_for_lines(path: Path, n: int, timeout: float = 60) -> None:
@@ -139,21 +204,29 @@ def _wait_for_lines(path: Path, n: int, timeout: float = 60) -> None:
 
 
 @pytest.mark.parametrize("nlevels", [0, 1])
-def test_sigterm_drains_then_resume_runs_each_task_exactly_once(tmp_path, nlevels):
+@pytest.mark.parametrize("whole_group", [False, True], ids=["root", "whole-group"])
+def test_sigterm_drains_then_resume_runs_each_task_exactly_once(tmp_path, nlevels,
+                                                                whole_group):
+    """SIGTERM to el, or to every process of the job's group, runners and children of the
+    tree included, as Slurm, PBS and `timeout` do at walltime."""
     ens = _appending_ensemble(tmp_path, 40, 0.3)
     cfg = tmp_path / "lc.json"
     cfg.write_text(json.dumps({"shutdown_grace": 20, "nlevels": nlevels}))
-    env = {**os.environ, "PBS_NODEFILE": str(tmp_path / "nodes")}
-    (tmp_path / "nodes").write_text("localhost\n")
-    proc = _el("run", ens, "--out", tmp_path / "run", "--launcher-config", cfg, env=env)
+    env = _localhost_job(tmp_path)
+    proc = _el("run", ens, "--out", tmp_path / "run", "--launcher-config", cfg, env=env,
+               own_group=whole_group)
     _wait_for_lines(tmp_path / "ran.txt", 6)
-    proc.send_signal(signal.SIGTERM)
+    if whole_group:
+        _signal_job(proc.pid, signal.SIGTERM)
+    else:
+        proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "not run" in err and f"el resume {tmp_path / 'run'}" in err
     first = Results(tmp_path / "run").counts()
     assert first["not_run"] > 0 and first["succeeded"] >= 6
-    assert first.get("failed", 0) == 0, "the grace period lets running tasks finish"
+    assert first.get("failed", 0) == 0 and first.get("lost", 0) == 0, \
+        "the grace period lets running tasks finish"
     assert sum(first.values()) < 40, "tasks never handed out get no row"
     assert Results(tmp_path / "run").meta()["interrupted"] is True
 
@@ -217,3 +290,125 @@ def test_tasks_longer_than_the_walltime_left_are_not_started(tmp_path):
     assert r["short"].state == "succeeded" and r["unknown"].state == "succeeded"
     assert (r["long"].state, r["long"].reason) == ("not_run", "walltime")
     assert "exceeds the" in r["long"].exception
+
+
+def test_a_task_killed_by_the_shutdown_signal_is_not_run_and_resume_runs_it(tmp_path):
+    """Slurm signals every process of the job, tasks included: a task that dies of that
+    SIGTERM was interrupted, not failed."""
+    pids, marker, log = tmp_path / "pids", tmp_path / "fast", tmp_path / "ran.txt"
+    ens = _work_ensemble(tmp_path, f"sh -c 'echo $$ >> {pids}; test -e {marker} || sleep 60; "
+                                   f"echo work-{{i}} >> {log}'", 4)
+    proc = _el("run", ens, "--out", tmp_path / "run", *_one_lane(tmp_path), own_group=True)
+    assert _wait_until(lambda: pids.exists() and pids.read_text().strip())
+    task_group = os.getpgid(int(pids.read_text().split()[0]))
+    os.killpg(proc.pid, signal.SIGTERM)
+    os.killpg(task_group, signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    first = Results(tmp_path / "run")
+    assert set(first.counts()) == {"not_run"}, err
+    assert (first["work-0"].state, first["work-0"].reason) == ("not_run", "interrupted")
+    assert "killed by SIGTERM" in first["work-0"].exception
+
+    marker.touch()
+    again = _el("resume", tmp_path / "run")
+    _, err = again.communicate(timeout=120)
+    assert again.returncode == 0, err
+    assert Results(tmp_path / "run").counts() == {"succeeded": 4}
+    assert ran(log) == Counter({f"work-{i}": 1 for i in range(4)})
+
+
+@pytest.mark.parametrize("nlevels", [0, 1])
+def test_a_killed_runner_has_its_command_stopped_and_run_again(tmp_path, nlevels):
+    """A runner's death is the node's fault, not the task's: its command must not go on
+    unmanaged, and the task runs again under node_loss_retries, even with retries=0."""
+    started, marker, log = tmp_path / "started", tmp_path / "once", tmp_path / "ran.txt"
+    ens = _work_ensemble(tmp_path, f"test ! -e {marker} && touch {marker} && echo $PPID $$ "
+                                   f">> {started} && sleep 60; echo work-{{i}} >> {log}", 1)
+    env = _localhost_job(tmp_path)
+    proc = _el("run", ens, "--out", tmp_path / "run",
+               *_one_lane(tmp_path, nlevels=nlevels, retries=0, kill_grace=1), env=env)
+    assert _wait_until(lambda: started.exists() and started.read_text().strip())
+    runner, command = map(int, started.read_text().split())
+    os.kill(runner, signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert _wait_until(lambda: _gone(command)), "the first command went on unmanaged"
+    r = Results(tmp_path / "run")
+    assert (r["work-0"].state, r["work-0"].attempt) == ("succeeded", 2)
+    first = r.attempts("work-0")[0]
+    assert (first.state, first.reason) == ("lost", "worker_lost")
+    assert "killed by signal 9" in first.exception
+    assert ran(log) == Counter({"work-0": 1})
+
+
+def test_losing_the_only_worker_is_an_interrupted_run_that_resume_continues(tmp_path):
+    ens = _appending_ensemble(tmp_path, 20, 0.3)
+    env = _localhost_job(tmp_path)
+    proc = _el("run", ens, "--out", tmp_path / "run", *_one_lane(tmp_path, nlevels=1),
+               env=env)
+    _wait_for_lines(tmp_path / "ran.txt", 2)
+    (worker,) = _children_of(proc.pid)
+    os.kill(worker, signal.SIGKILL)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 4, err
+    assert "every child is gone" in err and f"el resume {tmp_path / 'run'}" in err
+    first = Results(tmp_path / "run")
+    assert first.meta()["interrupted"] is True
+    assert set(first.counts()) <= {"succeeded", "not_run"}, first.counts()
+    assert first.counts()["not_run"] >= 1
+    done_before = {r.task_id for r in first.values() if r.state == "succeeded"}
+
+    again = _el("resume", tmp_path / "run", env=env)
+    _, err = again.communicate(timeout=120)
+    assert again.returncode == 0, err
+    assert Results(tmp_path / "run").counts() == {"succeeded": 20}
+    total = ran(tmp_path / "ran.txt")
+    assert set(total) == {f"work-{i}" for i in range(20)}
+    assert not {tid for tid, n in total.items() if n > 1} & done_before
+
+
+def test_kill_9_of_the_root_stops_the_worker_at_once_and_removes_the_ipc_dir(tmp_path):
+    started = tmp_path / "started"
+    ens = _work_ensemble(tmp_path, f"sh -c 'echo work-{{i}} >> {started}; sleep 0.3'", 200)
+    sockets = tmp_path / "t"
+    sockets.mkdir()
+    env = _localhost_job(tmp_path, TMPDIR=str(sockets))
+    proc = _el("run", ens, "--out", tmp_path / "run",
+               *_one_lane(tmp_path, nlevels=1, heartbeat_interval=10), env=env)
+    _wait_for_lines(started, 3)
+    (worker,) = _children_of(proc.pid)
+    assert list(sockets.glob("el-*"))
+    proc.kill()
+    at_kill = sum(ran(started).values())
+    proc.communicate(timeout=30)
+    assert _wait_until(lambda: _gone(worker)), "the worker outlived its parent"
+    assert sum(ran(started).values()) - at_kill <= 2, "the worker went on starting tasks"
+    assert not list(sockets.glob("el-*")), "the ipc socket directory was left behind"
+
+
+def test_the_kill_grace_reaches_a_program_run_through_the_shell(tmp_path):
+    """At a timeout the whole group gets SIGTERM and kill_grace to exit, even when the
+    group's leader is the /bin/sh that shell syntax needs and dies at once."""
+    script, cleaned = tmp_path / "handler.sh", tmp_path / "cleaned"
+    script.write_text("trap 'sleep 0.5; echo cleaned > \"$1\"; exit 0' TERM\n"
+                      "echo ready > \"$1.ready\"\n"
+                      "while :; do sleep 0.05; done\n")
+    tasks = {"t": Task(task_id="t", executable=f"sh {script} {cleaned}; echo after",
+                       timeout=2)}
+    r = EnsembleLauncher(tasks, out_dir=tmp_path / "run",
+                         launcher_config=LauncherConfig(kill_grace=20)).run()
+    assert r["t"].state == "timed_out"
+    assert (tmp_path / "cleaned.ready").exists(), "the task never started its loop"
+    assert cleaned.read_text() == "cleaned\n", "SIGKILL came before the TERM handler ran"
+
+
+def test_timeouts_longer_than_poll_can_wait_are_kept(tmp_path):
+    """poll() takes at most 2**31 ms (24.8 days); longer timeouts must still just work."""
+    month = 30 * 86400.0
+    tasks = {"cmd": Task(task_id="cmd", executable="sh -c 'echo hi >&2'", timeout=month),
+             "call": Task(task_id="call", executable=append_id,
+                          args=(str(tmp_path / "ran.txt"), "call", 0.0), timeout=1e12)}
+    r = EnsembleLauncher(tasks, out_dir=tmp_path / "run").run()
+    assert r.counts() == {"succeeded": 2}, [(x.task_id, x.exception) for x in r.values()]
+    assert r["cmd"].stderr == "hi\n"

@@ -146,7 +146,7 @@ def test_status_during_a_run_and_after_an_interruption(tmp_path):
     assert data["state"] == "running"
     naps = data["ensembles"][1]
     assert naps["name"] == "naps" and naps["total"] == 12 and naps["running"] >= 2
-    assert naps["done"] + naps["running"] + naps["pending"] == 12
+    assert naps["done"] + naps["running"] + naps["queued"] + naps["pending"] == 12
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)
     assert proc.returncode == 130
@@ -180,3 +180,35 @@ def test_write_report_into_the_run_directory(sleepers):
     paths, lines = write_report(sleepers)
     assert [p.parent for p in paths] == [sleepers / "report"] * 4
     assert lines[0].startswith("tasks: 41")
+
+
+def test_status_during_a_resume_counts_tasks_finished_earlier_as_skipped(tmp_path):
+    release = tmp_path / "release"
+    proc = _start(tmp_path, {"gate": {
+        "cmd_template": f"sh -c 'test {{i}} -lt 2 || while [ ! -e {release} ]; "
+                        "do sleep 0.05; done'", "i": "range(4)"}},
+        {"report_interval": 0.2, "shutdown_grace": 0})
+    _wait_for(lambda: _live(tmp_path / "run", lambda e: e.done == 2 and e.running == 2))
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    exe = shutil.which("el")
+    cmd = [exe] if exe else [sys.executable, "-m", "ensemble_launcher.cli"]
+    resumed = subprocess.Popen([*cmd, "resume", str(tmp_path / "run")],
+                               stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: _live(tmp_path / "run", lambda e: e.running == 2))
+    (gate,) = read_status(tmp_path / "run").ensembles
+    assert (gate.skipped, gate.done, gate.running, gate.pending) == (2, 0, 2, 0)
+    assert "2 skipped (finished earlier), 2 running, 0 pending" in \
+        el("status", tmp_path / "run").stdout
+    release.touch()
+    resumed.communicate(timeout=60)
+    assert resumed.returncode == 0
+
+
+def _live(run_dir: Path, check) -> bool:
+    try:
+        status = read_status(run_dir)
+    except Exception:  # noqa: BLE001 - the journal may not exist yet
+        return False
+    return status.state == "running" and check(status.ensembles[0])

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -215,3 +217,188 @@ def test_a_tree_process_starts_without_importing_pydantic():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          timeout=60, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_masters_listen_on_a_named_interface(tmp_path):
+    """``bind_address`` as an interface name: TCP on that interface's address."""
+    tasks = [Task(task_id=f"c{i}", executable=cube, args=(i,)) for i in range(20)]
+    r = run(tasks, tmp_path, ["localhost"] * 2, nlevels=2, nchildren=2, bind_address="lo",
+            master_logs=True)
+    assert r.counts() == {"succeeded": 20}
+    for name in ("master-main.log", "master-main.m0.log"):
+        log = (tmp_path / "run" / "logs" / name).read_text()
+        assert re.search(r"children connect to tcp://127\.0\.0\.1:\d+", log), log
+
+
+def send_garbage(master_log: str) -> int:
+    """What any process of the user may do, a task included: connect to the master's ipc
+    socket (found in its log) and send frames that are not messages of ours."""
+    import msgpack
+    import zmq
+
+    address = _wait_for_endpoint(Path(master_log))
+    ctx = zmq.Context()
+    sent = 0
+    for identity in (b"intruder", None):
+        sock = ctx.socket(zmq.DEALER)
+        if identity:
+            sock.setsockopt(zmq.IDENTITY, identity)
+        sock.connect(address)
+        for frames in ([b"\xc1"], [b""], [msgpack.packb([2, "x"])], [msgpack.packb([99])],
+                       [msgpack.packb([5, [[1]], []])], [b"two", b"parts"]):
+            sock.send_multipart(frames)
+            sent += 1
+        sock.close(linger=5000)
+    ctx.term()
+    return sent
+
+
+def _wait_for_endpoint(master_log: Path) -> str:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        found = re.search(r"children connect to (ipc://\S+)",
+                          master_log.read_text() if master_log.exists() else "")
+        if found:
+            return found.group(1)
+        time.sleep(0.05)
+    raise TimeoutError(f"no endpoint in {master_log}")
+
+
+def test_garbage_from_a_peer_and_from_a_task_is_dropped_and_the_run_goes_on(tmp_path):
+    master_log = tmp_path / "run" / "logs" / "master-main.log"
+    peer_done = tmp_path / "peer-done"
+    peer = subprocess.Popen(
+        [sys.executable, "-c", f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
+         f"from test_tree import send_garbage; send_garbage({str(master_log)!r}); "
+         f"open({str(peer_done)!r}, 'w').close()"])
+    tasks = [Task(task_id="from-a-task", executable=send_garbage, args=(str(master_log),))]
+    tasks.append(Task(task_id="wait-for-the-peer", timeout=90, executable=[
+        "sh", "-c", f"until [ -e {peer_done} ]; do sleep 0.05; done"]))
+    tasks += [Task(task_id=f"c{i}", executable=cube, args=(i,)) for i in range(50)]
+    try:
+        r = run(tasks, tmp_path, ["localhost"] * 2, nlevels=1, comm_name="zmq",
+                master_logs=True)
+    finally:
+        assert peer.wait(timeout=60) == 0
+    assert r.counts() == {"succeeded": 52}
+    assert r["from-a-task"].value == 12
+    drops = [line for line in master_log.read_text().splitlines()
+             if "dropped a bad frame from" in line]
+    assert len(drops) == 2 * 12
+    assert sum("from b'intruder': not a child of this master" in d for d in drops) == 12
+
+
+def a_tasks_view_of_the_tree(root_pid: int) -> dict:
+    """The environment this task has, and the one that every process from its runner (a
+    callable runs in it) up to the root started with, as any task can read them."""
+    above = []
+    pid = os.getpid()
+    while pid not in (root_pid, 0, 1):
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            entries = f.read().decode(errors="replace").split("\0")
+        above.append(dict(e.split("=", 1) for e in entries if "=" in e))
+        with open(f"/proc/{pid}/stat") as f:
+            pid = int(f.read().rsplit(")", 1)[1].split()[1])
+    return {"own": dict(os.environ), "above": above}
+
+
+@pytest.mark.parametrize("nlevels, comm", [(1, "zmq"), (2, "zmq"), (2, "multiprocessing")])
+def test_tasks_see_no_tree_variable_and_no_key(tmp_path, nlevels, comm, monkeypatch):
+    from ensemble_launcher.comm import CurveKeys
+    from ensemble_launcher.orchestrator.boot import BootDir
+
+    generate, write = CurveKeys.generate, BootDir.write
+    keys, handed = [], {}
+    monkeypatch.setattr(CurveKeys, "generate", lambda: keys.append(generate()) or keys[-1])
+    monkeypatch.setattr(BootDir, "write", lambda self, child, values: (
+        handed.__setitem__(child, set(values)), write(self, child, values))[1])
+    tasks = [Task(task_id=f"view{i}", executable=a_tasks_view_of_the_tree, args=(os.getpid(),))
+             for i in range(8)]
+    tasks += [Task(task_id=f"env{i}", executable="env") for i in range(4)]
+    r = run(tasks, tmp_path, ["localhost"] * 2, nlevels=nlevels, nchildren=2,
+            bind_address="127.0.0.1", comm_name=comm, return_stdout=True)
+    assert r.counts() == {"succeeded": 12}
+    secrets = [k.decode() for key in keys for k in vars(key).values()]
+    assert len(secrets) == (4 if comm == "zmq" else 0)
+
+    def clean(env: dict, allowed: set[str]) -> None:
+        assert {k for k in env if k.startswith("EL_")} <= allowed
+        assert not any(s in f"{k}={v}" for k, v in env.items() for s in secrets)
+
+    for i in range(4):
+        clean(dict(line.split("=", 1) for line in r[f"env{i}"].stdout.splitlines()
+                   if "=" in line), set())
+    for i in range(8):
+        view = r[f"view{i}"].value
+        clean(view["own"], set())
+        assert len(view["above"]) == 1 + nlevels  # runner, worker[, sub-master]
+        for env in view["above"]:
+            clean(env, {"EL_TREE", "EL_BOOT", "EL_CHILD_INDEX"})
+    # What the root handed its children (workers at nlevels=1, sub-masters at 2): each the
+    # keys its role uses.
+    client = {"EL_CURVE_SERVER_PUBLIC", "EL_CURVE_CLIENT_PUBLIC", "EL_CURVE_CLIENT_SECRET"}
+    expected = set() if comm != "zmq" else client if nlevels == 1 else \
+        client | {"EL_CURVE_SERVER_SECRET"}
+    assert {child: {n for n in names if n.startswith("EL_CURVE_")}
+            for child, names in handed.items()} == dict.fromkeys(
+        ["main.w0", "main.w1"] if nlevels == 1 else ["main.m0", "main.m1"], expected)
+    assert not list((tmp_path / "run").glob(".boot-*"))
+
+
+def test_a_worker_drops_garbage_from_its_parent_and_goes_on(tmp_path):
+    """A real worker process under a parent played by the test: frames that are not
+    messages are dropped and logged, and the task that follows runs."""
+    import json
+
+    import msgpack
+    import zmq
+
+    from ensemble_launcher.comm import Bye, Drain, Hello, ParentEndpoint, Results, Tasks
+    from ensemble_launcher.config import SystemConfig
+    from ensemble_launcher.orchestrator.boot import BootDir
+    from ensemble_launcher.orchestrator.wire import FunctionTable, task_to_wire
+
+    ctx = zmq.Context()
+    parent = ParentEndpoint(ctx, "ipc", None)
+    boot = BootDir(tmp_path / ".boot-main")
+    boot.write("main.w0", {
+        "EL_LAUNCHER_CONFIG": LauncherConfig(worker_logs=True).model_dump_json(),
+        "EL_SYSTEM_CONFIG": SystemConfig(ncpus=1).model_dump_json(),
+        "EL_RUN_DIR": str(tmp_path), "EL_PIN": "0", "EL_RETURN_STDOUT": "1",
+        "EL_CHECK_EACH": "0", "EL_SYS_PATH": json.dumps(sys.path), "EL_PARENT": parent.address})
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "ensemble_launcher.orchestrator.child"],
+        env={**os.environ, "EL_BOOT": str(boot.path),
+             "EL_TREE": json.dumps([TreeNode("main.w0", "worker", [HERE]).to_dict()])})
+    got: list = []
+
+    def receive_until(kind):
+        deadline = time.monotonic() + 30
+        while not any(isinstance(m, kind) for m in got) and time.monotonic() < deadline:
+            parent.router.poll(50)
+            got.extend(m for _, m in parent.receive({b"main.w0"}))
+        return [m for m in got if isinstance(m, kind)]
+
+    try:
+        assert receive_until(Hello)
+        assert not (boot.path / "main.w0.json").exists()
+        for frames in ([b"\xc1"], [b""], [msgpack.packb([4, "not a list"])],
+                       [msgpack.packb([4, [["short"]], 1])], [msgpack.packb([77])],
+                       [b"two", b"parts"]):
+            parent.router.send_multipart([b"main.w0", *frames])
+        task = Task(task_id="after-garbage", executable="echo still here")
+        parent.send(b"main.w0", Tasks([task_to_wire(1, task, FunctionTable())]))
+        parent.send(b"main.w0", Drain())
+        assert receive_until(Bye)
+        rows = [row for m in got if isinstance(m, Results) for row in m.rows]
+        assert [(row[0], row[1]) for row in rows] == [(1, "succeeded")]
+        assert worker.wait(timeout=30) == 0
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+        parent.close()
+        boot.close()
+        ctx.term()
+    drops = [line for line in (tmp_path / "logs" / "worker-main.w0.log").read_text()
+             .splitlines() if "dropped a bad frame from the parent" in line]
+    assert len(drops) == 6

@@ -5,7 +5,7 @@
       |  <-- Request(credit)                     |   "I can take this many more tasks"
       |  --> Define(digest, blob)                |   a function, once per child
       |  --> Tasks([task, ...])                  |   at most the credit asked for
-      |  <-- Results([row, ...])                 |   batched by size or a few ms
+      |  <-- Results([row, ...], running)        |   batched by size or a few ms
       |  <-> Heartbeat(time)                     |   when nothing else was sent lately
       |  <-- NodeLost(name, host, keys, why)     |   a sub-master lost one of its children
       |  --> Drain()                             |   no more tasks will come
@@ -16,20 +16,33 @@
       |  <-- Held(key, cpus, gpus)               |   reserved;
       |  --> RunHeld(key, task) / Release(key)   |   run it there (leader) / free it
 
-Every transport moves the same bytes, so ZMQ and pipes behave the same.
+Every transport moves the same bytes, so ZMQ and pipes behave the same. Whatever arrives
+passes one boundary, :class:`Inbox`: a frame that is not a well-formed message of this
+protocol (undecodable, an unknown code, the wrong number or types of fields) is dropped
+and logged there, so no peer, however broken or hostile, can stop the loop that reads it.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
+import typing
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, ClassVar, TypeVar
 
 import msgpack
 
+log = logging.getLogger("ensemble_launcher")
+
+#: Fields of a result row (see ``orchestrator.wire``): the runner's result, host, cpus, gpus.
+RESULT_FIELDS = 15
+
 
 class Message:
     code: ClassVar[int]
+    #: One check per field, built from the annotations when the class is registered.
+    checks: ClassVar[tuple[Callable[[Any], bool], ...]]
     __slots__ = ()
 
     def encode(self) -> bytes:
@@ -50,10 +63,27 @@ def _message(code: int) -> Callable[[M], M]:
             raise ValueError(f"message code {code} used by {_BY_CODE[code].__name__} and "
                              f"{cls.__name__}")
         cls.code = code
+        hints = typing.get_type_hints(cls)
+        cls.checks = tuple(_check_for(hints[f.name]) for f in fields(cls))  # type: ignore[arg-type]
         _BY_CODE[code] = cls
         return cls
 
     return register
+
+
+def _check_for(hint: Any) -> Callable[[Any], bool]:
+    """A predicate for values of the annotation ``hint`` as msgpack returns them."""
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        if item is Any:
+            return lambda value: type(value) is list
+        check_item = _check_for(item)
+        return lambda value: type(value) is list and all(map(check_item, value))
+    if hint is float:
+        return lambda value: type(value) in (float, int)
+    if hint is Any:
+        return lambda value: True
+    return lambda value: type(value) is hint
 
 
 @_message(1)
@@ -82,13 +112,17 @@ class Define(Message):
 @_message(4)
 @dataclass(slots=True)
 class Tasks(Message):
-    tasks: list[Any]
+    tasks: list[list[Any]]
 
 
 @_message(5)
 @dataclass(slots=True)
 class Results(Message):
-    rows: list[Any]
+    """Finished tasks, and what runs now: ``running`` lists ``[ensemble, n]`` for every
+    ensemble the sender's nodes have run tasks of, when that changed (else it is empty)."""
+
+    rows: list[list[Any]]
+    running: list[list[Any]] = dataclasses.field(default_factory=list)
 
 
 @_message(6)
@@ -175,9 +209,58 @@ class ProtocolError(Exception):
 
 
 def decode(data: bytes) -> Message:
+    """The message in ``data``; ProtocolError for anything else, whatever the bytes are."""
     try:
-        code, *values = msgpack.unpackb(data, raw=False, use_list=True)
-        cls = _BY_CODE[code]
-        return cls(*values)
-    except (ValueError, TypeError, KeyError, msgpack.ExtraData) as exc:
-        raise ProtocolError(f"undecodable message ({len(data)} bytes): {exc}") from None
+        obj = msgpack.unpackb(data, raw=False, use_list=True)
+    except Exception as exc:  # noqa: BLE001 - every way bytes can fail to unpack is the same
+        raise ProtocolError(f"undecodable ({len(data)} bytes): {str(exc) or type(exc).__name__}") \
+            from None
+    if type(obj) is not list or not obj or type(obj[0]) is not int:
+        raise ProtocolError(f"not a message ({len(data)} bytes): {_short(obj)}")
+    code, *values = obj
+    cls = _BY_CODE.get(code)
+    if cls is None:
+        raise ProtocolError(f"unknown message code {code} ({len(data)} bytes)")
+    if len(values) != len(cls.checks):
+        raise ProtocolError(f"{cls.__name__} with {len(values)} field(s) instead of "
+                            f"{len(cls.checks)}")
+    for value, check, field in zip(values, cls.checks, fields(cls), strict=True):  # type: ignore[arg-type]
+        if not check(value):
+            raise ProtocolError(f"{cls.__name__}.{field.name} is not {field.type}: "
+                                f"{_short(value)}")
+    if cls is Results and not all(len(row) == RESULT_FIELDS and type(row[0]) is int
+                                  for row in values[0]):
+        raise ProtocolError(f"Results with a row that is not {RESULT_FIELDS} fields led by a "
+                            "task key")
+    return cls(*values)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+class Inbox:
+    """Where frames from the wire become messages. A frame that is not a message of ours is
+    dropped and logged, never raised into the loop that reads it: one bad peer must not stop
+    a master or a worker. Only the first ``LOGGED`` drops are logged, so that a flood cannot
+    fill the disk; ``dropped`` counts them all."""
+
+    LOGGED = 50
+
+    def __init__(self) -> None:
+        self.dropped = 0
+
+    def decode(self, sender: str, data: bytes) -> Message | None:
+        try:
+            return decode(data)
+        except ProtocolError as exc:
+            self.drop(sender, str(exc))
+            return None
+
+    def drop(self, sender: str, why: str) -> None:
+        self.dropped += 1
+        if self.dropped <= self.LOGGED:
+            last = " (further bad frames are dropped without a log line)" \
+                if self.dropped == self.LOGGED else ""
+            log.warning("dropped a bad frame from %s: %s%s", sender, why, last)

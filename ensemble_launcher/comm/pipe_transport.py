@@ -6,14 +6,16 @@ The parent creates the pair before it starts the child and hands the child its e
 inherited file descriptor (``EL_PARENT=fd://N``): nothing listens, so nothing else can
 connect. Both sides write without blocking: what the kernel does not take waits in a
 buffer, flushed on every loop turn (``has_pending`` asks the loop to come back soon).
+A frame that is not a message is dropped and logged (``Inbox``), never raised.
 """
 
 from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Container
 
-from ensemble_launcher.comm.messages import Message, decode
+from ensemble_launcher.comm.messages import Inbox, Message
 
 _HEADER = struct.Struct("!I")
 
@@ -84,6 +86,7 @@ class PipeParentEndpoint:
 
     def __init__(self) -> None:
         self._links: dict[bytes, _Framed] = {}
+        self.inbox = Inbox()
 
     def pair_for(self, child: bytes) -> socket.socket:
         """Make the pair for ``child``; return the end to hand to the child process."""
@@ -105,11 +108,18 @@ class PipeParentEndpoint:
         link.send(message.encode())
         return not link.closed
 
-    def receive(self) -> list[tuple[bytes, Message]]:
+    def receive(self, known: Container[bytes]) -> list[tuple[bytes, Message]]:
+        """What the ``known`` children sent (each pair has one child at its other end)."""
         out: list[tuple[bytes, Message]] = []
         for child, link in self._links.items():
             link.flush()
-            out.extend((child, decode(frame)) for frame in link.receive())
+            frames = link.receive()
+            if child not in known:
+                continue
+            for frame in frames:
+                message = self.inbox.decode(child.decode(), frame)
+                if message is not None:
+                    out.append((child, message))
         return out
 
     def close(self) -> None:
@@ -123,6 +133,7 @@ class PipeChildEndpoint:
     def __init__(self, fd: int) -> None:
         self._link = _Framed(socket.socket(fileno=fd))
         self.socket = self._link.fileno()
+        self.inbox = Inbox()
 
     def send(self, message: Message) -> None:
         self._link.send(message.encode())
@@ -133,7 +144,8 @@ class PipeChildEndpoint:
 
     def receive(self) -> list[Message]:
         self._link.flush()
-        return [decode(frame) for frame in self._link.receive()]
+        messages = [self.inbox.decode("the parent", frame) for frame in self._link.receive()]
+        return [m for m in messages if m is not None]
 
     def close(self, linger: float = 2.0) -> None:
         import time

@@ -5,8 +5,10 @@
 Over TCP the parent listens only on the address it was given (the interface that reaches
 its children, never a wildcard), and every connection is CURVE-encrypted and
 authenticated: the parent's ZAP handler admits only clients holding this run's client
-key, which exists only in the environment of the run's own processes. Over ipc, the
-socket lives in a directory only the user can enter.
+key, which only the run's own tree processes hold (in memory, from a start-up file each
+reads once; never in an environment). Over ipc, the socket lives in a directory only the
+user can enter. Either way a frame is decoded only when it comes from a known child, and
+a bad one is dropped (``Inbox``), never raised.
 
 One thread per process: the ZAP requests are answered from the owner's poll loop
 (``receive()``), not by an authenticator thread.
@@ -20,12 +22,13 @@ import signal
 import tempfile
 import threading
 import time
+from collections.abc import Container
 from dataclasses import dataclass
 
 import zmq
 from zmq.utils import z85
 
-from ensemble_launcher.comm.messages import Message, decode
+from ensemble_launcher.comm.messages import Inbox, Message
 
 log = logging.getLogger("ensemble_launcher")
 
@@ -37,7 +40,7 @@ KEY_ENV = ("EL_CURVE_SERVER_PUBLIC", "EL_CURVE_SERVER_SECRET", "EL_CURVE_CLIENT_
 @dataclass(frozen=True)
 class CurveKeys:
     """One run's keys: masters serve with the server pair, children connect with the client
-    pair. All four travel to children in their environment, never on a command line."""
+    pair. A worker holds only what connecting takes (no ``server_secret``: ``b""``)."""
 
     server_public: bytes
     server_secret: bytes
@@ -49,21 +52,27 @@ class CurveKeys:
         return cls(*zmq.curve_keypair(), *zmq.curve_keypair())
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> CurveKeys | None:
-        env = os.environ if env is None else env  # type: ignore[assignment]
-        values = [env.get(name) for name in KEY_ENV]  # type: ignore[union-attr]
-        if not all(values):
+    def from_env(cls, env: dict[str, str]) -> CurveKeys | None:
+        """The keys in ``env`` (named as in :data:`KEY_ENV`); None without the client's."""
+        values = [env.get(name, "").encode() for name in KEY_ENV]
+        server_public, _, client_public, client_secret = values
+        if not (server_public and client_public and client_secret):
             return None
-        return cls(*(v.encode() for v in values))  # type: ignore[union-attr]
+        return cls(*values)
 
     def to_env(self) -> dict[str, str]:
-        return dict(zip(KEY_ENV, (self.server_public.decode(), self.server_secret.decode(),
-                                  self.client_public.decode(), self.client_secret.decode()),
-                        strict=True))
+        return {name: value.decode() for name, value in zip(
+            KEY_ENV, (self.server_public, self.server_secret, self.client_public,
+                      self.client_secret), strict=True) if value}
+
+    def for_client(self) -> CurveKeys:
+        """What a child that only connects (a worker) needs: no server secret."""
+        return CurveKeys(self.server_public, b"", self.client_public, self.client_secret)
 
 
 class ParentEndpoint:
-    """Where a master's children connect. ``bind`` is ``tcp://<ip>`` or ``ipc``."""
+    """Where a master's children connect. ``bind`` is ``ipc`` or ``tcp://<where>`` (an IP
+    address, ``[v6 address]``, or an interface name: see ``comm.addresses.tcp_bind``)."""
 
     def __init__(self, ctx: zmq.Context, bind: str, keys: CurveKeys | None) -> None:
         self._ctx = ctx
@@ -72,17 +81,19 @@ class ParentEndpoint:
         self.router.setsockopt(zmq.LINGER, 0)
         self._zap: zmq.Socket | None = None
         self._ipc_dir: str | None = None
+        self.inbox = Inbox()
         if bind.startswith("tcp://"):
-            if keys is None:
-                raise ValueError("a TCP endpoint needs CURVE keys")
+            if keys is None or not keys.server_secret:
+                raise ValueError("a TCP endpoint needs the run's CURVE server keys")
             self._allowed = z85.decode(keys.client_public)
             self._zap = ctx.socket(zmq.REP)
             self._zap.bind(ZAP_ENDPOINT)
             self.router.setsockopt(zmq.CURVE_SERVER, 1)
             self.router.setsockopt(zmq.CURVE_SECRETKEY, keys.server_secret)
             self.router.setsockopt(zmq.ZAP_DOMAIN, b"ensemble_launcher")
-            port = self.router.bind_to_random_port(bind)
-            self.address = f"{bind}:{port}"
+            self.router.setsockopt(zmq.IPV6, int(bind.startswith("tcp://[")))
+            self.router.bind(f"{bind}:*")
+            self.address = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         else:
             self._ipc_dir = tempfile.mkdtemp(prefix="el-")
             self.address = f"ipc://{self._ipc_dir}/parent"
@@ -101,17 +112,27 @@ class ParentEndpoint:
             raise
         return True
 
-    def receive(self) -> list[tuple[bytes, Message]]:
-        """Everything that has arrived, without blocking; ZAP requests answered on the way."""
+    def receive(self, known: Container[bytes]) -> list[tuple[bytes, Message]]:
+        """Everything that has arrived from the ``known`` children, without blocking; ZAP
+        requests answered on the way. Frames from anyone else are dropped before they are
+        decoded, and frames that are not messages are dropped (logged by the inbox)."""
         if self._zap is not None:
             self._answer_zap()
         out: list[tuple[bytes, Message]] = []
         while True:
             try:
-                child, data = self.router.recv_multipart(zmq.NOBLOCK)
+                frames = self.router.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return out
-            out.append((child, decode(data)))
+            identity = frames[0]
+            if identity not in known:
+                self.inbox.drop(repr(identity), "not a child of this master")
+            elif len(frames) != 2:
+                self.inbox.drop(identity.decode(), f"{len(frames) - 1} parts instead of 1")
+            else:
+                message = self.inbox.decode(identity.decode(), frames[1])
+                if message is not None:
+                    out.append((identity, message))
 
     def _answer_zap(self) -> None:
         assert self._zap is not None
@@ -144,6 +165,8 @@ class ChildEndpoint:
         self.socket = ctx.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.IDENTITY, name.encode())
         self.socket.setsockopt(zmq.LINGER, 2000)
+        self.socket.setsockopt(zmq.IPV6, int(address.startswith("tcp://[")))
+        self.inbox = Inbox()
         if address.startswith("tcp://"):
             if keys is None:
                 raise ValueError("a TCP connection needs CURVE keys")
@@ -156,13 +179,19 @@ class ChildEndpoint:
         self.socket.send(message.encode())
 
     def receive(self) -> list[Message]:
+        """Everything that has arrived from the parent; bad frames are dropped and logged."""
         out: list[Message] = []
         while True:
             try:
-                data = self.socket.recv(zmq.NOBLOCK)
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return out
-            out.append(decode(data))
+            if len(frames) != 1:
+                self.inbox.drop("the parent", f"{len(frames)} parts instead of 1")
+                continue
+            message = self.inbox.decode("the parent", frames[0])
+            if message is not None:
+                out.append(message)
 
     def close(self, linger: float = 2.0) -> None:
         self.socket.close(linger=int(linger * 1000))

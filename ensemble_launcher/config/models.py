@@ -2,11 +2,24 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+import types
+import typing
+from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from ensemble_launcher.values import MAX_IDS, BadValue, cpu_ids, gpu_ids, is_env_name
 
 
 def _usable_cpu_count() -> int:
@@ -25,8 +38,37 @@ def _usable_cpu_ids(n: int) -> list[int]:
     return ids[:n] if n <= len(ids) else list(range(n))
 
 
+class FieldConflict(ValueError):
+    """A value that disagrees with another field: raised by a model validator, which
+    pydantic reports without a key, so the key travels with the error."""
+
+    def __init__(self, key: str, value: Any, reason: str) -> None:
+        self.key, self.value, self.reason = key, value, reason
+        super().__init__(reason)
+
+
+def _is_number_field(annotation: Any) -> bool:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        members = typing.get_args(annotation)
+    else:
+        members = (annotation,)
+    return bool not in members and any(m in (int, float) for m in members)
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    """Unknown keys, NaN and infinity are refused (every comparison with NaN is false, so
+    a NaN would pass every bound), and so are true/false for numbers."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False,
+                              allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, bool) and info.field_name is not None \
+                and _is_number_field(cls.model_fields[info.field_name].annotation):
+            raise ValueError("must be a number, not true or false")
+        return value
 
 
 class SystemConfig(_Strict):
@@ -38,41 +80,50 @@ class SystemConfig(_Strict):
     """
 
     name: str = "local"
-    ncpus: int = Field(default_factory=_usable_cpu_count, ge=1)
-    ngpus: int = Field(default=0, ge=0)
+    ncpus: int = Field(default_factory=_usable_cpu_count, ge=1, le=MAX_IDS)
+    ngpus: int = Field(default=0, ge=0, le=MAX_IDS)
     cpus: list[int] = Field(default_factory=list)
     gpus: list[str | int] = Field(default_factory=list)
 
-    @field_validator("cpus")
+    @field_validator("cpus", mode="before")
     @classmethod
-    def _cpus_unique(cls, cpus: list[int]) -> list[int]:
-        if len(set(cpus)) != len(cpus):
-            raise ValueError(f"cpu ids must be unique, got {cpus}")
-        if any(c < 0 for c in cpus):
-            raise ValueError(f"cpu ids must be >= 0, got {cpus}")
-        return cpus
+    def _cpu_ids(cls, cpus: Any) -> list[int]:
+        """Distinct whole numbers >= 0, the checks a task's cpu_affinity gets."""
+        return _ids(cpu_ids, "cpus", cpus)
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _gpu_ids(cls, gpus: Any) -> list[str]:
+        """Ids as strings; checked here so that a bad one gets one message, not one per
+        member of the ``str | int`` union."""
+        return _ids(gpu_ids, "gpus", gpus)
 
     @model_validator(mode="after")
     def _fill_ids(self) -> SystemConfig:
         fields_set = self.model_fields_set
         if self.cpus:
             if "ncpus" in fields_set and self.ncpus != len(self.cpus):
-                raise ValueError(
-                    f"ncpus={self.ncpus} disagrees with the {len(self.cpus)} ids in cpus"
-                )
+                raise FieldConflict("ncpus", self.ncpus,
+                                    f"disagrees with the {len(self.cpus)} ids in cpus")
             object.__setattr__(self, "ncpus", len(self.cpus))
         else:
             object.__setattr__(self, "cpus", _usable_cpu_ids(self.ncpus))
         if self.gpus:
             if "ngpus" in fields_set and self.ngpus != len(self.gpus):
-                raise ValueError(
-                    f"ngpus={self.ngpus} disagrees with the {len(self.gpus)} ids in gpus"
-                )
+                raise FieldConflict("ngpus", self.ngpus,
+                                    f"disagrees with the {len(self.gpus)} ids in gpus")
             object.__setattr__(self, "ngpus", len(self.gpus))
             object.__setattr__(self, "gpus", [str(g) for g in self.gpus])
         else:
             object.__setattr__(self, "gpus", [str(g) for g in range(self.ngpus)])
         return self
+
+
+def _ids(check: Callable[[str, Any], list], key: str, value: Any) -> list:
+    try:
+        return check(key, value)
+    except BadValue as exc:
+        raise ValueError(exc.reason) from None
 
 
 ExecutorName = Literal["multiprocessing", "mpi", "dragon", "simulate"]
@@ -146,15 +197,31 @@ class LauncherConfig(_Strict):
                                    "left (default: asked of Slurm or PBS); tasks whose "
                                    "estimated_runtime does not fit are not started")
     bind_address: str | None = Field(
-        default=None, description="the IP address masters listen on (default: the address "
+        default=None, description="where masters listen: an IP address of this host, or the "
+        "name of a network interface (e.g. ib0), never a wildcard (default: the address "
         "that routes to their children)")
+
+    @field_validator("bind_address")
+    @classmethod
+    def _bind_address_is_one_interface(cls, value: str | None) -> str | None:
+        from ensemble_launcher.comm.addresses import check_bind_address
+
+        return None if value is None else check_bind_address(value)
 
     @field_validator("gpu_selector")
     @classmethod
     def _selector_is_env_name(cls, value: str) -> str:
-        if not value or not all(ch.isalnum() or ch == "_" for ch in value):
-            raise ValueError(f"gpu_selector must be an environment variable name, got {value!r}")
+        if not is_env_name(value):
+            raise ValueError("gpu_selector must be an environment variable name (letters, "
+                             "digits and _, not starting with a digit)")
         return value
+
+    @field_validator("child_launcher_args", "mpi_args")
+    @classmethod
+    def _no_nul_in_arguments(cls, args: list[str]) -> list[str]:
+        if any("\0" in a for a in args):
+            raise ValueError("an argument must not contain a NUL character")
+        return args
 
 
 def auto_nlevels(nnodes: int) -> int:
@@ -168,8 +235,13 @@ def auto_nlevels(nnodes: int) -> int:
     return 3
 
 
+_run_dirs_made = itertools.count(1)
+
+
 def default_run_dir(label: str = "run") -> Path:
+    """``el-runs/<label>-<date>-<time>.<ms>-<pid>-<n>``: unique for every call, also for
+    several launchers made in one second by one process (n counts them)."""
     from datetime import datetime
 
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return Path("el-runs") / f"{label}-{stamp}-{os.getpid()}"
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S.%f")[:-3]
+    return Path("el-runs") / f"{label}-{stamp}-{os.getpid()}-{next(_run_dirs_made)}"

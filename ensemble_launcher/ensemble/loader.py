@@ -14,10 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from ensemble_launcher.config.files import read_structured_file
+from ensemble_launcher.ensemble import preflight
+from ensemble_launcher.ensemble.params import MAX_VALUES, approximately
 from ensemble_launcher.ensemble.programs import direct_program, resolve_program
 from ensemble_launcher.ensemble.spec import EnsembleSpec
 from ensemble_launcher.ensemble.task import Task
-from ensemble_launcher.errors import ConfigError, EnsembleFileError
+from ensemble_launcher.errors import ConfigError, EnsembleFileError, _short
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,19 +110,41 @@ def _from_definition(data: Any, source: str | None) -> TaskStream:
     if not isinstance(data, Mapping):
         raise EnsembleFileError("the top level must be a mapping with an 'ensembles' key",
                                 file=source)
-    extra = sorted(set(data) - {"ensembles"})
+    extra = sorted(set(data) - {"ensembles"}, key=str)
     if extra:
         raise EnsembleFileError("unknown top-level key; the only top-level key is 'ensembles'",
-                                file=source, key=extra[0], value=data[extra[0]], has_value=True)
+                                file=source, key=str(extra[0]), value=data[extra[0]],
+                                has_value=True)
     ensembles = data.get("ensembles")
     if not isinstance(ensembles, Mapping) or not ensembles:
         raise EnsembleFileError("'ensembles' must be a non-empty mapping of name -> ensemble",
                                 file=source, key="ensembles", value=ensembles, has_value=True)
     parts: list[tuple[str, Iterable[Task], int | None]] = []
     for name, definition in ensembles.items():
-        spec = EnsembleSpec(str(name), definition, source)
+        spec = EnsembleSpec(_ensemble_name(name, ensembles, source), definition, source)
         parts.append((spec.name, spec, len(spec)))
+    total = sum(size or 0 for _, _, size in parts)
+    if total > MAX_VALUES:
+        raise EnsembleFileError(f"the ensembles make {approximately(total)} tasks in all; a "
+                                f"run can have at most {MAX_VALUES}", file=source)
     return TaskStream(parts, source)
+
+
+def _ensemble_name(name: Any, ensembles: Mapping[Any, Any], source: str | None) -> str:
+    """``name`` as the text that starts its task ids. YAML reads ``1:`` as a number, which
+    we take as the name "1"; but then no other ensemble may be named "1" (``'1':``), as
+    both would make the task ids 1-0, 1-1, ..."""
+    if isinstance(name, str):
+        return name
+    if not isinstance(name, int) or isinstance(name, bool):
+        raise EnsembleFileError(f"an ensemble name must be a string; quote it, as in "
+                                f"'{name}':", file=source, ensemble=str(name))
+    if str(name) in ensembles:
+        raise EnsembleFileError(f"two ensembles are named {str(name)!r}: the number {name} and "
+                                f"the string {str(name)!r}; both would make the task ids "
+                                f"{name}-0, {name}-1, ...; rename one", file=source,
+                                ensemble=str(name))
+    return str(name)
 
 
 def _from_task_dict(tasks: Mapping[Any, Any]) -> TaskStream:
@@ -132,6 +156,12 @@ def _from_task_dict(tasks: Mapping[Any, Any]) -> TaskStream:
         if key != task.task_id:
             raise ConfigError(f"ensemble dict key {key!r} differs from its Task's task_id "
                               f"{task.task_id!r}")
+    found = preflight.first_problem(tasks.values())
+    if found is not None:
+        task, problem = found
+        raise ConfigError(f"task {task.task_id!r}: {problem.key}: {problem.text}, so it could "
+                          "not start")
+    for task in tasks.values():
         if not task.is_callable:
             _check_program(task, checked)
     return TaskStream([("tasks", tasks.values(), len(tasks))])
@@ -144,7 +174,7 @@ def _check_program(task: Task, checked: set[tuple[str, str | None]]) -> None:
     if resolve_program(program, task.run_dir) is None:
         raise ConfigError(f"task {task.task_id!r}: executable {program!r} not found (looked in "
                           f"PATH{' and ' + task.run_dir if task.run_dir else ''}); "
-                          f"command: {task.executable!r}")
+                          f"command: {_short(task.executable)}")
     checked.add((program, task.run_dir))
 
 

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ensemble_launcher.errors import ConfigError
+from ensemble_launcher.errors import ConfigError, _short
+from ensemble_launcher.values import (
+    BadValue,
+    check_environment,
+    cpu_ids,
+    gpu_ids,
+    gpus_per_process,
+    path_option,
+    seconds,
+    whole_number,
+)
 
 
 @dataclass(slots=True, eq=False)
@@ -44,37 +55,48 @@ class Task:
 
     def __post_init__(self) -> None:
         if not isinstance(self.task_id, str) or not self.task_id:
-            raise ConfigError(f"Task task_id must be a non-empty string, got {self.task_id!r}")
+            raise ConfigError("Task task_id must be a non-empty string, got "
+                              f"{_short(self.task_id)}")
         if self.executable is None:
             raise ConfigError(f"Task {self.task_id!r}: executable is required")
         if not isinstance(self.args, tuple):
             self.args = tuple(self.args)
-        if isinstance(self.cpu_affinity, str):
-            self.cpu_affinity = parse_id_list(self.cpu_affinity, int)
-        if isinstance(self.gpu_affinity, str):
-            self.gpu_affinity = parse_id_list(self.gpu_affinity, str)
-        elif self.gpu_affinity:
-            self.gpu_affinity = [str(g) for g in self.gpu_affinity]
-        for name in ("nnodes", "ppn"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ConfigError(f"Task {self.task_id!r}: {name} must be an integer >= 1, "
-                                  f"got {value!r}")
-        ngpus = self.ngpus_per_process
-        if isinstance(ngpus, float) and ngpus.is_integer():
-            self.ngpus_per_process = ngpus = int(ngpus)
-        if not isinstance(ngpus, int) or ngpus < 0:
-            raise ConfigError(
-                f"Task {self.task_id!r}: ngpus_per_process must be a whole number >= 0, got "
-                f"{ngpus!r}; to share a GPU between processes, list its id several times in "
-                "SystemConfig.gpus"
-            )
-        if self.retries is not None and (not isinstance(self.retries, int) or self.retries < 0):
-            raise ConfigError(f"Task {self.task_id!r}: retries must be a whole number >= 0, "
-                              f"got {self.retries!r}")
-        if self.timeout is not None and not self.timeout > 0:
-            raise ConfigError(f"Task {self.task_id!r}: timeout must be > 0 seconds, "
-                              f"got {self.timeout!r}")
+        try:
+            self._check_values()
+        except BadValue as exc:
+            raise ConfigError(f"Task {_short(self.task_id)}: {exc}") from None
+
+    def _check_values(self) -> None:
+        """Normalize and check every option. A sweep builds one Task per task, so values of
+        the exact expected type take a short path and only the rest go through the full
+        checks."""
+        if type(self.nnodes) is not int or self.nnodes < 1:
+            self.nnodes = whole_number("nnodes", self.nnodes, 1)
+        if type(self.ppn) is not int or self.ppn < 1:
+            self.ppn = whole_number("ppn", self.ppn, 1)
+        if type(self.ngpus_per_process) is not int or self.ngpus_per_process < 0:
+            self.ngpus_per_process = gpus_per_process("ngpus_per_process",
+                                                      self.ngpus_per_process)
+        if self.retries is not None:
+            self.retries = whole_number("retries", self.retries, 0)
+        if self.timeout is not None and not (type(self.timeout) is float
+                                             and 0 < self.timeout < math.inf):
+            self.timeout = seconds("timeout", self.timeout)
+        if not (type(self.estimated_runtime) is float and 0 <= self.estimated_runtime < math.inf):
+            self.estimated_runtime = seconds("estimated_runtime", self.estimated_runtime,
+                                             allow_zero=True)
+        if self.cpu_affinity or type(self.cpu_affinity) is not list:
+            self.cpu_affinity = [] if self.cpu_affinity is None \
+                else cpu_ids("cpu_affinity", self.cpu_affinity)
+        if self.gpu_affinity or type(self.gpu_affinity) is not list:
+            self.gpu_affinity = [] if self.gpu_affinity is None \
+                else gpu_ids("gpu_affinity", self.gpu_affinity)
+        for key in ("run_dir", "stdout_file", "stderr_file"):
+            value = getattr(self, key)
+            if value is not None and (type(value) is not str or not value or "\0" in value):
+                path_option(key, value)
+        if self.env:
+            check_environment(self.env)
 
     @property
     def is_callable(self) -> bool:
@@ -104,15 +126,12 @@ class _TrustedTask(Task):
 trusted_task = _TrustedTask
 
 
-def parse_id_list(text: str, kind: type) -> list:
-    """``"0,1,4-7"`` -> ids; ranges only for integer ids."""
-    ids: list = []
-    for part in text.replace(" ", "").split(","):
-        if not part:
-            continue
-        if kind is int and "-" in part:
-            lo, hi = part.split("-", 1)
-            ids.extend(range(int(lo), int(hi) + 1))
-        else:
-            ids.append(kind(part))
-    return ids
+@dataclass(frozen=True, slots=True)
+class UnbuildableTask:
+    """A task of a lazy ensemble that could not be built when its turn came (checks before
+    the run cover each value, not every combination of values). The run records it as
+    failed, with ``reason``, and goes on; it never starts."""
+
+    task_id: str
+    ensemble: str | None
+    reason: str

@@ -3,18 +3,21 @@
 See :func:`~ensemble_launcher.ensemble.programs.command_argv` for when a shell is used.
 Every task gets its
 own session, so a timeout can stop the whole process group, MPI launchers included:
-SIGTERM, then ``kill_grace`` seconds, then SIGKILL.
+SIGTERM to the group, then up to ``kill_grace`` seconds for every process of the group to
+exit, then SIGKILL. The grace is measured on the group, not its leader: a ``/bin/sh -c``
+leader dies of SIGTERM at once while the program it runs may still be in its handler.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import selectors
 import signal
 import subprocess
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import IO
 
@@ -22,6 +25,17 @@ from ensemble_launcher.ensemble.programs import command_argv
 
 #: Process groups of the commands running in this process, for stop_all_groups().
 ACTIVE_GROUPS: set[int] = set()
+
+#: The longest single wait asked of poll()/select(): waits are computed again from their
+#: deadline, so a longer timeout only waits in steps (poll() takes at most 2**31 ms).
+MAX_WAIT_SECONDS = 3600.0
+
+
+def poll_ms(timeout: float | None) -> int:
+    """``timeout`` seconds (None: no limit) as the milliseconds of one zmq/select poll,
+    at most MAX_WAIT_SECONDS: the caller's loop waits again for the rest."""
+    seconds = MAX_WAIT_SECONDS if timeout is None else min(timeout, MAX_WAIT_SECONDS)
+    return math.ceil(max(0.0, seconds) * 1000)
 
 
 @dataclass(slots=True)
@@ -44,7 +58,11 @@ def run_command(
     stderr_file: str | None,
     tail_bytes: int,
     kill_grace: float,
+    announce: Callable[[int], None] | None = None,
 ) -> Completed:
+    """Run ``command`` to its end or its timeout. ``announce`` is told the command's
+    process group once it started, and 0 once it ended, so that another process can stop
+    the group if we die."""
     argv = command_argv(command)
     opened: list[IO[bytes]] = []
     try:
@@ -60,14 +78,20 @@ def run_command(
     except OSError as exc:
         name = exc.filename if exc.filename else argv[0]
         return Completed(None, None, "", False, f"{name}: {exc.strerror or exc}")
+    except (ValueError, TypeError) as exc:
+        return Completed(None, None, "", False, f"{argv[0]}: cannot be started: {exc}")
     finally:
         for f in opened:
             f.close()
     ACTIVE_GROUPS.add(proc.pid)
+    if announce is not None:
+        announce(proc.pid)
     try:
         out, err, timed_out = _drain(proc, timeout, tail_bytes, kill_grace)
     finally:
         ACTIVE_GROUPS.discard(proc.pid)
+        if announce is not None:
+            announce(0)
     if stderr_file:
         err = _file_tail(stderr_file, cwd, tail_bytes)
     return Completed(proc.returncode, out, err, timed_out)
@@ -103,32 +127,39 @@ def _drain(proc: subprocess.Popen, timeout: float | None, tail_bytes: int,
     err = bytearray()
     pipes = [p for p in (proc.stdout, proc.stderr) if p is not None]
     timed_out = False
-    if pipes:
-        with selectors.PollSelector() as sel:
-            for pipe in pipes:
-                sel.register(pipe.fileno(), selectors.EVENT_READ, pipe)
-            while sel.get_map():
-                wait = None if deadline is None else deadline - time.monotonic()
-                if wait is not None and wait <= 0:
-                    timed_out = True
-                    break
-                for key, _ in sel.select(wait):
-                    data = os.read(key.fd, 65536)
-                    if not data:
-                        sel.unregister(key.fd)
-                    elif key.data is proc.stdout:
-                        out_chunks.append(data)
-                    else:
-                        err += data
-                        if len(err) > 2 * tail_bytes:
-                            del err[:-tail_bytes]
-    if not timed_out:
-        try:
-            proc.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            timed_out = True
-    if timed_out:
-        terminate_group(proc, kill_grace)
+    with selectors.PollSelector() as sel:
+        for pipe in pipes:
+            sel.register(pipe.fileno(), selectors.EVENT_READ, pipe)
+
+        def read(wait: float | None) -> bool:
+            """Read what the pipes have within ``wait`` seconds; False once all closed."""
+            for key, _ in sel.select(wait):
+                data = os.read(key.fd, 65536)
+                if not data:
+                    sel.unregister(key.fd)
+                elif key.data is proc.stdout:
+                    out_chunks.append(data)
+                else:
+                    err.extend(data)
+                    if len(err) > 2 * tail_bytes:
+                        del err[:-tail_bytes]
+            return bool(sel.get_map())
+
+        while sel.get_map():
+            wait = None if deadline is None else deadline - time.monotonic()
+            if wait is not None and wait <= 0:
+                timed_out = True
+                break
+            read(min(wait, MAX_WAIT_SECONDS) if wait is not None else MAX_WAIT_SECONDS)
+        if not timed_out:
+            try:
+                proc.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                timed_out = True
+        if timed_out:
+            terminate_group(proc, kill_grace)
+            while sel.get_map() and read(0):
+                pass
     for pipe in pipes:
         pipe.close()
     stdout = b"".join(out_chunks).decode(errors="replace") if proc.stdout is not None else None
@@ -137,41 +168,54 @@ def _drain(proc: subprocess.Popen, timeout: float | None, tail_bytes: int,
 
 
 def terminate_group(proc: subprocess.Popen, grace: float) -> None:
-    """SIGTERM the task's process group, wait ``grace`` seconds, then SIGKILL it."""
-    _signal_group(proc.pid, signal.SIGTERM)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(grace)
-    _signal_group(proc.pid, signal.SIGKILL)
+    """Stop the task's process group (see stop_groups) and reap its leader."""
+    stop_groups([proc.pid], grace, reap=proc.poll)
     proc.wait()
 
 
-def _signal_group(pgid: int, sig: int) -> None:
+def signal_group(pgid: int, sig: int) -> None:
+    """Send ``sig`` to a process group that may be gone already."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
 
 
+def stop_groups(pgids: Sequence[int], grace: float,
+                reap: Callable[[], object] | None = None) -> None:
+    """SIGTERM each process group, give every process in them up to ``grace`` seconds in
+    all to exit, then SIGKILL what is left. ``reap`` collects exited leaders that are our
+    own children (an unreaped leader keeps its group alive)."""
+    for pgid in pgids:
+        signal_group(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    alive = list(pgids)
+    while True:
+        if reap is not None:
+            reap()
+        alive = [g for g in alive if group_alive(g)]
+        if not alive or time.monotonic() >= deadline:
+            break
+        time.sleep(0.02)
+    for pgid in alive:
+        signal_group(pgid, signal.SIGKILL)
+
+
 def stop_all_groups(grace: float) -> None:
     """Stop every running command's process group (SIGTERM, grace, SIGKILL)."""
-    groups = list(ACTIVE_GROUPS)
-    for pgid in groups:
-        _signal_group(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while groups and time.monotonic() < deadline:
-        groups = [g for g in groups if _group_alive(g)]
-        time.sleep(0.02)
-    for pgid in groups:
-        _signal_group(pgid, signal.SIGKILL)
+    stop_groups(list(ACTIVE_GROUPS), grace, reap=_reap_children)
 
 
-def _group_alive(pgid: int) -> bool:
+def _reap_children() -> None:
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0]:
+            pass
+
+
+def group_alive(pgid: int) -> bool:
+    """Whether any process of the group is left (an unreaped zombie counts)."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    try:
-        pid, _ = os.waitpid(pgid, os.WNOHANG)
-    except ChildProcessError:
-        return True
-    return pid == 0
+        pass
+    return True

@@ -4,17 +4,20 @@
     orchestrator <--wait(): results / dead lanes-- runner pipes + process sentinels
 
 Pipes and process sentinels are waited on together, so a runner that dies is seen at
-once. A function is serialized once per run (cloudpickle, keyed by digest) and sent to a
-runner the first time that runner needs it.
+once. Each runner publishes the process group of the command it runs in shared memory, so
+that the command of a runner that died is stopped, not left running unmanaged. A function
+is serialized once per run (cloudpickle, keyed by digest) and sent to a runner the first
+time that runner needs it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import math
 import multiprocessing
+import os
 import pickle
+import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -25,7 +28,21 @@ import zmq
 
 from ensemble_launcher.ensemble import Task
 from ensemble_launcher.errors import ExecutorError, LauncherClosedError
-from ensemble_launcher.executors.runner import CALL, DEFINE, RUN, STOP, runner_main
+from ensemble_launcher.executors.command import (
+    MAX_WAIT_SECONDS,
+    group_alive,
+    poll_ms,
+    signal_group,
+    stop_groups,
+)
+from ensemble_launcher.executors.runner import (
+    CALL,
+    CANCEL_SIGNAL,
+    DEFINE,
+    RUN,
+    STOP,
+    runner_main,
+)
 
 
 @dataclass(slots=True)
@@ -35,12 +52,37 @@ class _Lane:
     conn: Connection | None = None
     pending: list = field(default_factory=list)
     known: set = field(default_factory=set)
+    group: Any = None
+
+    @property
+    def running_group(self) -> int:
+        """The process group of the command the runner runs now, 0 when none."""
+        return self.group.value if self.group is not None else 0
+
+
+@dataclass(slots=True)
+class DeadLane:
+    """A runner that died. ``stopped_command``: it was running a command, which we
+    stopped (it would otherwise go on unmanaged)."""
+
+    lane: int
+    exitcode: int | None
+    stopped_command: bool
+
+
+@dataclass(slots=True)
+class _Orphan:
+    """The process group of a dead runner's command: SIGTERM was sent, SIGKILL is due at
+    ``kill_at`` (monotonic) if any of it is left."""
+
+    pgid: int
+    kill_at: float
 
 
 @dataclass(slots=True)
 class PoolEvents:
     results: list[tuple] = field(default_factory=list)
-    dead_lanes: list[tuple[int, int | None]] = field(default_factory=list)
+    dead_lanes: list[DeadLane] = field(default_factory=list)
 
 
 class WarmPool:
@@ -56,6 +98,7 @@ class WarmPool:
         self._waitables: dict[int, tuple[int, bool]] = {}
         self._poller: zmq.Poller | None = None
         self._polled_extra: tuple = ()
+        self._orphans: list[_Orphan] = []
         self._closed = False
 
     def __enter__(self) -> WarmPool:
@@ -74,8 +117,10 @@ class WarmPool:
     def _spawn(self, index: int) -> None:
         lane = self._lanes[index]
         parent, child = self._ctx.Pipe(duplex=True)
+        lane.group = self._ctx.RawValue("i", 0)
         proc = self._ctx.Process(target=runner_main, name=f"el-runner-{index}", daemon=True,
-                                 args=(child, lane.cpu, self._tail_bytes, self._kill_grace))
+                                 args=(child, lane.cpu, self._tail_bytes, self._kill_grace,
+                                       lane.group))
         try:
             proc.start()
         except OSError as exc:
@@ -137,6 +182,7 @@ class WarmPool:
     def wait(self, timeout: float | None, extra: tuple[zmq.Socket, ...] = ()) -> PoolEvents:
         """Wait for runner results, runner deaths, or input on the ``extra`` sockets (the
         caller reads those itself)."""
+        self._sweep_orphans()
         if self._poller is None or extra != self._polled_extra:
             self._poller = zmq.Poller()
             for fd in self._waitables:
@@ -144,8 +190,7 @@ class WarmPool:
             for sock in extra:
                 self._poller.register(sock, zmq.POLLIN)
             self._polled_extra = extra
-        ready = [obj for obj, _ in
-                 self._poller.poll(None if timeout is None else math.ceil(timeout * 1000))]
+        ready = [obj for obj, _ in self._poller.poll(poll_ms(timeout))]
         events = PoolEvents()
         for obj in ready:
             lane = self._waitables.get(obj) if isinstance(obj, int) else None
@@ -154,7 +199,7 @@ class WarmPool:
         for obj in ready:
             lane = self._waitables.get(obj) if isinstance(obj, int) else None
             if lane is not None and lane[1]:
-                events.dead_lanes.append((lane[0], self._reap(lane[0])))
+                events.dead_lanes.append(self._reap(lane[0]))
         return events
 
     @staticmethod
@@ -165,7 +210,7 @@ class WarmPool:
         except (EOFError, OSError):
             pass  # the runner is gone; its sentinel reports it
 
-    def _reap(self, index: int) -> int | None:
+    def _reap(self, index: int) -> DeadLane:
         lane = self._lanes[index]
         lane.process.join(0.5)
         self._waitables.pop(lane.conn.fileno(), None)  # type: ignore[union-attr]
@@ -173,7 +218,26 @@ class WarmPool:
         self._poller = None
         lane.conn.close()  # type: ignore[union-attr]
         lane.pending = []
-        return lane.process.exitcode
+        return DeadLane(index, lane.process.exitcode, self._stop_orphan(lane))
+
+    def _stop_orphan(self, lane: _Lane) -> bool:
+        """Start stopping the command a dead runner left running (SIGTERM now, SIGKILL
+        after kill_grace, without blocking the loop); True if there was one."""
+        pgid = lane.running_group
+        if not pgid:
+            return False
+        lane.group.value = 0
+        signal_group(pgid, signal.SIGTERM)
+        self._orphans.append(_Orphan(pgid, time.monotonic() + self._kill_grace))
+        return True
+
+    def _sweep_orphans(self) -> None:
+        if self._orphans:
+            now = time.monotonic()
+            for orphan in [o for o in self._orphans if o.kill_at <= now]:
+                signal_group(orphan.pgid, signal.SIGKILL)
+            self._orphans = [o for o in self._orphans if o.kill_at > now and
+                             group_alive(o.pgid)]
 
     def replace(self, index: int) -> None:
         """Start a fresh runner for a lane whose runner died or was killed."""
@@ -189,9 +253,10 @@ class WarmPool:
     # -- closing -----------------------------------------------------------------------------
 
     def close(self, cancel: bool = False) -> None:
-        """Stop every runner. Normally: STOP after its queued work, then SIGTERM after the
-        grace period. With ``cancel``: SIGTERM at once, so each runner stops its running
-        command (SIGTERM, grace, SIGKILL to the task's group). SIGKILL is the last resort."""
+        """Stop every runner. Normally: STOP after its queued work, then CANCEL_SIGNAL after
+        the grace period. With ``cancel``: CANCEL_SIGNAL at once, so each runner stops its
+        running command (SIGTERM, grace, SIGKILL to the task's group). SIGKILL is the last
+        resort; a command whose runner we had to kill is stopped here."""
         if self._closed:
             return
         self._closed = True
@@ -204,12 +269,17 @@ class WarmPool:
             _join_all(procs, self._kill_grace)
         for proc in procs:
             if proc.is_alive():
-                proc.terminate()
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, CANCEL_SIGNAL)
         _join_all(procs, self._kill_grace + 1.0)
         for proc in procs:
             if proc.is_alive():
                 proc.kill()
                 proc.join()
+        orphans = [lane.running_group for lane in self._lanes if lane.running_group]
+        orphans += [o.pgid for o in self._orphans]
+        if orphans:
+            stop_groups(orphans, self._kill_grace)
         for lane in self._lanes:
             if lane.conn is not None and not lane.conn.closed:
                 lane.conn.close()
@@ -220,4 +290,5 @@ def _join_all(procs: list, timeout: float) -> None:
     """Wait up to ``timeout`` seconds in all for the processes to exit."""
     deadline = time.monotonic() + timeout
     for proc in procs:
-        proc.join(max(0.0, deadline - time.monotonic()))
+        while proc.is_alive() and (left := deadline - time.monotonic()) > 0:
+            proc.join(min(left, MAX_WAIT_SECONDS))

@@ -21,12 +21,24 @@ import pickle
 import signal
 import time
 import traceback
+from collections.abc import Callable
+from functools import partial
 from multiprocessing.connection import Connection
 from typing import Any
 
 from ensemble_launcher.executors.command import run_command, stop_all_groups
 
 DEFINE, CALL, RUN, STOP = 0, 1, 2, 3
+
+#: What tells a runner to stop its command (SIGTERM, kill_grace, SIGKILL to its group) and
+#: exit: sent by the pool when it cancels, and by Linux when the runner's parent dies. Not
+#: SIGTERM: a batch system signals the whole process group at walltime, and the runners
+#: must leave that shutdown to the worker.
+CANCEL_SIGNAL = signal.SIGRTMIN + 1
+
+#: Callables may not set an interval timer longer than this (setitimer overflows time_t);
+#: a longer timeout never expires within any job anyway.
+_MAX_ALARM_SECONDS = 1e9
 
 SUCCEEDED, FAILED, TIMED_OUT, LOST = "succeeded", "failed", "timed_out", "lost"
 
@@ -42,20 +54,27 @@ def _on_alarm(signum: int, frame: Any) -> None:
     raise _TaskTimeout
 
 
-def runner_main(conn: Connection, cpu: int | None, tail_bytes: int, kill_grace: float) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+def runner_main(conn: Connection, cpu: int | None, tail_bytes: int, kill_grace: float,
+                group: Any = None) -> None:
+    """Serve batches until STOP or until the pipe closes. ``group`` (a shared integer)
+    holds the process group of the command running now, 0 when none, so that the pool can
+    stop the command if this runner dies."""
+    _ignore_group_signals()
 
-    def on_term(signum: int, frame: Any) -> None:
+    def on_cancel(signum: int, frame: Any) -> None:
         stop_all_groups(kill_grace)
+        if group is not None:
+            group.value = 0
         os._exit(128 + signum)
 
-    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(CANCEL_SIGNAL, on_cancel)
     _die_with_parent()
     signal.signal(signal.SIGALRM, _on_alarm)
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
     own_affinity = os.sched_getaffinity(0)
     functions: dict[bytes, Any] = {}
+    announce = None if group is None else partial(setattr, group, "value")
     recv, send = conn.recv_bytes, conn.send_bytes
     while True:
         try:
@@ -69,7 +88,7 @@ def runner_main(conn: Connection, cpu: int | None, tail_bytes: int, kill_grace: 
             if op == CALL:
                 out.append(_call(item, functions))
             elif op == RUN:
-                out.append(_run(item, own_affinity, tail_bytes, kill_grace))
+                out.append(_run(item, own_affinity, tail_bytes, kill_grace, announce))
             elif op == DEFINE:
                 functions[item[1]] = pickle.loads(item[2])
                 continue
@@ -86,18 +105,32 @@ def runner_main(conn: Connection, cpu: int | None, tail_bytes: int, kill_grace: 
             send(pickle.dumps(out, 5))
 
 
+def _ignore_group_signals() -> None:
+    """SIGTERM and SIGINT sent to the whole process group (a batch system at walltime,
+    `timeout`, Ctrl-C) are for the worker, which drains and then stops us; a runner that
+    died of them would lose its running task. A handler that does nothing, not SIG_IGN:
+    commands would inherit SIG_IGN across exec and could no longer be stopped gracefully."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _left_to_the_worker)
+
+
+def _left_to_the_worker(signum: int, frame: Any) -> None:
+    pass
+
+
 def _die_with_parent() -> None:
-    """Ask Linux to SIGTERM this runner if the launcher dies, so that no task outlives it."""
+    """Ask Linux to cancel this runner if its worker dies, so that no task outlives it."""
+    parent = os.getppid()
     try:
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
         pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+        libc.prctl(pr_set_pdeathsig, CANCEL_SIGNAL)
     except (OSError, AttributeError):
         pass
-    if os.getppid() == 1:
-        os.kill(os.getpid(), signal.SIGTERM)
+    if os.getppid() != parent or parent == 1:
+        os.kill(os.getpid(), CANCEL_SIGNAL)
 
 
 def _call(item: tuple, functions: dict[bytes, Any]) -> tuple:
@@ -111,7 +144,7 @@ def _call(item: tuple, functions: dict[bytes, Any]) -> tuple:
         if cwd:
             os.chdir(cwd)
         if timeout:
-            signal.setitimer(signal.ITIMER_REAL, timeout)
+            signal.setitimer(signal.ITIMER_REAL, min(timeout, _MAX_ALARM_SECONDS))
         with contextlib.redirect_stdout(buffer) if buffer else contextlib.nullcontext():
             value = fn(*args, **kwargs)
         if timeout:
@@ -164,7 +197,8 @@ def _pop_env(saved: dict[str, str | None]) -> None:
             os.environ[k] = v
 
 
-def _run(item: tuple, own_affinity: set[int], tail_bytes: int, kill_grace: float) -> tuple:
+def _run(item: tuple, own_affinity: set[int], tail_bytes: int, kill_grace: float,
+         announce: Callable[[int], None] | None) -> tuple:
     _, key, command, env, cwd, timeout, cpus, capture, stdout_file, stderr_file = item
     if env:
         env = {**os.environ, **env}
@@ -179,7 +213,7 @@ def _run(item: tuple, own_affinity: set[int], tail_bytes: int, kill_grace: float
     try:
         done = run_command(command, env=env, cwd=cwd, timeout=timeout, capture_stdout=capture,
                            stdout_file=stdout_file, stderr_file=stderr_file,
-                           tail_bytes=tail_bytes, kill_grace=kill_grace)
+                           tail_bytes=tail_bytes, kill_grace=kill_grace, announce=announce)
     finally:
         if cpus:
             os.sched_setaffinity(0, own_affinity)

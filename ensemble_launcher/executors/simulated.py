@@ -8,7 +8,6 @@ measure what the masters and the protocol cost at scale. Same interface as
 from __future__ import annotations
 
 import heapq
-import math
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import zmq
 
 from ensemble_launcher.ensemble import Task
+from ensemble_launcher.executors.command import MAX_WAIT_SECONDS, poll_ms
 from ensemble_launcher.executors.pool import PoolEvents
 from ensemble_launcher.executors.runner import SUCCEEDED
 
@@ -58,9 +58,9 @@ class SimulatedPool:
                     self._poller.register(sock, zmq.POLLIN)
                 self._polled = extra
             assert self._poller is not None
-            self._poller.poll(None if timeout is None else math.ceil(timeout * 1000))
+            self._poller.poll(poll_ms(timeout))
         elif timeout:
-            time.sleep(timeout)
+            time.sleep(min(timeout, MAX_WAIT_SECONDS))
         now, wall = time.monotonic(), time.time()
         while self._due and self._due[0][0] <= now:
             _, key, started = heapq.heappop(self._due)

@@ -57,7 +57,10 @@ def _popen(command: list[str], env: Mapping[str, str], log: IO[bytes]) -> subpro
 
 
 def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(_RANK_ENV_PREFIXES)}
+    """Our environment for a child of the tree, without our rank's variables or any
+    ``EL_*`` one (a child's come in ``extra``, see ``orchestrator.boot``)."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(_RANK_ENV_PREFIXES) and not k.startswith("EL_")}
     env.update(extra)
     return env
 

@@ -108,6 +108,7 @@ class RichReporter(Reporter):
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("[red]{task.fields[failed]} failed"),
             TextColumn("{task.fields[running]} running"),
+            TextColumn("{task.fields[queued]} queued"),
             TextColumn("{task.fields[rate]:.1f}/s"), TimeElapsedColumn(),
             TimeRemainingColumn(),
             console=Console(file=stream or sys.stderr), transient=False)
@@ -116,16 +117,16 @@ class RichReporter(Reporter):
     def start(self, counts: Counts) -> None:
         for name, total in counts.total.items():
             self._bars[name] = self._progress.add_task(name, total=total, failed=0, running=0,
-                                                       rate=0.0)
+                                                       queued=0, rate=0.0)
         self._progress.start()
 
     def update(self, counts: Counts) -> None:
-        elapsed = max(time.monotonic() - counts.started_at, 1e-9)
         for name, bar in self._bars.items():
-            finished = counts.finished(name)
-            self._progress.update(bar, completed=finished, failed=counts.failed.get(name, 0),
+            self._progress.update(bar, completed=counts.finished(name),
+                                  failed=counts.failed.get(name, 0),
                                   running=counts.running_by.get(name, 0),
-                                  rate=finished / elapsed)
+                                  queued=counts.queued_by.get(name, 0),
+                                  rate=counts.rate(name))
 
     def stop(self, counts: Counts) -> None:
         self.update(counts)

@@ -1,8 +1,10 @@
 """A run's status, read from its run directory: during the run and after it.
 
-    status.json  the live root's counts (done, failed, not run, running per ensemble),
-                 rewritten every report_interval (at most 5 s) by StatusFileReporter;
-                 used while the run is alive, so that all figures are one snapshot
+    status.json  the live root's counts (done, failed, not run, running, queued, skipped:
+                 finished in an earlier run that this resume does not run again, per
+                 ensemble), rewritten every report_interval (at most 5 s) by
+                 StatusFileReporter; used while the run is alive, so that all figures are
+                 one snapshot
     journal.db   final results per ensemble and state, for a run that is over
     meta         ensemble sizes, start and end times
 
@@ -12,9 +14,11 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import time
+from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,14 +28,20 @@ from ensemble_launcher.monitor.progress import Reporter
 
 STATUS_NAME = "status.json"
 
+log = logging.getLogger("ensemble_launcher")
+
 
 class StatusFileReporter(Reporter):
-    """Writes the live counts to ``run_dir/status.json`` (atomically) for ``el status``."""
+    """Writes the live counts to ``run_dir/status.json`` (atomically) for ``el status``.
+
+    The file is a convenience: when it cannot be written (a full disk) the run goes on
+    without it, and the journal stays the record."""
 
     def __init__(self, run_dir: Path, interval: float) -> None:
         self.path = run_dir / STATUS_NAME
         self.interval = interval
         self._next = 0.0
+        self._warned = False
 
     def update(self, counts: Counts) -> None:
         now = time.monotonic()
@@ -45,10 +55,18 @@ class StatusFileReporter(Reporter):
     def _write(self, counts: Counts, live: bool) -> None:
         data = {"pid": os.getpid(), "time": time.time(), "live": live,
                 "running": counts.running_by, "done": counts.done, "failed": counts.failed,
-                "not_run": counts.not_run, "rate": counts.rate()}
+                "not_run": counts.not_run, "skipped": counts.skipped,
+                "queued": counts.queued_by, "rate": counts.rate()}
         tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, self.path)
+        try:
+            tmp.write_text(json.dumps(data))
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            if not self._warned:
+                self._warned = True
+                log.info("cannot write %s (%s); el status reads the journal instead",
+                         self.path, exc)
 
 
 @dataclass
@@ -59,13 +77,21 @@ class EnsembleStatus:
     failed: int
     not_run: int
     running: int
-    """Handed out to a node and not finished: running there, or queued to start."""
+    """Started on a node and not finished."""
+    skipped: int = 0
+    """Finished in an earlier run; this resume does not run them again."""
+    queued: int = 0
+    """Handed out to a node and waiting there for a core to start on."""
 
     @property
     def pending(self) -> int | None:
         if self.total is None:
             return None
-        return max(0, self.total - self.done - self.failed - self.not_run - self.running)
+        return max(0, self.total - self.finished - self.running - self.queued)
+
+    @property
+    def finished(self) -> int:
+        return self.done + self.failed + self.not_run + self.skipped
 
 
 @dataclass
@@ -90,9 +116,11 @@ class RunStatus:
             head += f", ETA {clock(self.eta)}"
         out = [head]
         for e in self.ensembles:
-            out.append(f"  {e.name}: {e.done + e.failed + e.not_run}/"
+            skipped = f"{e.skipped} skipped (finished earlier), " if e.skipped else ""
+            out.append(f"  {e.name}: {e.finished}/"
                        f"{e.total if e.total is not None else '?'} finished: {e.done} done, "
-                       f"{e.failed} failed, {e.not_run} not run, {e.running} running, "
+                       f"{e.failed} failed, {e.not_run} not run, {skipped}{e.running} "
+                       f"running, {f'{e.queued} queued, ' if e.queued else ''}"
                        f"{e.pending if e.pending is not None else '?'} pending")
         return out
 
@@ -102,12 +130,7 @@ def read_status(run_dir: str | os.PathLike) -> RunStatus:
     journal = run_dir / "journal.db"
     if not journal.exists():
         raise StoreError(f"{run_dir} is not a run directory (no journal.db)")
-    with sqlite3.connect(f"file:{journal}?mode=ro", uri=True) as conn:
-        meta = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
-        rows = conn.execute("SELECT ensemble, state, COUNT(*) FROM results "
-                            "GROUP BY ensemble, state").fetchall()
-        span = conn.execute("SELECT MIN(start_time), MAX(end_time), COUNT(*) FROM results "
-                            "WHERE state != 'not_run'").fetchone()
+    meta, rows, span = _read_journal(journal)
     live = _live_status(run_dir, meta)
     totals: dict[str, int | None] = meta.get("ensembles", {})
     counts: dict[str, dict[str, int]] = {name: {} for name in totals}
@@ -116,7 +139,8 @@ def read_status(run_dir: str | os.PathLike) -> RunStatus:
     if live is not None:
         ensembles = [EnsembleStatus(name, totals.get(name), *(
             int(live.get(key, {}).get(name, 0)) for key in ("done", "failed", "not_run",
-                                                            "running")))
+                                                            "running", "skipped",
+                                                            "queued")))
             for name in counts]
     else:
         ensembles = [EnsembleStatus(
@@ -125,10 +149,25 @@ def read_status(run_dir: str | os.PathLike) -> RunStatus:
             c.get("not_run", 0), 0) for name, c in counts.items()]
     state = _run_state(meta, live)
     rate = _rate(span, live, state)
-    remaining = sum(e.pending or 0 for e in ensembles) + sum(e.running for e in ensembles)
+    remaining = sum((e.pending or 0) + e.running + e.queued for e in ensembles)
     eta = remaining / rate if rate > 0 and state == "running" else None
     return RunStatus(str(run_dir), state, ensembles, rate, eta, meta.get("started"),
                      meta.get("finished"))
+
+
+def _read_journal(journal: Path) -> tuple[dict, list, tuple]:
+    """The run's metadata, its (ensemble, state, count) rows, and the time span of its
+    results; StoreError when the file cannot be read as a journal."""
+    try:
+        with closing(sqlite3.connect(f"file:{journal}?mode=ro", uri=True)) as conn:
+            meta = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+            rows = conn.execute("SELECT ensemble, state, COUNT(*) FROM results "
+                                "GROUP BY ensemble, state").fetchall()
+            span = conn.execute("SELECT MIN(start_time), MAX(end_time), COUNT(*) FROM "
+                                "results WHERE state != 'not_run'").fetchone()
+    except (sqlite3.Error, ValueError) as exc:
+        raise StoreError(f"cannot read {journal} as a journal: {exc}") from exc
+    return meta, rows, span
 
 
 def _live_status(run_dir: Path, meta: dict) -> dict | None:

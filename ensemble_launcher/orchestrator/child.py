@@ -2,10 +2,12 @@
 
     python -m ensemble_launcher.orchestrator.child
 
-Everything it needs arrives in its environment, set by the parent that launched it:
-``EL_TREE`` (the subtrees started by this launcher step; each process picks its own by
-host name, else by launcher rank), ``EL_PARENT`` (the parent's address), the run's CURVE
-keys, and the launcher and system configs as JSON. Nothing secret is on a command line.
+Its environment says which subtrees this launcher step starts (``EL_TREE``; each process
+picks its own by host name, else by launcher rank) and where its start-up file is
+(``EL_BOOT``); the file holds the parent's address, the CURVE keys of its role, and the
+launcher and system configs as JSON (see ``orchestrator.boot``). The ``EL_*`` variables
+leave the environment before anything starts, so no task inherits them. Nothing secret is
+on a command line or in an environment.
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ from __future__ import annotations
 import faulthandler
 import json
 import logging
-import os
 import signal
 import socket
 import sys
@@ -25,8 +26,15 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from ensemble_launcher.comm import CurveKeys, Failed, terminate
+from ensemble_launcher.orchestrator.boot import (
+    BOOT_ENV,
+    TREE_ENV,
+    BootError,
+    read_boot,
+    take_environment,
+)
 from ensemble_launcher.orchestrator.parent_link import ParentLink, ParentLost
-from ensemble_launcher.orchestrator.signals import sigterm_interrupts
+from ensemble_launcher.orchestrator.signals import left_to_parent
 from ensemble_launcher.orchestrator.tree import TreeNode
 
 if TYPE_CHECKING:
@@ -72,10 +80,12 @@ def _validated(text: str) -> Any:
 
 def main() -> int:
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    env = dict(os.environ)
+    try:
+        me, env = _start_up()
+    except BootError as exc:
+        print(f"ensemble_launcher: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     _adopt_sys_path(env)
-    me = pick_entry([TreeNode.from_dict(d) for d in json.loads(env["EL_TREE"])],
-                    socket.gethostname(), env)
     launcher_config: LauncherConfig = _validated(env["EL_LAUNCHER_CONFIG"])
     system_config: SystemConfig = _validated(env["EL_SYSTEM_CONFIG"])
     run_dir = Path(env["EL_RUN_DIR"])
@@ -85,7 +95,7 @@ def main() -> int:
                       heartbeat_interval=launcher_config.heartbeat_interval,
                       decode_tasks=me.role == "worker")
     try:
-        with sigterm_interrupts():
+        with left_to_parent():
             if me.role == "worker":
                 from ensemble_launcher.orchestrator.roles import run_worker
 
@@ -109,6 +119,16 @@ def main() -> int:
     finally:
         link.close()
         terminate(ctx)
+
+
+def _start_up() -> tuple[TreeNode, dict[str, str]]:
+    """Our entry of the tree and everything our parent left for us, the ``EL_*`` variables
+    gone from our environment."""
+    env = take_environment()
+    me = pick_entry([TreeNode.from_dict(d) for d in json.loads(env[TREE_ENV])],
+                    socket.gethostname(), env)
+    env.update(read_boot(env[BOOT_ENV], me.name))
+    return me, env
 
 
 def _setup_logging(me: TreeNode, config: LauncherConfig, run_dir: Path) -> None:

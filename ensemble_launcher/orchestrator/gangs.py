@@ -23,6 +23,7 @@ from typing import Any
 from ensemble_launcher.comm import Hold, Message, Release, RunHeld
 from ensemble_launcher.ensemble.programs import command_argv
 from ensemble_launcher.executors.mpi import MpiLaunch, split_per_rank
+from ensemble_launcher.scheduler import spread_gpu_ids
 
 log = logging.getLogger("ensemble_launcher")
 
@@ -83,7 +84,7 @@ class GangScheduler:
         need_cpus = max(wire[PPN], len(wire[CPU_AFFINITY] or []))
         need_gpus = max(wire[PPN] * int(wire[NGPUS]), len(wire[GPU_AFFINITY] or []))
         gang = _Gang(key, wire, members, list(wire[CPU_AFFINITY] or cpus[:need_cpus]),
-                     list(wire[GPU_AFFINITY] or gpus[:need_gpus]))
+                     list(wire[GPU_AFFINITY] or spread_gpu_ids(gpus, need_gpus)))
         self._queue.popleft()
         self._current = gang
         for member in members:

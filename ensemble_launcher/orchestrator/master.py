@@ -27,6 +27,7 @@ import zmq
 
 from ensemble_launcher.comm import (
     Bye,
+    CurveKeys,
     Define,
     Drain,
     Failed,
@@ -43,11 +44,12 @@ from ensemble_launcher.comm import (
     Stop,
     Tasks,
 )
-from ensemble_launcher.errors import LaunchError
+from ensemble_launcher.errors import LaunchError, RunAbortedError
 from ensemble_launcher.executors.mpi import MpiLaunch
 from ensemble_launcher.launchers import ChildLauncher
 from ensemble_launcher.launchers.base import child_environment, log_tail
 from ensemble_launcher.monitor.profiles import NoTimeline, Timeline
+from ensemble_launcher.orchestrator.boot import BOOT_ENV, TREE_ENV, BootDir
 from ensemble_launcher.orchestrator.gangs import NNODES, GangScheduler
 from ensemble_launcher.orchestrator.tree import TreeNode
 from ensemble_launcher.orchestrator.wire import DIGEST, FunctionTable
@@ -83,6 +85,8 @@ class Upstream(Protocol):
 
     def node_lost(self, name: str, host: str, keys: list[int], why: str) -> None: ...
 
+    def report_running(self, by_ensemble: dict[str, int]) -> None: ...
+
     def tick(self) -> None: ...
 
 
@@ -100,6 +104,8 @@ class _Child:
     last_heard: float = field(default_factory=time.monotonic)
     cpus: list[int] = field(default_factory=list)
     gpus: list[str] = field(default_factory=list)
+    running: dict[str, int] = field(default_factory=dict)
+    """Tasks running in its subtree now, per ensemble, as it last reported."""
 
     @property
     def live(self) -> bool:
@@ -112,13 +118,14 @@ def _no_mpi() -> MpiLaunch:
 
 @dataclass
 class TreeSettings:
-    """What every master needs to start and watch its children."""
+    """What every master needs to start and watch its children. ``child_env`` holds the
+    settings every child gets (``boot.SETTINGS``), in its start-up file."""
 
     launcher: ChildLauncher
     bind: str
     heartbeat_interval: float
     start_timeout: float
-    log_dir: Path
+    run_dir: Path
     child_env: dict[str, str]
     shared_step: bool = False
     mpi: Callable[[], MpiLaunch] = _no_mpi
@@ -126,14 +133,16 @@ class TreeSettings:
 
 class Master:
     def __init__(self, node: TreeNode, upstream: Upstream, ctx: zmq.Context,
-                 settings: TreeSettings, keys_env: dict[str, str],
+                 settings: TreeSettings, keys: CurveKeys | None,
                  timeline: Timeline | NoTimeline | None = None) -> None:
         self.node = node
         self._upstream = upstream
         self._settings = settings
-        self._keys_env = keys_env
+        self._keys = keys
         self._endpoint: ParentEndpoint | PipeParentEndpoint = PipeParentEndpoint() \
-            if settings.bind == "pipe" else ParentEndpoint(ctx, settings.bind, _keys(keys_env))
+            if settings.bind == "pipe" else ParentEndpoint(ctx, settings.bind, keys)
+        log.info("%s: children connect to %s", node.name, self._endpoint.address)
+        self._boot = BootDir(settings.run_dir / f".boot-{node.name}")
         self._children = {c.name.encode(): _Child(c, 0) for c in node.children}
         self._steps: list[tuple[subprocess.Popen, list[bytes], Path]] = []
         self._drained = False
@@ -144,6 +153,9 @@ class Master:
         self._timeline = timeline or NoTimeline()
         self._gangs = GangScheduler(self._send, settings.mpi)
         self._passed_over: list[tuple[int, list[Any]]] = []
+        self._running: dict[str, int] = {}
+        self._running_changed = False
+        self._running_sent = 0.0
 
     @property
     def inflight(self) -> int:
@@ -165,6 +177,7 @@ class Master:
                 self._halt_when_asked()
                 self._drain_when_done()
                 mark("watch")
+                self._report_running()
                 self._upstream.tick()
                 mark("record")
                 self._wait()
@@ -194,19 +207,18 @@ class Master:
         import json
 
         index = len(self._steps)
-        path = self._settings.log_dir / f"launch-{self.node.name}-{index}.log"
+        path = self._settings.run_dir / "logs" / f"launch-{self.node.name}-{index}.log"
         path.parent.mkdir(parents=True, exist_ok=True)
-        env = child_environment({
-            **self._settings.child_env, **self._keys_env,
-            "EL_PARENT": self._endpoint.address,
-            "EL_TREE": json.dumps([c.to_dict() for c in group]),
-        })
+        env = child_environment({BOOT_ENV: str(self._boot.path),
+                                 TREE_ENV: json.dumps([c.to_dict() for c in group])})
         argv = [sys.executable, "-m", "ensemble_launcher.orchestrator.child"]
         hosts = [c.host for c in group]
         with open(path, "ab") as log_file:
             if isinstance(self._endpoint, PipeParentEndpoint):
                 procs = [self._start_over_pipe(argv, child, env, log_file) for child in group]
             else:
+                for child in group:
+                    self._write_boot(child, self._endpoint.address)
                 procs = self._settings.launcher.start(argv, hosts, env, log_file)
         names = [c.name.encode() for c in group]
         if len(procs) == len(names) > 1:
@@ -219,13 +231,28 @@ class Master:
         log.info("%s: started %s on %s with %s", self.node.name,
                  ", ".join(c.name for c in group), ",".join(hosts), self._settings.launcher.name)
 
+    def _write_boot(self, child: TreeNode, address: str) -> None:
+        """The child's start-up file: the settings, our address, and the keys its role
+        uses (see ``orchestrator.boot``)."""
+        keys = self._keys_for(child, address)
+        self._boot.write(child.name, {**self._settings.child_env, "EL_PARENT": address,
+                                      **(keys.to_env() if keys is not None else {})})
+
+    def _keys_for(self, child: TreeNode, address: str) -> CurveKeys | None:
+        """A master gets all four keys (it serves its children and connects to us); a
+        worker what connecting over TCP takes, and nothing over ipc or a pipe."""
+        if self._keys is None or child.role == "master":
+            return self._keys
+        return self._keys.for_client() if address.startswith("tcp://") else None
+
     def _start_over_pipe(self, argv: list[str], child: TreeNode, env: dict[str, str],
                          log_file: Any) -> subprocess.Popen:
         """A local child that talks to us over its end of a socket pair."""
         assert isinstance(self._endpoint, PipeParentEndpoint)
         end = self._endpoint.pair_for(child.name.encode())
         try:
-            return subprocess.Popen(argv, env={**env, "EL_PARENT": f"fd://{end.fileno()}"},
+            self._write_boot(child, f"fd://{end.fileno()}")
+            return subprocess.Popen(argv, env=env,
                                     stdin=subprocess.DEVNULL, stdout=log_file,
                                     stderr=subprocess.STDOUT, start_new_session=True,
                                     pass_fds=(end.fileno(),))
@@ -236,7 +263,7 @@ class Master:
 
     def _receive(self) -> None:
         now = time.monotonic()
-        for identity, message in self._endpoint.receive():
+        for identity, message in self._endpoint.receive(self._children):
             child = self._children.get(identity)
             if child is None or child.lost:
                 continue
@@ -252,7 +279,10 @@ class Master:
                     hosts = self._gangs.finished(row[0])
                     if hosts:
                         row[12] = hosts
-            self._upstream.record_rows(message.rows)
+            if message.rows:
+                self._upstream.record_rows(message.rows)
+            if message.running:
+                self._child_running(child, _running_report(message.running))
         elif isinstance(message, Request):
             child.credit += message.credit
         elif isinstance(message, Held):
@@ -274,11 +304,30 @@ class Master:
             self._upstream.node_lost(message.name, message.host, message.keys, message.why)
         elif isinstance(message, Bye):
             child.done = True
+            self._child_running(child, {})
         elif isinstance(message, Failed):
             self._lose(child, f"{message.name} failed: {message.why}")
         elif not isinstance(message, Heartbeat):
             log.warning("%s: unexpected %s from %s", self.node.name, type(message).__name__,
                         child.node.name)
+
+    def _child_running(self, child: _Child, by_ensemble: dict[str, int]) -> None:
+        """Keep the sum over our children of what runs now (one update per report)."""
+        total = self._running
+        for name, n in child.running.items():
+            total[name] -= n
+        for name, n in by_ensemble.items():
+            total[name] = total.get(name, 0) + n
+        child.running = by_ensemble
+        self._running_changed = True
+
+    def _report_running(self) -> None:
+        """Pass the sum up when it changed, at most ten times a second."""
+        now = time.monotonic()
+        if self._running_changed and now - self._running_sent >= _TURN_SECONDS:
+            self._running_changed = False
+            self._running_sent = now
+            self._upstream.report_running(dict(self._running))
 
     def _catch_up(self, child: _Child) -> None:
         """A child that connects after we drained or halted (messages to a child not yet
@@ -395,6 +444,7 @@ class Master:
         """Give up on a child: account for its tasks upstream, and end its process when it
         has one of its own, so that it cannot go on running tasks recorded as lost."""
         child.lost = True
+        self._child_running(child, {})
         unstarted = self._gangs.member_lost(child.node.name.encode())
         if unstarted is not None:
             self._upstream.node_lost(child.node.name, child.host or child.node.host,
@@ -408,8 +458,8 @@ class Master:
                   child.node.name, child.host or child.node.host, why, len(keys))
         self._upstream.node_lost(child.node.name, child.host or child.node.host, keys, why)
         if all(not c.live for c in self._children.values()) and not self._upstream.exhausted:
-            raise LaunchError(f"{self.node.name}: every child is gone (last: "
-                              f"{child.node.name}: {why})")
+            raise RunAbortedError(f"{self.node.name}: every child is gone (last: "
+                                  f"{child.node.name}: {why})")
 
     # -- finishing ---------------------------------------------------------------------------
 
@@ -446,6 +496,7 @@ class Master:
         for proc, _, _ in self._steps:
             _end(proc)
         self._endpoint.close()
+        self._boot.close()
 
     def _wait(self) -> None:
         if self._poller is None:
@@ -455,6 +506,12 @@ class Master:
         pending = getattr(self._endpoint, "has_pending", False) or \
             getattr(self._upstream, "has_pending", False)
         self._poller.poll(1 if pending else int(_TURN_SECONDS * 1000))
+
+
+def _running_report(pairs: list[list[Any]]) -> dict[str, int]:
+    """``Results.running`` as a mapping; malformed entries are ignored."""
+    return {p[0]: p[1] for p in pairs
+            if len(p) == 2 and type(p[0]) is str and type(p[1]) is int and p[1] >= 0}
 
 
 def _end(proc: subprocess.Popen, grace: float = 5.0) -> None:
@@ -481,9 +538,3 @@ def _kill_group(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-
-
-def _keys(env: dict[str, str]):
-    from ensemble_launcher.comm import CurveKeys
-
-    return CurveKeys.from_env(env)

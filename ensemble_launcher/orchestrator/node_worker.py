@@ -27,7 +27,8 @@ from ensemble_launcher.ensemble.programs import command_argv, command_line
 from ensemble_launcher.errors import ResourceError
 from ensemble_launcher.executors import PoolEvents, WarmPool
 from ensemble_launcher.executors.mpi import MpiLaunch, split_per_rank
-from ensemble_launcher.executors.runner import FAILED, TIMED_OUT
+from ensemble_launcher.executors.pool import DeadLane
+from ensemble_launcher.executors.runner import FAILED, LOST, TIMED_OUT
 from ensemble_launcher.monitor.profiles import NoTimeline, Timeline
 from ensemble_launcher.resources import NodeResources, check_requirements
 from ensemble_launcher.scheduler import NodeSlots, Placement, needs_exclusive
@@ -80,6 +81,10 @@ class ResultSink(Protocol):
 
     def tick(self) -> None:
         """Called about ten times a second: report."""
+
+    def report_running(self, by_ensemble: dict[str, int]) -> None:
+        """Called about ten times a second with the tasks running now (started, not queued),
+        per ensemble."""
 
     def flush(self) -> None: ...
 
@@ -142,11 +147,34 @@ class NodeWorker:
         self._mpi: MpiLaunch | None = None
         self._held: dict[int, Placement] = {}
         self._last_tick = 0.0
+        self._running_due = False
         self.stopped = False
 
     @property
     def running(self) -> int:
         return len(self._inflight)
+
+    def running_by_ensemble(self) -> dict[str, int]:
+        """Tasks started and not finished, per ensemble: the first unreported task of each
+        lane (a lane runs its tasks one after another; those behind it are queued). One
+        pass over what is in flight, about 20 ms of work per core, ten times a second."""
+        heads: dict[int, int] = {}
+        for key, entry in self._inflight.items():
+            lane = entry.placement.lane
+            if key < heads.get(lane, key + 1):
+                heads[lane] = key
+        by: dict[str, int] = {}
+        for key in heads.values():
+            name = self._inflight[key].task.ensemble or "tasks"
+            by[name] = by.get(name, 0) + 1
+        return by
+
+    def _report_running(self) -> None:
+        """Once per tick, right after dispatch: a tick follows a round of results, when a
+        lane whose task just ended has not yet started its next one."""
+        if self._running_due:
+            self._running_due = False
+            self._sink.report_running(self.running_by_ensemble())
 
     def run(self) -> None:
         mark = self._timeline.mark
@@ -155,6 +183,7 @@ class NodeWorker:
             mark("receive")
             self._follow_orders()
             self._fill()
+            self._report_running()
             mark("dispatch")
             if not (self._inflight or self._backlog or self._held) and self._source.exhausted:
                 break
@@ -293,34 +322,44 @@ class NodeWorker:
             self._slots.release(entry.placement)
             self._record(key, entry.task, entry.placement, result)
             self._learn_duration(result[11] - result[10])
-        for lane, exitcode in events.dead_lanes:
-            self._lane_died(lane, exitcode)
+        for dead in events.dead_lanes:
+            self._lane_died(dead)
 
-    def _lane_died(self, lane: int, exitcode: int | None) -> None:
-        """The earliest unreported task of the lane was running: it fails (or times out,
-        if we killed it for that). Tasks queued behind it never started: they go back to
-        the front of the backlog."""
-        keys = sorted(k for k, e in self._inflight.items() if e.placement.lane == lane)
-        now = time.time()
+    def _lane_died(self, dead: DeadLane) -> None:
+        """The earliest unreported task of the lane was running. A callable fails (or times
+        out, if we killed it for that): it was the runner. A command was stopped by the
+        pool and is lost, not failed: the runner's death is the node's fault, so it runs
+        again under node_loss_retries. Tasks queued behind it never started: they go back
+        to the front of the backlog."""
+        keys = sorted(k for k, e in self._inflight.items() if e.placement.lane == dead.lane)
         for i, key in enumerate(keys):
             entry = self._inflight.pop(key)
             self._slots.release(entry.placement)
             if i > 0:
                 self._backlog.appendleft((key, entry.task, time.monotonic()))
-            elif key in self._expired:
-                self._expired.discard(key)
-                self._record(key, entry.task, entry.placement, (
-                    key, TIMED_OUT, "timeout", None, None, None,
-                    f"TimeoutError: task exceeded its timeout of {entry.task.timeout} s "
-                    "and its runner process was killed", None, None, "", now, now))
             else:
-                how = (f"killed by signal {-exitcode}" if exitcode is not None and exitcode < 0
-                       else f"exit status {exitcode}")
-                self._record(key, entry.task, entry.placement, (
-                    key, FAILED, "worker_lost", None, None, None,
+                self._record(key, entry.task, entry.placement,
+                             self._runner_death_result(key, entry.task, dead))
+        self._pool.replace(dead.lane)
+
+    def _runner_death_result(self, key: int, task: Task, dead: DeadLane) -> tuple:
+        now = time.time()
+        if key in self._expired:
+            self._expired.discard(key)
+            return (key, TIMED_OUT, "timeout", None, None, None,
+                    f"TimeoutError: task exceeded its timeout of {task.timeout} s "
+                    "and its runner process was killed", None, None, "", now, now)
+        how = (f"killed by signal {-dead.exitcode}"
+               if dead.exitcode is not None and dead.exitcode < 0
+               else f"exit status {dead.exitcode}")
+        if task.is_callable:
+            return (key, FAILED, "worker_lost", None, None, None,
                     f"the runner process running this task died ({how})", None, None, "",
-                    now, now))
-        self._pool.replace(lane)
+                    now, now)
+        stopped = "; its command was stopped" if dead.stopped_command else ""
+        return (key, LOST, "worker_lost", None, None, None,
+                f"the runner process that started this command died ({how}){stopped}",
+                None, None, "", now, now)
 
     def _expire_callables(self) -> None:
         """Kill the runner of a callable that ignored its timeout alarm (stuck in C code)."""
@@ -348,4 +387,5 @@ class NodeWorker:
         now = time.monotonic()
         if now - self._last_tick >= _TICK_SECONDS:
             self._last_tick = now
+            self._running_due = True
             self._sink.tick()

@@ -6,11 +6,14 @@
 Flow control is pull-based: ``want(n)`` asks the parent for at most what the node can
 start soon plus a small prefetch, counting what was asked for and not yet received, so a
 busy node never sits on tasks an idle one could run. Results are sent in one batch per
-loop turn. A parent that stays silent past the heartbeat timeout is taken as lost.
+loop turn. A parent that stays silent past the heartbeat timeout is taken as lost, and so
+is one that died (we see it at once when it started us: our parent process changes); a
+child that outlives its parent removes the parent's ipc socket directory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import time
@@ -53,6 +56,10 @@ class ParentLink:
     def __init__(self, ctx: zmq.Context, address: str, name: str, keys: CurveKeys | None, *,
                  heartbeat_interval: float, decode_tasks: bool = True) -> None:
         self.name = name
+        self._address = address
+        self._parent_pid = os.getppid()
+        #: True once the process that started us died (not merely went silent).
+        self.parent_gone = False
         self.endpoint: ChildEndpoint | PipeChildEndpoint = \
             PipeChildEndpoint(int(address.removeprefix("fd://"))) \
             if address.startswith("fd://") else ChildEndpoint(ctx, address, name, keys)
@@ -61,6 +68,8 @@ class ParentLink:
         self._queue: deque[Any] = deque()
         self._outstanding = 0
         self._rows: list[list[Any]] = []
+        self._running: dict[str, int] = {}
+        self._running_changed = False
         self._interval = heartbeat_interval
         self._last_sent = self._last_heard = time.monotonic()
         self.draining = False
@@ -130,6 +139,9 @@ class ParentLink:
             self._send(Heartbeat(time.time()))
         if now - self._last_heard > 2.5 * self._interval:
             raise ParentLost(f"no message from the parent for {now - self._last_heard:.1f} s")
+        if os.getppid() != self._parent_pid:
+            self.parent_gone = True
+            raise ParentLost(f"our parent process {self._parent_pid} is gone")
         if self.stop_reason is not None:
             raise ParentLost(f"stopped by the parent: {self.stop_reason}")
 
@@ -170,6 +182,14 @@ class ParentLink:
         """A sub-master passes its children's results up unchanged."""
         self._rows.extend(rows)
 
+    def report_running(self, by_ensemble: dict[str, int]) -> None:
+        """Sent with the next results, or alone, when it changed; an ensemble reported once
+        stays in the report (with 0), so that the parent sees it stop."""
+        report = {**dict.fromkeys(self._running, 0), **by_ensemble}
+        if report != self._running:
+            self._running = report
+            self._running_changed = True
+
     def node_lost(self, name: str, host: str, keys: list[int], why: str) -> None:
         self.flush()
         self._send(NodeLost(name, host, keys, why))
@@ -181,10 +201,13 @@ class ParentLink:
         self.flush()
 
     def flush(self) -> None:
-        if self._rows:
+        if self._rows or self._running_changed:
             rows, self._rows = self._rows, []
             self.sent_results += len(rows)
-            self._send(Results(rows))
+            running = [[name, n] for name, n in self._running.items()] \
+                if self._running_changed else []
+            self._running_changed = False
+            self._send(Results(rows, running))
 
     def bye(self) -> None:
         self.flush()
@@ -200,3 +223,17 @@ class ParentLink:
 
     def close(self) -> None:
         self.endpoint.close()
+        if self.parent_gone:
+            _remove_ipc_dir(self._address)
+
+
+def _remove_ipc_dir(address: str) -> None:
+    """Remove the socket and directory of a dead parent's ipc endpoint (``ipc://DIR/NAME``,
+    DIR private to the run), which the parent can no longer remove; a sibling may be first."""
+    if not address.startswith("ipc://"):
+        return
+    path = address.removeprefix("ipc://")
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+    with contextlib.suppress(OSError):
+        os.rmdir(os.path.dirname(path))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ensemble_launcher.comm.addresses import tcp_bind
 from ensemble_launcher.errors import ConfigError
 from ensemble_launcher.executors.mpi import mpi_launch_factory
 from ensemble_launcher.launchers import choose_launcher
@@ -26,7 +27,7 @@ def tree_settings(me: TreeNode, config: LauncherConfig, run_dir: Path,
     return TreeSettings(
         launcher=launcher, bind=_bind(hosts, all_local, config),
         heartbeat_interval=config.heartbeat_interval, start_timeout=config.child_start_timeout,
-        log_dir=run_dir / "logs", child_env=child_env,
+        run_dir=run_dir, child_env=child_env,
         shared_step=config.child_step == "shared",
         mpi=mpi_launch_factory(config.mpi_launcher, config.mpi_flavor, config.mpi_args,
                                config.gpu_selector))
@@ -34,15 +35,15 @@ def tree_settings(me: TreeNode, config: LauncherConfig, run_dir: Path,
 
 def _bind(hosts: list[str], all_local: bool, config: LauncherConfig) -> str:
     """``pipe`` for the multiprocessing comm; ipc when every child is on this host; else
-    TCP on the one address that reaches them (or the configured one), never on every
-    interface."""
+    TCP on the one address that reaches them (or the configured address or interface),
+    never on every interface."""
     if config.comm_name == "multiprocessing":
         if not all_local:
             raise ConfigError("comm_name='multiprocessing' connects children on this host "
                               f"only, but children run on {', '.join(hosts[:4])}; use 'zmq'")
         return "pipe"
     if config.bind_address:
-        return f"tcp://{config.bind_address}"
+        return tcp_bind(config.bind_address)
     if all_local:
         return "ipc"
     remote = next(h for h in hosts if not is_this_host(h))

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ensemble_launcher.ensemble import Task
+from ensemble_launcher.ensemble.task import UnbuildableTask
 from ensemble_launcher.executors.runner import SUCCEEDED
 from ensemble_launcher.monitor import Counts, Reporter
 from ensemble_launcher.store import RunStore
@@ -20,8 +21,8 @@ class Recorder:
         self.counts = counts
         self.reporter = reporter
 
-    def add(self, task: Task, result: Sequence[Any], host: str, cpus: str, gpus: str,
-            attempt: int = 1, final: bool = True) -> None:
+    def add(self, task: Task | UnbuildableTask, result: Sequence[Any], host: str, cpus: str,
+            gpus: str, attempt: int = 1, final: bool = True) -> None:
         """``result`` is a runner result tuple: (key, state, reason, returncode, signal,
         value, exception, traceback, stdout, stderr, start, end). A non-final result is an
         attempt that will be retried."""

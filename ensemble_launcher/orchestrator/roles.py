@@ -8,9 +8,11 @@ from typing import TYPE_CHECKING
 
 import zmq
 
+from ensemble_launcher.comm import CurveKeys
 from ensemble_launcher.executors import make_pool
 from ensemble_launcher.executors.mpi import mpi_launch_factory
 from ensemble_launcher.monitor.profiles import timeline_for
+from ensemble_launcher.orchestrator.boot import shared_settings
 from ensemble_launcher.orchestrator.master import Master
 from ensemble_launcher.orchestrator.node_worker import NodeWorker
 from ensemble_launcher.orchestrator.parent_link import ParentLink
@@ -49,8 +51,7 @@ def run_worker(me: TreeNode, link: ParentLink, config: LauncherConfig, system: S
 def run_submaster(me: TreeNode, link: ParentLink, ctx: zmq.Context, config: LauncherConfig,
                   run_dir: Path, env: dict[str, str]) -> None:
     link.hello([], [])
-    settings = tree_settings(me, config, run_dir, child_env={})
-    keys_env = {k: v for k, v in env.items() if k.startswith("EL_CURVE_")}
+    settings = tree_settings(me, config, run_dir, child_env=shared_settings(env))
     timeline = timeline_for(me.name, config.profile)
-    Master(me, link, ctx, settings, keys_env, timeline).run()
+    Master(me, link, ctx, settings, CurveKeys.from_env(env), timeline).run()
     timeline.write(run_dir / "profiles")

@@ -69,6 +69,9 @@ class LocalSink:
     def held(self, key: int, cpus: list[int], gpus: list[str]) -> None:
         raise RuntimeError("a multi-node task cannot run on one node")
 
+    def report_running(self, by_ensemble: dict[str, int]) -> None:
+        self._recorder.counts.running_now = by_ensemble
+
     def tick(self) -> None:
         self._control.supervise()
         self._recorder.tick()
@@ -111,6 +114,10 @@ class RootUpstream(LocalFeed):
 
     def node_lost(self, name: str, host: str, keys: list[int], why: str) -> None:
         self._ledger.lost(keys, name, host, why)
+
+    def report_running(self, by_ensemble: dict[str, int]) -> None:
+        """What the tree runs now, summed over its nodes by the root master."""
+        self._recorder.counts.running_now = by_ensemble
 
     def tick(self) -> None:
         self._control.supervise()

@@ -3,12 +3,15 @@
 The first signal asks for a graceful shutdown: dispatch stops, running tasks get
 ``grace`` seconds to finish, the rest is recorded as not run. A second signal, or the end
 of the grace period, cancels at once (KeyboardInterrupt unwinds: tasks are stopped,
-runners reaped, the journal flushed). Child processes use :class:`sigterm_interrupts`:
-their parent decides, so SIGTERM simply unwinds them.
+runners reaped, the journal flushed). Child processes use :class:`left_to_parent`: a batch
+system signals every process of the job at walltime, and a child that died of it would
+lose its running tasks; its parent drains it (Halt, then Stop), and a child whose parent
+is gone stops by itself.
 """
 
 from __future__ import annotations
 
+import logging
 import signal
 import threading
 import time
@@ -55,18 +58,21 @@ class GracefulShutdown:
                                "ran out")
 
 
-class sigterm_interrupts:  # noqa: N801 - a context manager, named like contextlib's
-    """Within the block, SIGTERM raises KeyboardInterrupt."""
+class left_to_parent:  # noqa: N801 - a context manager, named like contextlib's
+    """Within the block, SIGTERM and SIGINT are logged and otherwise ignored: the parent
+    of the tree drives our shutdown."""
 
     def __enter__(self) -> None:
-        self._previous: Any = None
+        self._previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._previous[sig] = signal.signal(sig, _note_signal)
 
     def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
-def _raise_interrupt(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
+def _note_signal(signum: int, frame: FrameType | None) -> None:
+    logging.getLogger("ensemble_launcher").info(
+        "%s ignored: our parent stops us", signal.Signals(signum).name)

@@ -62,12 +62,12 @@ def check_requirements(requirements: Iterable[Requirement], nodes: list[NodeReso
                             "GPU slot(s); set SystemConfig.ngpus or gpus")
         bad_cpus = sorted(set(req.cpu_affinity) - set(node.cpus))
         if bad_cpus:
-            problems.append(f"cpu_affinity names CPUs {bad_cpus} that are not among the node's "
-                            f"CPUs ({_ids(node.cpus)})")
+            problems.append(f"cpu_affinity names CPUs {_ids(tuple(bad_cpus))} that are not "
+                            f"among the node's CPUs ({_ids(node.cpus)})")
         bad_gpus = sorted(set(req.gpu_affinity) - set(node.gpus))
         if bad_gpus:
-            problems.append(f"gpu_affinity names GPUs {bad_gpus} that are not among the node's "
-                            f"GPUs ({_ids(node.gpus)})")
+            problems.append(f"gpu_affinity names GPUs {_ids(tuple(bad_gpus))} that are not "
+                            f"among the node's GPUs ({_ids(node.gpus)})")
         if req.is_callable and (req.nnodes > 1 or req.ncpus > 1):
             problems.append("a Python callable runs as one process on one core; use ppn=1 and "
                             "nnodes=1, or make the task a command (e.g. an mpi4py script)")

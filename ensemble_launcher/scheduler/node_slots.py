@@ -46,6 +46,34 @@ def needs_exclusive(task: Task) -> bool:
             or task.ngpus_per_process > 0 or (task.timeout is not None and task.is_callable))
 
 
+def spread_gpu_slots(gpus: Sequence[str], free: Sequence[int], need: int,
+                     in_use: Sequence[int] = ()) -> list[int] | None:
+    """``need`` of the ``free`` slots (indices into ``gpus``, a device id per slot), each on
+    the device with the fewest slots in use (``in_use`` and those picked so far), lowest
+    slot first; None when too few are free. A device id listed twice is two slots: tasks
+    get devices of their own while any is idle, and a task asking for several gets
+    distinct devices where there are."""
+    if len(free) < need:
+        return None
+    busy = dict.fromkeys(gpus, 0)
+    for slot in in_use:
+        busy[gpus[slot]] += 1
+    left, picked = list(free), []
+    for _ in range(need):
+        slot = min(left, key=lambda s: (busy[gpus[s]], s))
+        left.remove(slot)
+        busy[gpus[slot]] += 1
+        picked.append(slot)
+    return sorted(picked)
+
+
+def spread_gpu_ids(gpus: Sequence[str], need: int) -> list[str]:
+    """``need`` ids of an idle node's GPU slots (all of them if fewer), spread over
+    distinct devices as :func:`spread_gpu_slots` does."""
+    slots = spread_gpu_slots(gpus, range(len(gpus)), min(need, len(gpus))) or []
+    return [gpus[s] for s in slots]
+
+
 class NodeSlots:
     def __init__(self, cpus: Sequence[int], gpus: Sequence[str], depth: int = 1) -> None:
         self.cpus = tuple(cpus)
@@ -138,9 +166,12 @@ class NodeSlots:
                     return None
                 slots.append(slot)
             return slots
-        need = task.ngpus
-        free = [s for s, ok in enumerate(self._gpu_free) if ok][:need]
-        return free if len(free) == need else None
+        return self._spread_gpus(task.ngpus)
+
+    def _spread_gpus(self, need: int) -> list[int] | None:
+        free = [s for s, ok in enumerate(self._gpu_free) if ok]
+        in_use = [s for s, ok in enumerate(self._gpu_free) if not ok]
+        return spread_gpu_slots(self.gpus, free, need, in_use)
 
     def release(self, placement: Placement) -> None:
         self.queued[placement.lane] -= 1

@@ -8,6 +8,11 @@ SQLite (WAL), written as results arrive.
 retried (a task that succeeds at once costs one row). Rows are inserted in batches, one
 transaction per loop turn of the root, so a killed launcher loses no result that reached
 the root. Readers open their own connection; WAL lets them read while the run writes.
+
+Every reader and a resume first check that the file is a journal this version can read
+(:func:`check_journal`), so that a corrupt, empty, foreign or newer file gets one clear
+error and is never modified. When a write fails (a full disk), the transaction is rolled
+back, the journal keeps every result committed before, and the store stops writing.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Iterator, Mapping
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +32,9 @@ from ensemble_launcher.errors import LauncherClosedError, StoreError
 from ensemble_launcher.store.result import TaskResult
 
 JOURNAL_NAME = "journal.db"
+#: ``PRAGMA user_version`` of the journals we write. Journals written before we numbered
+#: them read 0 and are read when their tables are as below.
+SCHEMA_VERSION = 1
 
 _COLUMNS = ("task_id", "ensemble", "attempt", "state", "reason", "returncode", "value",
             "start_time", "end_time", "host", "cpus", "gpus", "detail")
@@ -38,7 +47,10 @@ CREATE TABLE IF NOT EXISTS results {_TABLE};
 CREATE TABLE IF NOT EXISTS attempts {_TABLE};
 CREATE INDEX IF NOT EXISTS attempts_task ON attempts (task_id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+PRAGMA user_version = {SCHEMA_VERSION};
 """
+_TABLES = {"results": {"seq", *_COLUMNS}, "attempts": {"seq", *_COLUMNS},
+           "meta": {"key", "value"}}
 #: The unique index on results.task_id is built when a run ends (or when a run that holds
 #: results is resumed): maintaining it row by row would double the cost of each insert.
 _INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS results_task ON results (task_id)"
@@ -64,7 +76,66 @@ def journal_row(task_id: str, ensemble: str | None, attempt: int, result: Any, h
             result[11], host, cpus, gpus, detail)
 
 
+def untouched_uri(path: Path) -> str:
+    """A read-only SQLite URI for ``path`` that creates nothing beside it. Opening a WAL
+    database read-only creates its -wal and -shm files; when there is no -wal (the run is
+    over and checkpointed), the file alone holds everything and is opened immutable."""
+    wal = path.with_name(path.name + "-wal")
+    return f"file:{path}?mode=ro" + ("" if wal.exists() else "&immutable=1")
+
+
+def check_journal(run_dir: str | os.PathLike, *, read_all: bool = False) -> Path:
+    """The journal of ``run_dir``, or StoreError saying in one line why it is not one we can
+    read: no such directory, no journal, empty, not SQLite, another program's database,
+    or another version's tables; with ``read_all``, also a damaged table (this reads each
+    table through). Reads only; modifies nothing."""
+    run_dir = Path(run_dir)
+    path = run_dir / JOURNAL_NAME
+    if not run_dir.is_dir():
+        raise StoreError(f"{run_dir}: no such run directory" if not run_dir.exists()
+                         else f"{run_dir} is not a directory")
+    if not path.is_file():
+        raise StoreError(f"{run_dir} is not a run directory (no {JOURNAL_NAME})")
+    if path.stat().st_size == 0:
+        raise StoreError(f"{path} is empty: no run was recorded in it")
+    try:
+        with closing(sqlite3.connect(untouched_uri(path), uri=True)) as conn:
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = {name: {c[1] for c in conn.execute(f"PRAGMA table_info({name})")}
+                      for (name,) in conn.execute(
+                          "SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if read_all:
+                for name in _TABLES.keys() & tables.keys():
+                    conn.execute(f"SELECT COUNT(*) FROM {name}").fetchone()
+    except sqlite3.Error as exc:
+        raise StoreError(f"{path} is not a readable journal ({exc}): corrupt, or not "
+                         "written by ensemble_launcher") from exc
+    if version > SCHEMA_VERSION:
+        raise StoreError(f"{path} was written by a newer ensemble_launcher (journal schema "
+                         f"{version}; this version reads up to {SCHEMA_VERSION})")
+    _check_tables(path, tables)
+    return path
+
+
+def _check_tables(path: Path, tables: dict[str, set[str]]) -> None:
+    missing = [name for name in _TABLES if name not in tables]
+    if len(missing) == len(_TABLES):
+        raise StoreError(f"{path} is not an ensemble_launcher journal (its tables: "
+                         f"{', '.join(sorted(tables)[:8]) or 'none'})")
+    if missing:
+        raise StoreError(f"{path} is a journal of another ensemble_launcher version: it has "
+                         f"no table {missing[0]!r}")
+    for name, columns in _TABLES.items():
+        lacking = sorted(columns - tables[name])
+        if lacking:
+            more = f" and {len(lacking) - 4} more" if len(lacking) > 4 else ""
+            raise StoreError(f"{path} is a journal of another ensemble_launcher version: "
+                             f"table {name!r} lacks {', '.join(lacking[:4])}{more}")
+
+
 def _connect(path: Path, *, write: bool) -> sqlite3.Connection:
+    if not write or path.exists():
+        check_journal(path.parent)
     try:
         if write:
             conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -74,8 +145,6 @@ def _connect(path: Path, *, write: bool) -> sqlite3.Connection:
             if conn.execute("SELECT 1 FROM results LIMIT 1").fetchone():
                 conn.execute(_INDEX)
         else:
-            if not path.exists():
-                raise StoreError(f"no journal at {path}; is this a run directory?")
             conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, check_same_thread=False)
     except sqlite3.Error as exc:
         raise StoreError(f"cannot open journal {path}: {exc}") from exc
@@ -83,7 +152,12 @@ def _connect(path: Path, *, write: bool) -> sqlite3.Connection:
 
 
 class RunStore:
-    """Writes a run's results and metadata into ``run_dir/journal.db``."""
+    """Writes a run's results and metadata into ``run_dir/journal.db``.
+
+    The first write that fails (a full disk) is rolled back and raised as StoreError; from
+    then on the store writes nothing more (``failure`` holds that error), so that the run
+    can end with the journal as it was at its last commit, which is what resume reads.
+    """
 
     def __init__(self, run_dir: str | os.PathLike, *, flush_rows: int = 256,
                  flush_seconds: float = 0.1) -> None:
@@ -100,6 +174,7 @@ class RunStore:
         self._flush_rows = flush_rows
         self._flush_seconds = flush_seconds
         self._last_flush = time.monotonic()
+        self.failure: StoreError | None = None
 
     def __enter__(self) -> RunStore:
         return self
@@ -109,13 +184,29 @@ class RunStore:
 
     def set_meta(self, **items: Any) -> None:
         conn = self._require_open()
-        with conn:
-            conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                             [(k, json.dumps(v)) for k, v in items.items()])
+        if self.failure is not None:
+            return
+        try:
+            with conn:
+                conn.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                                 [(k, json.dumps(v)) for k, v in items.items()])
+        except sqlite3.Error as exc:
+            raise self._failed("run metadata", exc) from exc
+
+    def drop_meta(self, *keys: str) -> None:
+        """Forget what an earlier run recorded under ``keys`` (a resume starts anew)."""
+        conn = self._require_open()
+        try:
+            with conn:
+                conn.executemany("DELETE FROM meta WHERE key = ?", [(k,) for k in keys])
+        except sqlite3.Error as exc:
+            raise self._failed("run metadata", exc) from exc
 
     def add(self, row: tuple, final: bool = True) -> None:
         """Queue one result row (columns as in ``_COLUMNS``): a task's final result, or an
         attempt that will be retried. Written by the next flush."""
+        if self.failure is not None:
+            return
         (self._buffer if final else self._attempts).append(row)
         if len(self._buffer) >= self._flush_rows:
             self.flush()
@@ -131,7 +222,7 @@ class RunStore:
     def flush(self) -> None:
         conn = self._require_open()
         self._last_flush = time.monotonic()
-        if not (self._buffer or self._attempts or self._archive):
+        if self.failure is not None or not (self._buffer or self._attempts or self._archive):
             return
         rows, self._buffer = self._buffer, []
         attempts, self._attempts = self._attempts, []
@@ -146,26 +237,50 @@ class RunStore:
             conn.executemany(_INSERT_FINAL, rows)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise StoreError(f"cannot write results to {self.path}: {exc}") from exc
+            raise self._failed("results", exc) from exc
 
     def final_states(self) -> dict[str, tuple[str, int]]:
         """task_id -> (state, attempt) of every task with a final result (for resume)."""
-        conn = self._require_open()
-        self.flush()
         return {tid: (state, attempt) for tid, state, attempt in
-                conn.execute("SELECT task_id, state, attempt FROM results")}
+                self._read("SELECT task_id, state, attempt FROM results")}
+
+    def final_counts(self) -> dict[tuple[str | None, str], int]:
+        """(ensemble, state) -> number of final results (for resume's counts)."""
+        return {(ensemble, state): n for ensemble, state, n in self._read(
+            "SELECT ensemble, state, COUNT(*) FROM results GROUP BY ensemble, state")}
 
     def close(self) -> None:
         if self._conn is None:
             return
         try:
             self.flush()
-            self._conn.execute(_INDEX)
+            if self.failure is None:
+                self._conn.execute(_INDEX)
+        except sqlite3.Error as exc:
+            raise self._failed("its index", exc) from exc
         finally:
             self._conn.close()
             self._conn = None
+
+    def _read(self, query: str) -> list[tuple]:
+        conn = self._require_open()
+        self.flush()
+        try:
+            return conn.execute(query).fetchall()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read {self.path}: {exc}") from exc
+
+    def _failed(self, what: str, exc: sqlite3.Error) -> StoreError:
+        """Roll back, drop what was queued, and write nothing more."""
+        conn = self._require_open()
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+        self._buffer, self._attempts, self._archive = [], [], []
+        self.failure = StoreError(f"cannot write {what} to {self.path}: {exc}")
+        return self.failure
 
     def _require_open(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -231,13 +346,27 @@ class Results(Mapping[str, TaskResult]):
             yield TaskResult.from_row(row)
 
     def meta(self) -> dict[str, Any]:
-        return {k: json.loads(v) for k, v in self._conn.execute("SELECT key, value FROM meta")}
+        return _meta(self._conn, self.run_dir / JOURNAL_NAME)
 
     def close(self) -> None:
         self._conn.close()
 
     def __repr__(self) -> str:
         return f"<Results {self.run_dir} {self.counts()}>"
+
+
+def read_meta(run_dir: str | os.PathLike) -> dict[str, Any]:
+    """A run's metadata, read without creating or changing anything in ``run_dir``."""
+    path = check_journal(run_dir, read_all=True)
+    with closing(sqlite3.connect(untouched_uri(path), uri=True)) as conn:
+        return _meta(conn, path)
+
+
+def _meta(conn: sqlite3.Connection, path: Path) -> dict[str, Any]:
+    try:
+        return {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+    except (sqlite3.Error, ValueError) as exc:
+        raise StoreError(f"cannot read the run metadata in {path}: {exc}") from exc
 
 
 def write_results_to_json(results: Mapping[str, Any], path: str | os.PathLike) -> None:

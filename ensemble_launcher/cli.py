@@ -152,18 +152,25 @@ def _resumable_meta(run_dir: Path) -> dict:
 
 def _recorded(model, meta: dict, key: str, run_dir: Path):
     """The config el run recorded under ``key``, read back as ``model`` (SystemConfig or
-    LauncherConfig); StoreError when this version does not accept it."""
+    LauncherConfig), with what holds only on the host that recorded it relaxed (a resume
+    may run in another job, on another node); StoreError when it is refused."""
     from pydantic import ValidationError
 
+    from ensemble_launcher.config.models import RECORDED_NOTES, recorded_context
     from ensemble_launcher.errors import StoreError
 
+    context = recorded_context()
     try:
-        return model.model_validate(meta[key])
+        config = model.model_validate(meta[key], context=context)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or key
-        raise StoreError(f"{run_dir}: the recorded {key} does not suit this version: "
-                         f"{where}: {first['msg']}") from None
+        raise StoreError(f"{run_dir}: the {key} recorded there cannot be used (another "
+                         f"version wrote it, or it was edited): {where}: "
+                         f"{first['msg']}") from None
+    for note in context[RECORDED_NOTES]:
+        click.echo(f"el: note: {note}", err=True)
+    return config
 
 
 @main.command()
@@ -173,10 +180,8 @@ def status(run_dir: Path, as_json: bool) -> None:
     """Show the progress of a run, live or finished, from its RUN_DIR."""
     from ensemble_launcher.errors import EnsembleLauncherError
     from ensemble_launcher.monitor.status import read_status
-    from ensemble_launcher.store.journal import check_journal
 
     try:
-        check_journal(run_dir, read_all=True)
         snapshot = read_status(run_dir)
     except EnsembleLauncherError as exc:
         _bad_input(exc)

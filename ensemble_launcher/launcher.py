@@ -8,7 +8,6 @@ their :class:`~ensemble_launcher.store.Results`, read from the journal on disk.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -21,6 +20,7 @@ from ensemble_launcher.comm import CurveKeys, terminate
 from ensemble_launcher.config import LauncherConfig, SystemConfig
 from ensemble_launcher.config.models import auto_nlevels, default_run_dir
 from ensemble_launcher.ensemble import load_tasks
+from ensemble_launcher.ensemble.preflight import RunFilter
 from ensemble_launcher.errors import (
     ConfigError,
     EnsembleLauncherError,
@@ -31,6 +31,7 @@ from ensemble_launcher.errors import (
 )
 from ensemble_launcher.executors import executor_for, make_pool
 from ensemble_launcher.executors.mpi import mpi_launch_factory
+from ensemble_launcher.logfiles import open_log_file
 from ensemble_launcher.monitor import Counts, LogReporter, MultiReporter, Reporter
 from ensemble_launcher.monitor.profiles import (
     BasicProfile,
@@ -40,6 +41,7 @@ from ensemble_launcher.monitor.profiles import (
     write_trace,
 )
 from ensemble_launcher.monitor.status import StatusFileReporter
+from ensemble_launcher.orchestrator.boot import Settings
 from ensemble_launcher.orchestrator.ledger import Ledger, RetryPolicy, runs_again
 from ensemble_launcher.orchestrator.master import Master
 from ensemble_launcher.orchestrator.node_worker import NodeWorker
@@ -57,7 +59,7 @@ from ensemble_launcher.resources import (
 from ensemble_launcher.resources.discovery import check_resolvable, discover_nodes
 from ensemble_launcher.resources.walltime import job_time_left
 from ensemble_launcher.store import JOURNAL_NAME, Results, RunStore
-from ensemble_launcher.store.journal import check_journal
+from ensemble_launcher.store.journal import check_journal, ids_run_again
 from ensemble_launcher.store.lock import RunDirLock, check_not_in_use
 
 log = logging.getLogger("ensemble_launcher")
@@ -69,7 +71,8 @@ class EnsembleLauncher:
     ``ensemble_file`` is a path to a JSON/YAML ensemble file, the same structure as a
     dict, a dict of :class:`~ensemble_launcher.ensemble.Task` keyed by task id, or an
     iterable of Tasks. ``out_dir`` is the run directory (default
-    ``el-runs/<name>-<time>-<pid>-<n>``, new for every launcher). One launcher runs once.
+    ``el-runs/<name>-<time>-<pid>-<n>``, new for every launcher). One launcher runs once,
+    unless it resumes.
 
     ``resume=True`` continues the run in ``out_dir``: tasks that succeeded there are not
     run again, nor failed ones unless ``retry_failed``; tasks not run are.
@@ -94,7 +97,8 @@ class EnsembleLauncher:
         self.pin_resources = pin_resources and \
             self.launcher_config.task_executor_name != "simulate"
         self.return_stdout = return_stdout or self.launcher_config.return_stdout
-        self.tasks = load_tasks(ensemble_file)
+        self.tasks = load_tasks(ensemble_file, will_run=_resumed(out_dir, retry_failed)
+                                if resume else None)
         self.nodes = self._nodes(Nodes)
         self.nlevels = self._nlevels()
         executor_for(self.launcher_config.task_executor_name)
@@ -175,14 +179,16 @@ class EnsembleLauncher:
         """Run every task; return their results. A failed task is a result, not an error.
 
         An EnsembleLauncher runs once: calling run() again raises LauncherClosedError
-        (make a new one, or resume its run directory). The run holds a lock on its run
-        directory from start to end, so a second launcher there gets StoreError.
+        (make a new one, or resume its run directory), except with ``resume=True``, where
+        each run() continues the run. The run holds a lock on its run directory from start
+        to end, so a second launcher there gets StoreError.
 
         SIGTERM or SIGINT stops it gracefully (see LauncherConfig.shutdown_grace); the
         journal then holds every result, and KeyboardInterrupt is raised. When the run
-        cannot go on (the only worker lost; the journal cannot be written, e.g. a full
-        disk), tasks still out are recorded as not run where the journal allows, and
-        RunAbortedError is raised; in both cases ``el resume`` continues the run.
+        cannot go on (the only worker lost; a child of the tree that cannot start; the
+        journal cannot be written, e.g. a full disk), tasks still out are recorded as not
+        run where the journal allows, and RunAbortedError is raised; in both cases
+        ``el resume`` continues the run.
         """
         self._refuse_second_run()
         config = self.launcher_config
@@ -208,8 +214,9 @@ class EnsembleLauncher:
     def _refuse_second_run(self) -> None:
         """Its tasks may be a consumed iterator and its run directory holds a run now: a
         second run() would re-run everything and then fail, so it fails at once. A run()
-        that failed before it started anything (a locked directory) may be called again."""
-        if self._ran:
+        that failed before it started anything (a locked directory) may be called again,
+        and so may a resuming launcher's, after an interrupt: it continues the run."""
+        if self._ran and not self.resume:
             raise LauncherClosedError(
                 f"this EnsembleLauncher already ran (in {self.run_dir}); it runs once: make a "
                 "new one for a new run, or continue that one with EnsembleLauncher(..., "
@@ -219,8 +226,11 @@ class EnsembleLauncher:
                       basic: BasicProfile | None,
                       timeline: Timeline | NoTimeline) -> BaseException | None:
         """Run the tasks, every result into the journal. Returns what ended the run early:
-        KeyboardInterrupt, RunAbortedError, or None. A journal that cannot be written
-        once tasks started ends the run as RunAbortedError; before that, as StoreError."""
+        KeyboardInterrupt, RunAbortedError, or None. Once the run started, any error of
+        ours (a child of the tree that cannot start, a runner that cannot be replaced, a
+        journal that cannot be written) ends it as RunAbortedError, recorded in the
+        journal's meta: tasks may have run, and resume continues. Before that, a journal
+        that cannot be written is a StoreError."""
         config = self.launcher_config
         stop: BaseException | None = None
         started = False
@@ -247,7 +257,7 @@ class EnsembleLauncher:
                             self._run_tree(control, recorder, timeline)
                 except KeyboardInterrupt as exc:
                     stop = exc
-                except (StoreError, RunAbortedError) as exc:
+                except EnsembleLauncherError as exc:
                     stop = self._aborted(exc)
                 finally:
                     _wind_down(ledger, reporter, counts, stopped=bool(stop or shutdown.requested))
@@ -335,15 +345,12 @@ class EnsembleLauncher:
         config = self.launcher_config
         tree = self.tree
         run_dir = self.run_dir.resolve()
-        child_env = {
-            "EL_LAUNCHER_CONFIG": config.model_dump_json(),
-            "EL_SYSTEM_CONFIG": self.system_config.model_dump_json(),
-            "EL_RUN_DIR": str(run_dir),
-            "EL_PIN": "1" if self.pin_resources else "0",
-            "EL_RETURN_STDOUT": "1" if self.return_stdout else "0",
-            "EL_CHECK_EACH": "1" if self.tasks.total is None else "0",
-            "EL_SYS_PATH": json.dumps([os.path.abspath(p) for p in sys.path if p]),
-        }
+        child_env = Settings(
+            launcher_config=config.model_dump_json(),
+            system_config=self.system_config.model_dump_json(), run_dir=str(run_dir),
+            pin=self.pin_resources, return_stdout=self.return_stdout,
+            check_each=self.tasks.total is None,
+            sys_path=[os.path.abspath(p) for p in sys.path if p]).to_env()
         settings = tree_settings(tree, config, run_dir, child_env)
         keys = None if settings.bind == "pipe" else CurveKeys.generate()
         ctx = zmq.Context()
@@ -367,9 +374,8 @@ class _LogFile:
         self._level = log.level
 
     def __enter__(self) -> _LogFile:
-        if self.path is not None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._handler = _DroppingFileHandler(self.path)
+        self._handler = open_log_file(self.path) if self.path is not None else None
+        if self._handler is not None:
             self._handler.setFormatter(
                 logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
             log.addHandler(self._handler)
@@ -384,14 +390,6 @@ class _LogFile:
             log.setLevel(self._level)
 
 
-class _DroppingFileHandler(logging.FileHandler):
-    """A log line that cannot be written (a full disk) is dropped: the run ends with one
-    clear message, not a traceback on the terminal for every line."""
-
-    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
-        pass
-
-
 def _wind_down(ledger: Ledger, reporter: Reporter, counts: Counts, *, stopped: bool) -> None:
     """Record the tasks still out as not run, and stop the reporters even when the journal
     can no longer be written."""
@@ -399,6 +397,14 @@ def _wind_down(ledger: Ledger, reporter: Reporter, counts: Counts, *, stopped: b
         ledger.abandon("not run: the run was interrupted" if stopped else "not run")
     finally:
         reporter.stop(counts)
+
+
+def _resumed(out_dir: str | os.PathLike | None, retry_failed: bool) -> RunFilter | None:
+    """Which tasks a resume of ``out_dir`` runs: the checks before the run look at those
+    only, as a finished task may have lost its run_dir since."""
+    if out_dir is None:
+        return None
+    return ids_run_again(out_dir, lambda state: runs_again(state, retry_failed))
 
 
 def _retry_policy(config: LauncherConfig) -> RetryPolicy:

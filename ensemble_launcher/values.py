@@ -21,8 +21,10 @@ from ensemble_launcher.errors import _short
 MAX_IDS = 1 << 16
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _GPU_ID = re.compile(r"[A-Za-z0-9_.:/-]+")
-#: Environment names already checked: a sweep's tasks repeat the same few names.
+#: Environment names already checked: a sweep's tasks repeat the same few names. Bounded,
+#: so that a stream of tasks with ever new names does not grow it without end.
 _GOOD_ENV_NAMES: set[str] = set()
+_GOOD_ENV_NAMES_MAX = 4096
 
 
 class BadValue(ValueError):
@@ -34,13 +36,31 @@ class BadValue(ValueError):
         super().__init__(f"{reason}, got {_short(value)}")
 
 
-def whole_number(key: str, value: Any, minimum: int) -> int:
+def whole_number(key: str, value: Any, minimum: int | None = None) -> int:
     """``value`` as an int >= ``minimum``; a whole float (2.0) counts, true/false do not."""
     if isinstance(value, float) and value.is_integer():
         value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise BadValue(f"{key} must be a whole number >= {minimum}", value)
+    if not is_number(value) or isinstance(value, float) \
+            or (minimum is not None and value < minimum):
+        bound = "" if minimum is None else f" >= {minimum}"
+        raise BadValue(f"{key} must be a whole number{bound}", value)
     return value
+
+
+def finite_float(key: str, value: Any) -> float:
+    """A number (not true/false) as a finite float."""
+    if not is_number(value):
+        raise BadValue(f"{key} must be a number", value)
+    number = _as_float(value)
+    if not math.isfinite(number):
+        raise BadValue(f"{key} must be a finite number (a float: at most about 1.8e308)",
+                       value)
+    return number
+
+
+def is_number(value: Any) -> bool:
+    """An int or a float; true and false are not numbers here."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def seconds(key: str, value: Any, *, allow_zero: bool = False) -> float:
@@ -55,7 +75,7 @@ def seconds(key: str, value: Any, *, allow_zero: bool = False) -> float:
 
 def _as_float(value: Any) -> float:
     """A number as a float: NaN for what is not a number, inf for an int too large."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
+    if not is_number(value):
         return math.nan
     try:
         return float(value)
@@ -150,7 +170,8 @@ def env_name(name: Any) -> str:
     if not is_env_name(name):
         raise BadValue("env: a variable name must be letters, digits and _, not starting "
                        "with a digit", name)
-    _GOOD_ENV_NAMES.add(name)
+    if len(_GOOD_ENV_NAMES) < _GOOD_ENV_NAMES_MAX:
+        _GOOD_ENV_NAMES.add(name)
     return name
 
 
@@ -167,18 +188,15 @@ def env_value_text(name: str, value: Any) -> str:
     return value
 
 
-def check_environment(env: Any) -> None:
-    """A Task's ``env``: names that exec can pass on, and string values."""
+def environment(env: Any) -> dict[str, str]:
+    """A Task's ``env`` as exec takes it: checked names and string values, numbers written
+    as text, as in an ensemble file (``{"N": 4}`` -> ``{"N": "4"}``)."""
     if type(env) is dict and _GOOD_ENV_NAMES.issuperset(env) \
             and all(type(v) is str and "\0" not in v for v in env.values()):
-        return
+        return env
     if not isinstance(env, Mapping):
-        raise BadValue("env must be a mapping of names to strings", env)
-    for name, value in env.items():
-        env_name(name)
-        if not isinstance(value, str):
-            raise BadValue(f"env: the value of {name} must be a string", value)
-        env_value_text(name, value)
+        raise BadValue("env must be a mapping of names to strings or numbers", env)
+    return {env_name(name): env_value_text(name, value) for name, value in env.items()}
 
 
 def parse_id_list(text: str, kind: type, key: str = "ids") -> list:

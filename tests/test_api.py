@@ -197,3 +197,17 @@ def test_a_launcher_runs_once_and_says_so_when_run_again(tmp_path):
                        match=r"already ran .*resume=True"):
         el.run()
     assert marks.read_text() == "x\n"
+
+
+def test_a_resuming_launcher_runs_again_and_continues_its_run(tmp_path):
+    """A resume interrupted (or with a task failed) is continued by calling run() again."""
+    fixed = tmp_path / "fixed"
+    tasks = {"ok": Task(task_id="ok", executable="true"),
+             "late": Task(task_id="late", executable=f"test -e {fixed}")}
+    assert EnsembleLauncher(tasks, out_dir=tmp_path / "run").run()["late"].state == "failed"
+    el = EnsembleLauncher(tasks, out_dir=tmp_path / "run", resume=True, retry_failed=True)
+    assert el.run()["late"].state == "failed"
+    fixed.touch()
+    r = el.run()
+    assert r.counts() == {"succeeded": 2}
+    assert [a.state for a in r.attempts("late")] == ["failed", "failed", "succeeded"]

@@ -434,7 +434,7 @@ def test_walltime_nan_from_a_real_el(tmp_path):
     ({"cpu_affinity": [1.5]}, "1.5"), ({"cpu_affinity": [[0]]}, "[0]"),
     ({"cpu_affinity": "5-2"}, "5-2"), ({"cpu_affinity": "0-10000000000"}, "range"),
     ({"gpu_affinity": [True]}, "True"), ({"env": {"A": None}}, "None"),
-    ({"env": {"1A": "x"}}, "1A"), ({"env": {"A=B": "x"}}, "A=B"), ({"env": {"A": 5}}, "5"),
+    ({"env": {"1A": "x"}}, "1A"), ({"env": {"A=B": "x"}}, "A=B"), ({"env": {"A": [5]}}, "[5]"),
     ({"run_dir": 5}, "run_dir"), ({"run_dir": ""}, "empty"), ({"stdout_file": ["o"]}, "['o']"),
     ({"stderr_file": "e\0"}, "NUL"),
 ])

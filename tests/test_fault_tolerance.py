@@ -15,12 +15,13 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from ensemble_launcher import EnsembleLauncher
-from ensemble_launcher.config import LauncherConfig
+from ensemble_launcher.config import LauncherConfig, SystemConfig
 from ensemble_launcher.ensemble import Task
 from ensemble_launcher.store import Results
 
@@ -127,18 +128,25 @@ def _el(*args, env=None, own_group: bool = False) -> subprocess.Popen:
                             start_new_session=own_group)
 
 
-def _children_of(pid: int) -> list[int]:
-    """The processes whose parent is ``pid`` (the tree's children of a root)."""
-    found = []
+def _processes() -> Iterator[tuple[int, list[str]]]:
+    """Every process as (pid, its /proc stat fields after the name: state, ppid, pgrp...)."""
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
                 stat = (entry / "stat").read_text()
             except OSError:
                 continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(entry.name))
-    return found
+            yield int(entry.name), stat.rsplit(")", 1)[1].split()
+
+
+def _children_of(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (the tree's children of a root)."""
+    return [child for child, fields in _processes() if int(fields[1]) == pid]
+
+
+def _running_in_group(pgid: int) -> list[int]:
+    """The processes of a process group that still run (zombies do not)."""
+    return [pid for pid, fields in _processes() if int(fields[2]) == pgid and fields[0] != "Z"]
 
 
 def _signal_job(root: int, sig: int) -> None:
@@ -412,3 +420,88 @@ def test_timeouts_longer_than_poll_can_wait_are_kept(tmp_path):
     r = EnsembleLauncher(tasks, out_dir=tmp_path / "run").run()
     assert r.counts() == {"succeeded": 2}, [(x.task_id, x.exception) for x in r.values()]
     assert r["cmd"].stderr == "hi\n"
+
+
+def nothing() -> None:
+    return None
+
+
+def test_after_two_runner_deaths_only_the_running_commands_are_lost(tmp_path):
+    """Tasks queued behind a command whose runner died go back and keep their keys; the
+    next death on that lane must still blame the command that was running, not the task
+    with the smallest key (which never started)."""
+    started = tmp_path / "started"
+
+    def kills_its_runner_once(name: str) -> Task:
+        marker = tmp_path / f"{name}.killed"
+        return Task(task_id=name, executable=(
+            f"echo {name} >> {started}; test -e {marker} && exit 0; "
+            f"touch {marker}; kill -9 $PPID; sleep 30"))
+
+    tasks = {"warm": Task(task_id="warm", executable=nothing),
+             "victim": kills_its_runner_once("victim"),
+             "a": Task(task_id="a", executable=f"echo a >> {started}; sleep 0.1"),
+             "b": kills_its_runner_once("b")}
+    cpu = sorted(os.sched_getaffinity(0))[:1]
+    r = EnsembleLauncher(tasks, out_dir=tmp_path / "run",
+                         system_config=SystemConfig(name="one", cpus=cpu),
+                         launcher_config=LauncherConfig(kill_grace=1)).run()
+    assert r.counts() == {"succeeded": 4}, [(x.task_id, x.exception) for x in r.values()]
+    assert [a.state for a in r.attempts("victim")] == ["lost", "succeeded"]
+    assert [a.state for a in r.attempts("b")] == ["lost", "succeeded"]
+    assert [a.state for a in r.attempts("a")] == ["succeeded"], \
+        "a task that never started was recorded as lost with its runner"
+    assert ran(started)["a"] == 1
+
+
+def test_a_worker_declared_lost_has_its_command_stopped_not_left_running(tmp_path):
+    """A worker that hangs (SIGSTOP here) is lost; its runners still get the cancel signal
+    and stop its command (whose TERM handler runs) before the worker is killed."""
+    marker, pids, cleaned = tmp_path / "stalled", tmp_path / "pids", tmp_path / "cleaned"
+    stall = (f"if mkdir {marker} 2>/dev/null; then "
+             f"trap 'echo cleaned >> {cleaned}; exit 0' TERM; echo $$ >> {pids}; "
+             "kill -STOP $(ps -o ppid= -p $PPID); while :; do sleep 0.1; done; fi; sleep 0.2")
+    tasks = {f"t{i}": Task(task_id=f"t{i}", executable=["sh", "-c", stall]) for i in range(12)}
+    try:
+        r = EnsembleLauncher(tasks, Nodes=["localhost"] * 2, out_dir=tmp_path / "run",
+                             launcher_config=LauncherConfig(
+                                 nlevels=1, heartbeat_interval=0.3, kill_grace=2)).run()
+        assert r.counts() == {"succeeded": 12}
+        (command,) = map(int, pids.read_text().split())
+        assert not _running_in_group(command), "the lost worker's command went on unmanaged"
+        assert cleaned.read_text() == "cleaned\n", "the command was not stopped by SIGTERM"
+    finally:
+        _kill_groups_of(pids)
+
+
+def test_a_worker_told_to_stop_gets_the_kill_grace_its_command_needs(tmp_path):
+    """The root stops (SIGTERM, no shutdown grace): its worker, told to stop, gives the
+    command's TERM handler kill_grace seconds, longer than any fixed wait of the master;
+    when el exits, no process of the command is left."""
+    pids, cleaned, script = tmp_path / "pids", tmp_path / "cleaned", tmp_path / "slow.sh"
+    script.write_text(f"trap 'sleep 18; echo cleaned >> {cleaned}; exit 0' TERM\n"
+                      f"echo $$ >> {pids}\n"
+                      "while :; do sleep 0.1; done\n")
+    ens = _work_ensemble(tmp_path, f"sh {script} {{i}}", 1)
+    proc = _el("run", ens, "--out", tmp_path / "run",
+               *_one_lane(tmp_path, nlevels=1, shutdown_grace=0, kill_grace=22),
+               env=_localhost_job(tmp_path))
+    try:
+        assert _wait_until(lambda: pids.exists() and pids.read_text().strip())
+        (command,) = map(int, pids.read_text().split())
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 130, err
+        assert not _running_in_group(command), "the command outlived the run"
+        assert cleaned.read_text() == "cleaned\n", "SIGKILL came before the TERM handler ended"
+    finally:
+        proc.kill()
+        proc.communicate()
+        _kill_groups_of(pids)
+
+
+def _kill_groups_of(pids: Path) -> None:
+    """Leave no stray process behind when a test fails."""
+    for pid in map(int, pids.read_text().split() if pids.exists() else []):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGKILL)

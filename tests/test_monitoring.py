@@ -140,15 +140,18 @@ def test_status_during_a_run_and_after_an_interruption(tmp_path):
             return False
         return s.state == "running" and s.ensembles[1].done >= 2 and s.ensembles[1].running
 
-    _wait_for(live)
-    during = el("status", tmp_path / "run", "--json")
+    try:
+        _wait_for(live)
+        during = el("status", tmp_path / "run", "--json")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=60)
     data = json.loads(during.stdout)
     assert data["state"] == "running"
     naps = data["ensembles"][1]
-    assert naps["name"] == "naps" and naps["total"] == 12 and naps["running"] >= 2
+    # "running" counts what the nodes report as started: one task between two may show.
+    assert naps["name"] == "naps" and naps["total"] == 12 and naps["running"] >= 1
     assert naps["done"] + naps["running"] + naps["queued"] + naps["pending"] == 12
-    proc.send_signal(signal.SIGTERM)
-    proc.communicate(timeout=60)
     assert proc.returncode == 130
     after = read_status(tmp_path / "run")
     assert after.state == "interrupted"

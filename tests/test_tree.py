@@ -16,9 +16,10 @@ import pytest
 from ensemble_launcher import ConfigError, EnsembleLauncher
 from ensemble_launcher.config import LauncherConfig
 from ensemble_launcher.ensemble import Task
-from ensemble_launcher.errors import LaunchError
+from ensemble_launcher.errors import LaunchError, RunAbortedError
 from ensemble_launcher.orchestrator.child import pick_entry
 from ensemble_launcher.orchestrator.tree import TreeNode, plan_tree
+from ensemble_launcher.store import Results
 
 HERE = socket.gethostname()
 
@@ -127,9 +128,34 @@ def test_unresolvable_node_is_refused_before_anything_starts(tmp_path):
 
 
 def test_a_launcher_that_cannot_start_children_is_a_clear_error(tmp_path):
-    with pytest.raises(LaunchError, match="srun"):
+    with pytest.raises(RunAbortedError, match="srun") as caught:
         run([Task(task_id="a", executable="true")], tmp_path, ["localhost"] * 2, nlevels=1,
             child_launcher="srun", child_start_timeout=20)
+    assert isinstance(caught.value.__cause__, LaunchError)
+
+
+def test_a_child_that_cannot_start_after_tasks_ran_aborts_the_run_resumably(tmp_path,
+                                                                          monkeypatch):
+    """The run had started (tasks ran on main.w0) when main.w1's launcher step exited: that
+    is not bad input with nothing run (el exit 2) but a run that could not go on (exit 4),
+    recorded as interrupted, which resume continues."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import os, sys, time\n"
+        "if '\"main.w1\"' in os.environ.get('EL_TREE', ''):\n"
+        "    time.sleep(3)\n"
+        "    sys.exit(7)\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        p for p in (str(hook), os.environ.get("PYTHONPATH")) if p))
+    tasks = [Task(task_id=f"t{i}", executable="sleep 0.2") for i in range(60)]
+    with pytest.raises(RunAbortedError, match="main.w1 on .* did not start") as caught:
+        run(tasks, tmp_path, ["localhost"] * 2, nlevels=1)
+    assert isinstance(caught.value.__cause__, LaunchError)
+    assert f"el resume {tmp_path / 'run'}" in str(caught.value)
+    r = Results(tmp_path / "run")
+    assert r.meta()["interrupted"] is True and "finished" in r.meta()
+    assert r.counts()["succeeded"] >= 1 and set(r.counts()) <= {"succeeded", "not_run"}
 
 
 def test_a_stalled_worker_is_declared_lost_and_its_tasks_run_elsewhere(tmp_path):
@@ -345,60 +371,197 @@ def test_tasks_see_no_tree_variable_and_no_key(tmp_path, nlevels, comm, monkeypa
     assert not list((tmp_path / "run").glob(".boot-*"))
 
 
+class _TestParent:
+    """The parent of one real worker process, main.w0, played by the test (ipc, no keys)."""
+
+    def __init__(self, run_dir: Path) -> None:
+        import zmq
+
+        from ensemble_launcher.comm import ParentEndpoint
+        from ensemble_launcher.orchestrator.boot import BootDir
+
+        self.run_dir = run_dir
+        self.ctx = zmq.Context()
+        self.endpoint = ParentEndpoint(self.ctx, "ipc", None)
+        self.boot = BootDir(run_dir / ".boot-main")
+        self.got: list = []
+        self.worker: subprocess.Popen | None = None
+
+    def __enter__(self) -> _TestParent:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from ensemble_launcher.comm import terminate
+
+        if self.worker is not None and self.worker.poll() is None:
+            self.worker.kill()
+        self.endpoint.close()
+        self.boot.close()
+        terminate(self.ctx)
+
+    def write_boot(self, config: LauncherConfig) -> None:
+        from ensemble_launcher.config import SystemConfig
+        from ensemble_launcher.orchestrator.boot import Settings
+
+        self.boot.write("main.w0", {**Settings(
+            launcher_config=config.model_dump_json(),
+            system_config=SystemConfig(ncpus=1).model_dump_json(), run_dir=str(self.run_dir),
+            pin=False, return_stdout=True, check_each=False, sys_path=sys.path).to_env(),
+            "EL_PARENT": self.endpoint.address})
+
+    def start_worker(self) -> subprocess.Popen:
+        import json
+
+        self.worker = subprocess.Popen(
+            [sys.executable, "-m", "ensemble_launcher.orchestrator.child"],
+            env={**os.environ, "EL_BOOT": str(self.boot.path),
+                 "EL_TREE": json.dumps([TreeNode("main.w0", "worker", [HERE]).to_dict()])})
+        return self.worker
+
+    def receive_until(self, kind: type) -> list:
+        deadline = time.monotonic() + 30
+        while not any(isinstance(m, kind) for m in self.got) and time.monotonic() < deadline:
+            self.endpoint.router.poll(50)
+            self.got.extend(m for _, m in self.endpoint.receive({b"main.w0"}))
+        return [m for m in self.got if isinstance(m, kind)]
+
+
 def test_a_worker_drops_garbage_from_its_parent_and_goes_on(tmp_path):
     """A real worker process under a parent played by the test: frames that are not
     messages are dropped and logged, and the task that follows runs."""
-    import json
-
     import msgpack
-    import zmq
 
-    from ensemble_launcher.comm import Bye, Drain, Hello, ParentEndpoint, Results, Tasks
-    from ensemble_launcher.config import SystemConfig
-    from ensemble_launcher.orchestrator.boot import BootDir
+    from ensemble_launcher.comm import Bye, Drain, Hello, Results, Tasks
     from ensemble_launcher.orchestrator.wire import FunctionTable, task_to_wire
 
-    ctx = zmq.Context()
-    parent = ParentEndpoint(ctx, "ipc", None)
-    boot = BootDir(tmp_path / ".boot-main")
-    boot.write("main.w0", {
-        "EL_LAUNCHER_CONFIG": LauncherConfig(worker_logs=True).model_dump_json(),
-        "EL_SYSTEM_CONFIG": SystemConfig(ncpus=1).model_dump_json(),
-        "EL_RUN_DIR": str(tmp_path), "EL_PIN": "0", "EL_RETURN_STDOUT": "1",
-        "EL_CHECK_EACH": "0", "EL_SYS_PATH": json.dumps(sys.path), "EL_PARENT": parent.address})
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "ensemble_launcher.orchestrator.child"],
-        env={**os.environ, "EL_BOOT": str(boot.path),
-             "EL_TREE": json.dumps([TreeNode("main.w0", "worker", [HERE]).to_dict()])})
-    got: list = []
-
-    def receive_until(kind):
-        deadline = time.monotonic() + 30
-        while not any(isinstance(m, kind) for m in got) and time.monotonic() < deadline:
-            parent.router.poll(50)
-            got.extend(m for _, m in parent.receive({b"main.w0"}))
-        return [m for m in got if isinstance(m, kind)]
-
-    try:
-        assert receive_until(Hello)
-        assert not (boot.path / "main.w0.json").exists()
+    with _TestParent(tmp_path) as parent:
+        parent.write_boot(LauncherConfig(worker_logs=True))
+        worker = parent.start_worker()
+        assert parent.receive_until(Hello)
+        assert not (parent.boot.path / "main.w0.json").exists()
         for frames in ([b"\xc1"], [b""], [msgpack.packb([4, "not a list"])],
                        [msgpack.packb([4, [["short"]], 1])], [msgpack.packb([77])],
                        [b"two", b"parts"]):
-            parent.router.send_multipart([b"main.w0", *frames])
+            parent.endpoint.router.send_multipart([b"main.w0", *frames])
         task = Task(task_id="after-garbage", executable="echo still here")
-        parent.send(b"main.w0", Tasks([task_to_wire(1, task, FunctionTable())]))
-        parent.send(b"main.w0", Drain())
-        assert receive_until(Bye)
-        rows = [row for m in got if isinstance(m, Results) for row in m.rows]
+        parent.endpoint.send(b"main.w0", Tasks([task_to_wire(1, task, FunctionTable())]))
+        parent.endpoint.send(b"main.w0", Drain())
+        assert parent.receive_until(Bye)
+        rows = [row for m in parent.got if isinstance(m, Results) for row in m.rows]
         assert [(row[0], row[1]) for row in rows] == [(1, "succeeded")]
         assert worker.wait(timeout=30) == 0
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-        parent.close()
-        boot.close()
-        ctx.term()
     drops = [line for line in (tmp_path / "logs" / "worker-main.w0.log").read_text()
              .splitlines() if "dropped a bad frame from the parent" in line]
     assert len(drops) == 6
+
+
+def test_a_child_log_on_a_full_disk_drops_its_lines_without_tracebacks(tmp_path):
+    logs = tmp_path / "run" / "logs"
+    logs.mkdir(parents=True)
+    (logs / "worker-main.w0.log").symlink_to("/dev/full")
+    r = run([Task(task_id=f"t{i}", executable="true") for i in range(20)], tmp_path,
+            ["localhost"], nlevels=1, worker_logs=True)
+    assert r.counts() == {"succeeded": 20}
+    launch_log = (logs / "launch-main-0.log").read_text()
+    assert "Logging error" not in launch_log and "Traceback" not in launch_log, launch_log
+
+
+def _el_run(tmp_path: Path, ensemble: dict, launcher: dict, env: dict[str, str],
+            nodes: list[str]) -> dict:
+    """``el run`` as a user runs it, on ``nodes`` (a PBS node file); its results."""
+    import json
+
+    (tmp_path / "e.json").write_text(json.dumps(ensemble))
+    (tmp_path / "launcher.json").write_text(json.dumps(launcher))
+    (tmp_path / "nodes").write_text("\n".join(nodes) + "\n")
+    out = subprocess.run(
+        [sys.executable, "-m", "ensemble_launcher.cli", "run", str(tmp_path / "e.json"),
+         "--launcher-config", str(tmp_path / "launcher.json"), "--return-stdout", "--json",
+         str(tmp_path / "results.json"), "--out", str(tmp_path / "run")],
+        env={**env, "PBS_NODEFILE": str(tmp_path / "nodes")}, capture_output=True, text=True,
+        timeout=120)
+    assert out.returncode == 0, out.stderr
+    return json.loads((tmp_path / "results.json").read_text())
+
+
+@pytest.mark.parametrize("nlevels", [0, 1, 2])
+def test_the_users_el_variables_reach_tasks_and_ours_do_not(tmp_path, nlevels):
+    """A variable of the user named EL_*, set for ``el run`` or in a task's env, reaches the
+    task at every depth; none of the variables we set for the tree does."""
+    ensemble = {"ensembles": {"view": {"cmd_template": "sh -c 'env; : {i}'", "i": [0, 1, 2, 3],
+                                       "env": {"EL_TASK_SETTING": "from-the-task"}}}}
+    launcher = {"nlevels": nlevels, **({"nchildren": 2} if nlevels == 2 else {})}
+    results = _el_run(tmp_path, ensemble, launcher, {**os.environ, "EL_MY_SETTING": "mine"},
+                      [HERE] if nlevels == 0 else [HERE, "localhost"])
+    assert len(results) == 4
+    for result in results.values():
+        seen = dict(line.split("=", 1) for line in result["stdout"].splitlines() if "=" in line)
+        assert {k: v for k, v in seen.items() if k.startswith("EL_")} == {
+            "EL_MY_SETTING": "mine", "EL_TASK_SETTING": "from-the-task"}
+
+
+def _in_every_child(tmp_path: Path, monkeypatch, code: str) -> None:
+    """Run ``code`` first in every Python process started from now on (a sitecustomize on
+    PYTHONPATH): how a test makes a real child of the tree misbehave."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(code)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        p for p in (str(hook), os.environ.get("PYTHONPATH")) if p))
+
+
+def test_bad_result_rows_from_a_known_child_are_dropped_and_every_task_recorded_once(
+        tmp_path, monkeypatch):
+    """A real worker, patched to send a bad row before the real one for three tasks (a list
+    for the signal, a map for the reason, a map for the value): the master drops and logs
+    each, and the run ends with every task recorded once, as it ran."""
+    _in_every_child(tmp_path, monkeypatch,
+        "import os\n"
+        "if os.environ.get('EL_TREE'):\n"
+        "    from ensemble_launcher.comm import Results\n"
+        "    from ensemble_launcher.orchestrator.parent_link import ParentLink\n"
+        "    BAD = {'bad-signal': (4, [15]), 'bad-reason': (2, {'why': 1}),\n"
+        "           'bad-value': (5, {'v': 1})}\n"
+        "    record = ParentLink.record\n"
+        "    def record_after_a_bad_row(self, key, task, result, cpus, gpus):\n"
+        "        if task.task_id in BAD:\n"
+        "            field, value = BAD[task.task_id]\n"
+        "            row = [*result, self._host, cpus, gpus]\n"
+        "            row[1:5] = ['failed', 'signal', -15, 15]\n"
+        "            row[field] = value\n"
+        "            self._send(Results([row]))\n"
+        "        record(self, key, task, result, cpus, gpus)\n"
+        "    ParentLink.record = record_after_a_bad_row\n")
+    bad = ["bad-signal", "bad-reason", "bad-value"]
+    tasks = [Task(task_id=t, executable="true") for t in bad]
+    tasks += [Task(task_id=f"c{i}", executable=cube, args=(i,)) for i in range(20)]
+    r = run(tasks, tmp_path, ["localhost"], nlevels=1, master_logs=True)
+    assert r.counts() == {"succeeded": 23}
+    assert all(len(r.attempts(t)) == 1 and r[t].signal is None for t in bad)
+    drops = [line for line in (tmp_path / "run" / "logs" / "master-main.log").read_text()
+             .splitlines() if "dropped a bad frame from main.w0" in line]
+    assert len(drops) == 3 and all("Results.rows" in d and "row 0 is not" in d for d in drops)
+
+
+def test_a_child_waits_for_a_start_up_file_that_shows_late(tmp_path):
+    """On NFS a file another node has just created can be out of sight for a moment: a real
+    worker that finds no start-up file looks again, and connects once the file is there."""
+    from ensemble_launcher.comm import Bye, Drain, Hello
+
+    with _TestParent(tmp_path) as parent:
+        worker = parent.start_worker()
+        time.sleep(2)  # the file shows 2 s after the worker started (it looks for 5 s)
+        assert worker.poll() is None
+        parent.write_boot(LauncherConfig())
+        assert parent.receive_until(Hello)
+        parent.endpoint.send(b"main.w0", Drain())
+        assert parent.receive_until(Bye)
+        assert worker.wait(timeout=30) == 0
+
+
+def test_a_start_up_file_that_never_shows_is_a_boot_error_naming_it(tmp_path):
+    from ensemble_launcher.orchestrator.boot import BootError, read_boot
+
+    with pytest.raises(BootError, match=r"main\.w3: cannot read its start-up file .*main\.w3"
+                                         r"\.json \(tried for 0\.3 s\)"):
+        read_boot(str(tmp_path), "main.w3", wait=0.3)

@@ -19,9 +19,7 @@ _FIX = ("set bind_address to the IP address of the one interface that reaches th
 def check_bind_address(value: str) -> str:
     """``value`` when it names one address of this host; ValueError saying how to fix it
     otherwise."""
-    if value.strip() in ("*", "") or _is_wildcard(value):
-        raise ValueError(f"bind_address {value!r} listens on every interface of the host, "
-                         f"which we never do; {_FIX}")
+    check_not_wildcard(value)
     ip = _ip(value)
     if ip is not None:
         _check_assigned_here(value, ip)
@@ -29,6 +27,15 @@ def check_bind_address(value: str) -> str:
         shown = ", ".join(interface_names()[:12])
         raise ValueError(f"bind_address {value!r} is neither an IP address nor a network "
                          f"interface of this host ({socket.gethostname()}: {shown}); {_FIX}")
+    return value
+
+
+def check_not_wildcard(value: str) -> str:
+    """``value`` unless it listens on every interface: checked also where the host it names
+    is not this one (a run recorded on another node)."""
+    if value.strip() in ("*", "") or _is_wildcard(value):
+        raise ValueError(f"bind_address {value!r} listens on every interface of the host, "
+                         f"which we never do; {_FIX}")
     return value
 
 

@@ -26,17 +26,56 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import types
 import typing
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import msgpack
+
+from ensemble_launcher.errors import _short
 
 log = logging.getLogger("ensemble_launcher")
 
 #: Fields of a result row (see ``orchestrator.wire``): the runner's result, host, cpus, gpus.
 RESULT_FIELDS = 15
+_NUMBER = (float, int)
+
+
+def _are_result_rows(rows: Any) -> bool:
+    """Whether ``rows`` is a list of result rows whose every field has a type that the
+    ledger, the journal (SQLite) and msgpack take: key int; state str; reason str or None;
+    returncode and signal int or None; value bytes or None; exception, traceback, stdout
+    and stderr str or None; start and end numbers; host, cpus and gpus str.
+
+    Every master runs this for every result, so it looks at each row once: it unpacks the
+    row (which checks that it has :data:`RESULT_FIELDS` fields) and tests the types in one
+    expression, with no function of ours called per row. A map cannot pass for a row:
+    msgpack gives maps str or bytes keys, never an int key."""
+    text, integer, number = str, int, _NUMBER
+    try:
+        for (key, state, reason, returncode, signal, value, exception, traceback, stdout,
+             stderr, start, end, host, cpus, gpus) in rows:
+            if not (type(key) is integer and type(state) is text
+                    and (reason is None or type(reason) is text)
+                    and (returncode is None or type(returncode) is integer)
+                    and (signal is None or type(signal) is integer)
+                    and (value is None or type(value) is bytes)
+                    and (exception is None or type(exception) is text)
+                    and (traceback is None or type(traceback) is text)
+                    and (stdout is None or type(stdout) is text)
+                    and (stderr is None or type(stderr) is text)
+                    and type(start) in number and type(end) in number
+                    and type(host) is text and type(cpus) is text and type(gpus) is text):
+                return False
+    except (TypeError, ValueError):
+        return False
+    return type(rows) is list
+
+
+#: Results rows, checked by :func:`_are_result_rows` on arrival.
+ResultRows = Annotated[list[list[Any]], _are_result_rows]
 
 
 class Message:
@@ -63,7 +102,7 @@ def _message(code: int) -> Callable[[M], M]:
             raise ValueError(f"message code {code} used by {_BY_CODE[code].__name__} and "
                              f"{cls.__name__}")
         cls.code = code
-        hints = typing.get_type_hints(cls)
+        hints = typing.get_type_hints(cls, include_extras=True)
         cls.checks = tuple(_check_for(hints[f.name]) for f in fields(cls))  # type: ignore[arg-type]
         _BY_CODE[code] = cls
         return cls
@@ -72,18 +111,32 @@ def _message(code: int) -> Callable[[M], M]:
 
 
 def _check_for(hint: Any) -> Callable[[Any], bool]:
-    """A predicate for values of the annotation ``hint`` as msgpack returns them."""
-    if typing.get_origin(hint) is list:
-        (item,) = typing.get_args(hint)
+    """A predicate for values of the annotation ``hint`` as msgpack returns them: a class,
+    ``float`` (ints too), ``Any``, ``X | None``, ``list[X]``, or ``Annotated[X, check]``.
+    Any other hint is refused here, when the message class is registered: a check that
+    always failed would drop every message of that class."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Annotated:
+        return args[1]
+    if origin is list:
+        (item,) = args
         if item is Any:
             return lambda value: type(value) is list
         check_item = _check_for(item)
         return lambda value: type(value) is list and all(map(check_item, value))
+    if origin in (typing.Union, types.UnionType):
+        checks = tuple(_check_for(a) for a in args if a is not type(None))
+        if type(None) not in args or len(checks) != 1:
+            raise TypeError(f"message fields take X | None, not the union {hint}")
+        (check,) = checks
+        return lambda value: value is None or check(value)
     if hint is float:
-        return lambda value: type(value) in (float, int)
+        return lambda value: type(value) in _NUMBER
     if hint is Any:
         return lambda value: True
-    return lambda value: type(value) is hint
+    if origin is None and isinstance(hint, type):
+        return lambda value: type(value) is hint
+    raise TypeError(f"message fields cannot have the type {hint}")
 
 
 @_message(1)
@@ -121,7 +174,7 @@ class Results(Message):
     """Finished tasks, and what runs now: ``running`` lists ``[ensemble, n]`` for every
     ensemble the sender's nodes have run tasks of, when that changed (else it is empty)."""
 
-    rows: list[list[Any]]
+    rows: ResultRows
     running: list[list[Any]] = dataclasses.field(default_factory=list)
 
 
@@ -227,17 +280,18 @@ def decode(data: bytes) -> Message:
     for value, check, field in zip(values, cls.checks, fields(cls), strict=True):  # type: ignore[arg-type]
         if not check(value):
             raise ProtocolError(f"{cls.__name__}.{field.name} is not {field.type}: "
-                                f"{_short(value)}")
-    if cls is Results and not all(len(row) == RESULT_FIELDS and type(row[0]) is int
-                                  for row in values[0]):
-        raise ProtocolError(f"Results with a row that is not {RESULT_FIELDS} fields led by a "
-                            "task key")
+                                f"{_culprit(cls, value)}")
     return cls(*values)
 
 
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[:limit] + "..."
+def _culprit(cls: type[Message], value: Any) -> str:
+    """The bad value, cut short; for Results, the first bad row and where it is."""
+    if cls is Results and type(value) is list:
+        for i, row in enumerate(value):
+            if not _are_result_rows([row]):
+                return (f"row {i} is not {RESULT_FIELDS} fields of the types a result has: "
+                        f"{_short(row)}")
+    return _short(value)
 
 
 class Inbox:

@@ -203,10 +203,26 @@ class LauncherConfig(_Strict):
 
     @field_validator("bind_address")
     @classmethod
-    def _bind_address_is_one_interface(cls, value: str | None) -> str | None:
-        from ensemble_launcher.comm.addresses import check_bind_address
+    def _bind_address_is_one_interface(cls, value: str | None,
+                                       info: ValidationInfo) -> str | None:
+        """On this host, one of its addresses. A config recorded by a run (read back with
+        ``context=recorded_context()``) may name another host's: a resume in a new job runs
+        elsewhere, so that address is dropped for the default, with a note."""
+        from ensemble_launcher.comm.addresses import check_bind_address, check_not_wildcard
 
-        return None if value is None else check_bind_address(value)
+        if value is None:
+            return None
+        notes = info.context.get(RECORDED_NOTES) if isinstance(info.context, dict) else None
+        if notes is None:
+            return check_bind_address(value)
+        check_not_wildcard(value)
+        try:
+            return check_bind_address(value)
+        except ValueError:
+            notes.append(f"the recorded bind_address {value!r} is not an address or an "
+                         "interface of this host; masters listen on the address that "
+                         "routes to their children instead")
+            return None
 
     @field_validator("gpu_selector")
     @classmethod
@@ -222,6 +238,17 @@ class LauncherConfig(_Strict):
         if any("\0" in a for a in args):
             raise ValueError("an argument must not contain a NUL character")
         return args
+
+
+#: Where validation with ``context=recorded_context()`` leaves notes on what it changed.
+RECORDED_NOTES = "recorded_notes"
+
+
+def recorded_context() -> dict[str, list[str]]:
+    """The validation context for a config a run recorded and a resume reads back: checks
+    that hold only on the host that recorded it are relaxed, and what they change is noted
+    under RECORDED_NOTES."""
+    return {RECORDED_NOTES: []}
 
 
 def auto_nlevels(nnodes: int) -> int:

@@ -90,15 +90,16 @@ def requirement_of(task: Task, label: str) -> Requirement:
                        tuple(task.gpu_affinity), task.is_callable)
 
 
-def load_tasks(ensemble: Any) -> TaskStream:
-    """Validate ``ensemble`` completely and return its tasks as a lazy stream."""
+def load_tasks(ensemble: Any, *, will_run: preflight.RunFilter | None = None) -> TaskStream:
+    """Validate ``ensemble`` completely and return its tasks as a lazy stream. ``will_run``
+    (a resume's) limits the checks of this host to the tasks that will run."""
     if isinstance(ensemble, (str, Path)):
         path = str(ensemble)
-        return _from_definition(read_structured_file(path), path)
+        return _from_definition(read_structured_file(path), path, will_run)
     if isinstance(ensemble, Mapping):
         if "ensembles" in ensemble:
-            return _from_definition(ensemble, None)
-        return _from_task_dict(ensemble)
+            return _from_definition(ensemble, None, will_run)
+        return _from_task_dict(ensemble, will_run)
     if isinstance(ensemble, Iterable):
         return TaskStream([("tasks", _checked_iter(ensemble), None)])
     raise ConfigError(
@@ -106,7 +107,8 @@ def load_tasks(ensemble: Any) -> TaskStream:
         f"a dict of Task, or an iterable of Task; got {type(ensemble).__name__}")
 
 
-def _from_definition(data: Any, source: str | None) -> TaskStream:
+def _from_definition(data: Any, source: str | None,
+                     will_run: preflight.RunFilter | None) -> TaskStream:
     if not isinstance(data, Mapping):
         raise EnsembleFileError("the top level must be a mapping with an 'ensembles' key",
                                 file=source)
@@ -121,7 +123,8 @@ def _from_definition(data: Any, source: str | None) -> TaskStream:
                                 file=source, key="ensembles", value=ensembles, has_value=True)
     parts: list[tuple[str, Iterable[Task], int | None]] = []
     for name, definition in ensembles.items():
-        spec = EnsembleSpec(_ensemble_name(name, ensembles, source), definition, source)
+        spec = EnsembleSpec(_ensemble_name(name, ensembles, source), definition, source,
+                            will_run=will_run)
         parts.append((spec.name, spec, len(spec)))
     total = sum(size or 0 for _, _, size in parts)
     if total > MAX_VALUES:
@@ -147,7 +150,8 @@ def _ensemble_name(name: Any, ensembles: Mapping[Any, Any], source: str | None) 
     return str(name)
 
 
-def _from_task_dict(tasks: Mapping[Any, Any]) -> TaskStream:
+def _from_task_dict(tasks: Mapping[Any, Any],
+                    will_run: preflight.RunFilter | None) -> TaskStream:
     checked: set[tuple[str, str | None]] = set()
     for key, task in tasks.items():
         if not isinstance(task, Task):
@@ -156,12 +160,12 @@ def _from_task_dict(tasks: Mapping[Any, Any]) -> TaskStream:
         if key != task.task_id:
             raise ConfigError(f"ensemble dict key {key!r} differs from its Task's task_id "
                               f"{task.task_id!r}")
-    found = preflight.first_problem(tasks.values())
+    found = preflight.first_problem(preflight.running_stream(tasks.values(), will_run))
     if found is not None:
         task, problem = found
         raise ConfigError(f"task {task.task_id!r}: {problem.key}: {problem.text}, so it could "
                           "not start")
-    for task in tasks.values():
+    for task in preflight.running_stream(tasks.values(), will_run):
         if not task.is_callable:
             _check_program(task, checked)
     return TaskStream([("tasks", tasks.values(), len(tasks))])

@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ensemble_launcher.config.files import decode_utf8
+from ensemble_launcher.values import BadValue, finite_float, whole_number
 
 #: The most values one parameter, or one ensemble, can have (the limit of ``len()``).
 MAX_VALUES = sys.maxsize
@@ -67,7 +68,7 @@ class Linspace(_Lazy):
         if not isinstance(endpoint, bool):
             raise ExpressionError(f"endpoint must be True or False, got {endpoint!r}")
         self.endpoint = endpoint
-        div = (num - 1) if endpoint else num
+        div = (self._n - 1) if endpoint else self._n
         self.step = (self.stop - self.start) / div if div > 0 else 0.0
         if not math.isfinite(self.step):
             raise ExpressionError(f"the span from {start!r} to {stop!r} is too wide for a float")
@@ -138,22 +139,21 @@ class Arange(_Lazy):
         return self.start + i * self.step
 
 
+def _checked(check: Callable[..., Any], name: str, value: Any, *args: Any) -> Any:
+    """``check(name, value, *args)`` of :mod:`values`, a refusal as an ExpressionError."""
+    try:
+        return check(name, value, *args)
+    except BadValue as exc:
+        raise ExpressionError(str(exc)) from None
+
+
 def _real(name: str, value: Any) -> int | float:
-    """A number argument, as given: an int stays exact."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ExpressionError(f"{name} must be a number, got {value!r}")
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ExpressionError(f"{name} must be a finite number, got {value!r}")
-    return value
+    """A number argument, as given: an int stays exact, however large."""
+    return value if type(value) is int else _finite(name, value)
 
 
 def _finite(name: str, value: Any) -> float:
-    number = _real(name, value)
-    try:
-        return float(number)
-    except OverflowError:
-        raise ExpressionError(f"{name} is too large for a float: {approximately(int(number))}"
-                              ) from None
+    return _checked(finite_float, name, value)
 
 
 def _ceil_count(quotient: float) -> int:
@@ -178,17 +178,14 @@ def approximately(n: int) -> str:
 
 
 def _count(name: str, num: Any) -> int:
-    if not isinstance(num, int) or isinstance(num, bool) or num < 0:
-        raise ExpressionError(f"{name} must be a whole number >= 0, got {num!r}")
-    return _at_most(num)
+    return _at_most(_checked(whole_number, name, num, 0))
 
 
 def _range(start: int, stop: int | None = None, step: int = 1) -> range:
     if stop is None:
         start, stop = 0, start
-    for name, value in (("start", start), ("stop", stop), ("step", step)):
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ExpressionError(f"{name} must be a whole number, got {value!r}")
+    start, stop, step = (_checked(whole_number, name, value) for name, value in
+                         (("start", start), ("stop", stop), ("step", step)))
     if step == 0:
         raise ExpressionError("step must not be 0")
     values = range(start, stop, step)

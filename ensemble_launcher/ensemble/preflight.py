@@ -10,7 +10,7 @@ system that every node sees.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 from ensemble_launcher.ensemble.programs import command_argv, command_line
@@ -25,6 +25,12 @@ EXEC_HEADROOM = 16 * 1024
 #: costs up to a millisecond on a parallel file system, so a check stays under a second.
 PREFLIGHT_TASKS = 1000
 PATH_OPTIONS = ("run_dir", "stdout_file", "stderr_file")
+#: Which of the given task ids will run. A resume runs only the tasks not done; the others
+#: may have lost what they needed (a user deletes a finished task's run_dir), and must not
+#: stop the resume.
+RunFilter = Callable[[Sequence[str]], Collection[str]]
+#: How many task ids a RunFilter is asked about at once.
+_FILTER_BATCH = 500
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +84,28 @@ def first_problem(tasks: Iterable[Task]) -> tuple[Task, Problem] | None:
         if problem:
             return task, problem
     return None
+
+
+def running(tasks: Sequence[Task], will_run: RunFilter | None) -> list[Task]:
+    """The tasks of ``tasks`` that will run (all, without ``will_run``)."""
+    if will_run is None:
+        return list(tasks)
+    kept = will_run([task.task_id for task in tasks])
+    return [task for task in tasks if task.task_id in kept]
+
+
+def running_stream(tasks: Iterable[Task], will_run: RunFilter | None) -> Iterator[Task]:
+    """The tasks of ``tasks`` that will run, asked about a batch at a time."""
+    if will_run is None:
+        yield from tasks
+        return
+    batch: list[Task] = []
+    for task in tasks:
+        batch.append(task)
+        if len(batch) == _FILTER_BATCH:
+            yield from running(batch, will_run)
+            batch = []
+    yield from running(batch, will_run)
 
 
 def directory_problem(path: str) -> str | None:

@@ -33,7 +33,7 @@ from ensemble_launcher.ensemble.programs import (
     quote_for,
     resolve_program,
 )
-from ensemble_launcher.ensemble.task import Task, UnbuildableTask
+from ensemble_launcher.ensemble.task import Task, UnbuildableTask, rendered_task
 from ensemble_launcher.errors import EnsembleFileError, EnsembleLauncherError, _short
 from ensemble_launcher.values import (
     BadValue,
@@ -215,11 +215,16 @@ class _Template:
 
 
 class EnsembleSpec(Sequence):
-    """A validated ensemble: ``len(spec)`` tasks, ``spec[i]`` builds task ``i``."""
+    """A validated ensemble: ``len(spec)`` tasks, ``spec[i]`` builds task ``i``.
 
-    def __init__(self, name: str, definition: Any, source: str | None = None) -> None:
+    ``will_run`` (a resume's) says which tasks will run; the checks of this host look at
+    those only, since a finished task may have lost what it needed (its run_dir)."""
+
+    def __init__(self, name: str, definition: Any, source: str | None = None, *,
+                 will_run: preflight.RunFilter | None = None) -> None:
         self.name = name
         self.source = source
+        self._will_run = will_run
         self._check_name()
         if not isinstance(definition, Mapping):
             self._fail(f"an ensemble must be a mapping of keys, got {type(definition).__name__}",
@@ -233,6 +238,7 @@ class EnsembleSpec(Sequence):
         if self._size:
             self._check_host()
             self._check_renders()
+        self._will_run = None
 
     # -- parsing ---------------------------------------------------------------------------
 
@@ -514,21 +520,27 @@ class EnsembleSpec(Sequence):
                 self._fail(f"{problem.text}, so task {task.task_id} could not start", key,
                            self._definition.get(key))
 
-    def _tasks_covering(self, names: set[str]) -> Iterator[Task]:
+    def _tasks_covering(self, names: set[str]) -> list[Task]:
         """Tasks that between them take every combination of the listed parameters in
-        ``names``, at most PREFLIGHT_TASKS of them. A task that cannot be rendered is
-        left to :meth:`_check_renders`, which reports it."""
+        ``names``, at most PREFLIGHT_TASKS of them, less those that will not run. A task
+        that cannot be rendered is left to :meth:`_check_renders`, which reports it."""
+        tasks = []
         for index in itertools.islice(self._indices_covering(names),
                                       preflight.PREFLIGHT_TASKS):
             try:
-                yield self[index]
+                tasks.append(self[index])
             except (ValueError, TypeError, KeyError):
                 continue
+        tasks = preflight.running(tasks, self._will_run)
+        return tasks if names.intersection(self._names) else tasks[:1]
 
     def _indices_covering(self, names: set[str]) -> Iterator[int]:
+        """Indices of tasks that take every combination of the listed parameters in
+        ``names``; for none, task 0 stands for all (or, on a resume, whichever of the
+        first tasks runs again)."""
         listed = [i for i, name in enumerate(self._names) if name in names]
         if not listed:
-            yield 0
+            yield from range(self._size) if self._will_run else (0,)
         elif self.relation != "many-to-many" or len(self._names) == 1:
             yield from range(self._size)
         else:
@@ -544,7 +556,9 @@ class EnsembleSpec(Sequence):
             except (ValueError, TypeError, KeyError) as exc:
                 self._fail(f"cannot render task {index}: {exc}", "cmd_template",
                            self._definition["cmd_template"])
-        self._check_executable(self[0])
+        runs = self._tasks_covering(set())
+        if runs:
+            self._check_executable(runs[0])
 
     def _check_executable(self, task: Task) -> None:
         """The program of a command whose first word is plain text must exist. The word
@@ -598,7 +612,7 @@ class EnsembleSpec(Sequence):
     def _make_task(self, index: int, values: dict[str, Any]) -> Task:
         t = self.templates
         env = {k: tpl.render(values) for k, tpl in self.env_templates.items()}
-        return Task(
+        return rendered_task(
             task_id=f"{self.name}-{index}",
             nnodes=self.nnodes,
             ppn=self.ppn,

@@ -10,8 +10,8 @@ from typing import Any
 from ensemble_launcher.errors import ConfigError, _short
 from ensemble_launcher.values import (
     BadValue,
-    check_environment,
     cpu_ids,
+    environment,
     gpu_ids,
     gpus_per_process,
     path_option,
@@ -28,6 +28,7 @@ class Task:
     in a warm worker process, or a command line (a string, or a list of arguments) run
     as a subprocess. ``args`` are appended to a command line.
 
+    ``env`` values are strings; numbers are taken as their text (``{"N": 4}`` sets N=4).
     ``cpu_affinity`` and ``gpu_affinity`` pin the task to those ids of its node;
     otherwise the launcher picks free ones. ``timeout`` is in seconds. ``retries``
     overrides LauncherConfig.retries for this task. ``estimated_runtime`` (seconds) lets
@@ -91,12 +92,15 @@ class Task:
         if self.gpu_affinity or type(self.gpu_affinity) is not list:
             self.gpu_affinity = [] if self.gpu_affinity is None \
                 else gpu_ids("gpu_affinity", self.gpu_affinity)
-        for key in ("run_dir", "stdout_file", "stderr_file"):
+        self._check_paths()
+        if self.env:
+            self.env = environment(self.env)
+
+    def _check_paths(self) -> None:
+        for key in _PATHS:
             value = getattr(self, key)
             if value is not None and (type(value) is not str or not value or "\0" in value):
                 path_option(key, value)
-        if self.env:
-            check_environment(self.env)
 
     @property
     def is_callable(self) -> bool:
@@ -113,9 +117,13 @@ class Task:
         return max(self.ppn * int(self.ngpus_per_process), len(self.gpu_affinity))
 
 
+_PATHS = ("run_dir", "stdout_file", "stderr_file")
+
+
 class _TrustedTask(Task):
     """A Task whose values were validated elsewhere (by the root, before it sent them down
-    the tree): built without repeating the checks."""
+    the tree; by an EnsembleSpec, once for all its tasks): built without repeating the
+    checks."""
 
     __slots__ = ()
 
@@ -124,6 +132,17 @@ class _TrustedTask(Task):
 
 
 trusted_task = _TrustedTask
+
+
+def rendered_task(**fields: Any) -> Task:
+    """A task of an ensemble file: its options were checked once for the whole ensemble,
+    so only what its templates made of its values is checked here (its paths)."""
+    task = _TrustedTask(**fields)
+    try:
+        task._check_paths()
+    except BadValue as exc:
+        raise ConfigError(f"Task {_short(task.task_id)}: {exc}") from None
+    return task
 
 
 @dataclass(frozen=True, slots=True)

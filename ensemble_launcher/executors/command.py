@@ -6,6 +6,9 @@ own session, so a timeout can stop the whole process group, MPI launchers includ
 SIGTERM to the group, then up to ``kill_grace`` seconds for every process of the group to
 exit, then SIGKILL. The grace is measured on the group, not its leader: a ``/bin/sh -c``
 leader dies of SIGTERM at once while the program it runs may still be in its handler.
+The same sequence, with another first signal, stops a dead runner's command (the pool)
+and a child of the tree (its master): :func:`stop_groups`, or :func:`begin_stop` and
+:func:`sweep_stops` in a loop that cannot wait.
 """
 
 from __future__ import annotations
@@ -180,23 +183,54 @@ def signal_group(pgid: int, sig: int) -> None:
 
 
 def stop_groups(pgids: Sequence[int], grace: float,
-                reap: Callable[[], object] | None = None) -> None:
-    """SIGTERM each process group, give every process in them up to ``grace`` seconds in
-    all to exit, then SIGKILL what is left. ``reap`` collects exited leaders that are our
-    own children (an unreaped leader keeps its group alive)."""
+                reap: Callable[[], object] | None = None,
+                first: int = signal.SIGTERM) -> None:
+    """Send ``first`` (SIGTERM) to each process group, give every process in them up to
+    ``grace`` seconds in all to exit, then SIGKILL what is left. ``reap`` collects exited
+    leaders that are our own children (an unreaped leader keeps its group alive)."""
     for pgid in pgids:
-        signal_group(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + grace
+        signal_group(pgid, first)
+    for pgid in wait_groups(pgids, grace, reap):
+        signal_group(pgid, signal.SIGKILL)
+
+
+def wait_groups(pgids: Sequence[int], seconds: float,
+                reap: Callable[[], object] | None = None) -> list[int]:
+    """Wait up to ``seconds`` for every process of the groups to exit; the groups left."""
+    deadline = time.monotonic() + seconds
     alive = list(pgids)
     while True:
         if reap is not None:
             reap()
         alive = [g for g in alive if group_alive(g)]
         if not alive or time.monotonic() >= deadline:
-            break
+            return alive
         time.sleep(0.02)
-    for pgid in alive:
-        signal_group(pgid, signal.SIGKILL)
+
+
+@dataclass(slots=True)
+class GroupStop:
+    """A process group being stopped without blocking the caller's loop (see
+    begin_stop): signalled already, SIGKILL due at ``kill_at`` (monotonic)."""
+
+    pgid: int
+    kill_at: float
+
+
+def begin_stop(pgid: int, grace: float, first: int = signal.SIGTERM) -> GroupStop:
+    """stop_groups for a loop that cannot wait: ``first`` now, SIGKILL from sweep_stops
+    once ``grace`` is over."""
+    signal_group(pgid, first)
+    return GroupStop(pgid, time.monotonic() + grace)
+
+
+def sweep_stops(stops: list[GroupStop]) -> list[GroupStop]:
+    """SIGKILL the groups whose grace is over; the stops still under way."""
+    now = time.monotonic()
+    for stop in stops:
+        if stop.kill_at <= now:
+            signal_group(stop.pgid, signal.SIGKILL)
+    return [s for s in stops if s.kill_at > now and group_alive(s.pgid)]
 
 
 def stop_all_groups(grace: float) -> None:

@@ -17,7 +17,6 @@ import hashlib
 import multiprocessing
 import os
 import pickle
-import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,10 +29,11 @@ from ensemble_launcher.ensemble import Task
 from ensemble_launcher.errors import ExecutorError, LauncherClosedError
 from ensemble_launcher.executors.command import (
     MAX_WAIT_SECONDS,
-    group_alive,
+    GroupStop,
+    begin_stop,
     poll_ms,
-    signal_group,
     stop_groups,
+    sweep_stops,
 )
 from ensemble_launcher.executors.runner import (
     CALL,
@@ -71,15 +71,6 @@ class DeadLane:
 
 
 @dataclass(slots=True)
-class _Orphan:
-    """The process group of a dead runner's command: SIGTERM was sent, SIGKILL is due at
-    ``kill_at`` (monotonic) if any of it is left."""
-
-    pgid: int
-    kill_at: float
-
-
-@dataclass(slots=True)
 class PoolEvents:
     results: list[tuple] = field(default_factory=list)
     dead_lanes: list[DeadLane] = field(default_factory=list)
@@ -98,7 +89,8 @@ class WarmPool:
         self._waitables: dict[int, tuple[int, bool]] = {}
         self._poller: zmq.Poller | None = None
         self._polled_extra: tuple = ()
-        self._orphans: list[_Orphan] = []
+        self._orphans: list[GroupStop] = []
+        """The process groups of dead runners' commands, being stopped."""
         self._closed = False
 
     def __enter__(self) -> WarmPool:
@@ -227,17 +219,12 @@ class WarmPool:
         if not pgid:
             return False
         lane.group.value = 0
-        signal_group(pgid, signal.SIGTERM)
-        self._orphans.append(_Orphan(pgid, time.monotonic() + self._kill_grace))
+        self._orphans.append(begin_stop(pgid, self._kill_grace))
         return True
 
     def _sweep_orphans(self) -> None:
         if self._orphans:
-            now = time.monotonic()
-            for orphan in [o for o in self._orphans if o.kill_at <= now]:
-                signal_group(orphan.pgid, signal.SIGKILL)
-            self._orphans = [o for o in self._orphans if o.kill_at > now and
-                             group_alive(o.pgid)]
+            self._orphans = sweep_stops(self._orphans)
 
     def replace(self, index: int) -> None:
         """Start a fresh runner for a lane whose runner died or was killed."""

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import IO
 
 from ensemble_launcher.errors import LaunchError
+from ensemble_launcher.orchestrator.boot import INDEX_ENV, OUR_VARIABLES
 
 #: Environment variables that describe the launching process's own MPI/PMI rank; a nested
 #: launch must not inherit them, or the new processes take themselves for our rank.
@@ -48,7 +49,7 @@ class LocalLauncher(ChildLauncher):
 
     def start(self, argv: list[str], hosts: list[str], env: Mapping[str, str],
               log: IO[bytes]) -> list[subprocess.Popen]:
-        return [_popen(argv, {**env, "EL_CHILD_INDEX": str(i)}, log) for i in range(len(hosts))]
+        return [_popen(argv, {**env, INDEX_ENV: str(i)}, log) for i in range(len(hosts))]
 
 
 def _popen(command: list[str], env: Mapping[str, str], log: IO[bytes]) -> subprocess.Popen:
@@ -57,10 +58,11 @@ def _popen(command: list[str], env: Mapping[str, str], log: IO[bytes]) -> subpro
 
 
 def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
-    """Our environment for a child of the tree, without our rank's variables or any
-    ``EL_*`` one (a child's come in ``extra``, see ``orchestrator.boot``)."""
+    """Our environment for a child of the tree, without our rank's variables or the ones we
+    set for a child (``orchestrator.boot.OUR_VARIABLES``; a child's come in ``extra``). The
+    user's own variables pass, ``EL_*`` ones included: tasks see them at every depth."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(_RANK_ENV_PREFIXES) and not k.startswith("EL_")}
+           if not k.startswith(_RANK_ENV_PREFIXES) and k not in OUR_VARIABLES}
     env.update(extra)
     return env
 

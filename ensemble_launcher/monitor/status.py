@@ -18,13 +18,13 @@ import logging
 import os
 import sqlite3
 import time
-from contextlib import closing
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from ensemble_launcher.errors import StoreError
 from ensemble_launcher.monitor.counts import Counts, clock
 from ensemble_launcher.monitor.progress import Reporter
+from ensemble_launcher.store.journal import meta_of, reading_journal
 
 STATUS_NAME = "status.json"
 
@@ -126,11 +126,10 @@ class RunStatus:
 
 
 def read_status(run_dir: str | os.PathLike) -> RunStatus:
+    """The status of the run in ``run_dir``; StoreError when its journal is not one we can
+    read (see :func:`~ensemble_launcher.store.journal.check_journal`)."""
     run_dir = Path(run_dir)
-    journal = run_dir / "journal.db"
-    if not journal.exists():
-        raise StoreError(f"{run_dir} is not a run directory (no journal.db)")
-    meta, rows, span = _read_journal(journal)
+    meta, rows, span = _read_journal(run_dir)
     live = _live_status(run_dir, meta)
     totals: dict[str, int | None] = meta.get("ensembles", {})
     counts: dict[str, dict[str, int]] = {name: {} for name in totals}
@@ -155,18 +154,18 @@ def read_status(run_dir: str | os.PathLike) -> RunStatus:
                      meta.get("finished"))
 
 
-def _read_journal(journal: Path) -> tuple[dict, list, tuple]:
+def _read_journal(run_dir: Path) -> tuple[dict, list, tuple]:
     """The run's metadata, its (ensemble, state, count) rows, and the time span of its
-    results; StoreError when the file cannot be read as a journal."""
-    try:
-        with closing(sqlite3.connect(f"file:{journal}?mode=ro", uri=True)) as conn:
-            meta = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
+    results, read on the one connection that checked the journal, creating nothing."""
+    with reading_journal(run_dir, read_all=True) as (journal, conn):
+        meta = meta_of(conn, journal)
+        try:
             rows = conn.execute("SELECT ensemble, state, COUNT(*) FROM results "
                                 "GROUP BY ensemble, state").fetchall()
             span = conn.execute("SELECT MIN(start_time), MAX(end_time), COUNT(*) FROM "
                                 "results WHERE state != 'not_run'").fetchone()
-    except (sqlite3.Error, ValueError) as exc:
-        raise StoreError(f"cannot read {journal} as a journal: {exc}") from exc
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read {journal} as a journal: {exc}") from exc
     return meta, rows, span
 
 

@@ -2,8 +2,9 @@
 
     master: BootDir.write(<child>)  -> <run_dir>/.boot-<master>/<child>.json   (0700 / 0600)
             environment of the launcher step: EL_TREE (the subtrees it starts), EL_BOOT (that dir)
-    child:  take_environment()      -> reads EL_* and removes them from os.environ
-            read_boot(dir, name)    -> reads its own file and deletes it, before any task runs
+    child:  take_environment()      -> reads our EL_* variables, removes them from os.environ
+            read_boot(dir, name)    -> reads its own file (waiting a few s for it to show)
+                                       and deletes it, before any task runs
 
 Why not the environment: the one a process starts with stays readable in
 ``/proc/<pid>/environ`` for its whole life, by every process of the user, tasks included,
@@ -13,9 +14,9 @@ address, the CURVE keys, and the configs are in a file per child, in the run dir
 (which every node sees), readable only by the user, and gone once the child has read it.
 Each child gets the keys its role uses: a worker the client pair and the server's public
 key (none over ipc or pipes); a master all four (it serves its children and connects to its
-parent). Tasks get none of it: a child removes every ``EL_*`` variable from its
-environment before it starts runners, so commands, MPI launchers and callables inherit a
-clean one.
+parent). Tasks get none of it: a child removes the variables we set (:data:`OUR_VARIABLES`)
+from its environment before it starts runners, so commands, MPI launchers and callables
+inherit none of them; the user's own variables, ``EL_*`` ones included, stay.
 """
 
 from __future__ import annotations
@@ -23,14 +24,52 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from collections.abc import MutableMapping
+from dataclasses import dataclass, fields
 from pathlib import Path
 
-TREE_ENV, BOOT_ENV = "EL_TREE", "EL_BOOT"
+from ensemble_launcher.comm.zmq_transport import KEY_ENV
 
-#: What every child of the tree gets alike: the configs, already validated by the root.
-SETTINGS = ("EL_LAUNCHER_CONFIG", "EL_SYSTEM_CONFIG", "EL_RUN_DIR", "EL_PIN",
-            "EL_RETURN_STDOUT", "EL_CHECK_EACH", "EL_SYS_PATH")
+TREE_ENV, BOOT_ENV, PARENT_ENV, INDEX_ENV = "EL_TREE", "EL_BOOT", "EL_PARENT", "EL_CHILD_INDEX"
+
+#: How long a child looks for its start-up file: on NFS, a file that another node has just
+#: created can stay out of sight for a moment (cached directory attributes).
+BOOT_WAIT = 5.0
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What every child of the tree gets alike: the configs, already validated by the root
+    (as JSON), and the run's switches. Each travels as ``EL_<FIELD>`` (:meth:`to_env`)."""
+
+    launcher_config: str
+    system_config: str
+    run_dir: str
+    pin: bool
+    return_stdout: bool
+    check_each: bool
+    sys_path: list[str]
+
+    def to_env(self) -> dict[str, str]:
+        return {_variable(f.name): _as_text(getattr(self, f.name)) for f in fields(self)}
+
+
+def _variable(field: str) -> str:
+    return f"EL_{field.upper()}"
+
+
+def _as_text(value: str | bool | list[str]) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+#: The names of :class:`Settings` as they travel.
+SETTINGS = tuple(_variable(f.name) for f in fields(Settings))
+
+#: Every variable we set for a child of the tree; no task inherits any of them.
+OUR_VARIABLES = frozenset({TREE_ENV, BOOT_ENV, PARENT_ENV, INDEX_ENV, *SETTINGS, *KEY_ENV})
 
 
 class BootError(Exception):
@@ -57,25 +96,33 @@ class BootDir:
 
 
 def take_environment(environ: MutableMapping[str, str] = os.environ) -> dict[str, str]:
-    """A copy of the environment as it came, after removing every ``EL_*`` variable from
-    ``environ``, so that nothing this process starts inherits them."""
+    """A copy of the environment as it came, after removing our variables
+    (:data:`OUR_VARIABLES`) from ``environ``, so that nothing this process starts inherits
+    them; the user's own stay, whatever their names."""
     env = dict(environ)
-    for name in [k for k in environ if k.startswith("EL_")]:
+    for name in OUR_VARIABLES.intersection(environ):
         del environ[name]
     return env
 
 
-def read_boot(directory: str, name: str) -> dict[str, str]:
-    """This child's start-up values; its file is deleted once read."""
+def read_boot(directory: str, name: str, wait: float = BOOT_WAIT) -> dict[str, str]:
+    """This child's start-up values; its file is deleted once read. A file not there yet,
+    or not whole yet, is read again for ``wait`` seconds: on a shared file system another
+    node's new file can take a moment to show."""
     path = Path(directory) / f"{name}.json"
-    try:
-        with open(path) as f:
-            values = json.load(f)
-        path.unlink()
-    except (OSError, ValueError) as exc:
-        raise BootError(f"{name}: cannot read its start-up file {path}: {exc}. The run "
-                        "directory must be on a file system that every node sees") from None
-    return values
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            with open(path) as f:
+                values = json.load(f)
+            path.unlink()
+            return values
+        except (OSError, ValueError) as exc:
+            if time.monotonic() >= deadline:
+                raise BootError(f"{name}: cannot read its start-up file {path} (tried for "
+                                f"{wait:g} s): {exc}. The run directory must be on a file "
+                                "system that every node sees") from None
+        time.sleep(0.1)
 
 
 def shared_settings(env: dict[str, str]) -> dict[str, str]:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from ensemble_launcher.comm import CurveKeys, Failed, terminate
+from ensemble_launcher.logfiles import open_log_file
 from ensemble_launcher.orchestrator.boot import (
     BOOT_ENV,
     TREE_ENV,
@@ -109,7 +110,8 @@ def main() -> int:
     except ParentLost as exc:
         log.error("%s: %s; stopping", me.name, exc)
         return EXIT_PARENT_LOST
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        log.error("%s: %s; stopped", me.name, exc or "interrupted")
         return EXIT_INTERRUPTED
     except Exception as exc:  # noqa: BLE001 - reported to the parent, then re-raised
         log.exception("%s failed", me.name)
@@ -132,17 +134,16 @@ def _start_up() -> tuple[TreeNode, dict[str, str]]:
 
 
 def _setup_logging(me: TreeNode, config: LauncherConfig, run_dir: Path) -> None:
+    """Our log file when asked for, else stderr (the launcher step's log); stderr too when
+    the file cannot be opened, so that a full disk does not stop us before we connect."""
     wanted = config.worker_logs if me.role == "worker" else config.master_logs
     kind = "worker" if me.role == "worker" else "master"
-    handler: logging.Handler
+    handler: logging.Handler | None = None
     if wanted:
-        path = run_dir / "logs" / f"{kind}-{me.name}.log"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handler = logging.FileHandler(path)
-        log.setLevel(logging.INFO)
-    else:
+        handler = open_log_file(run_dir / "logs" / f"{kind}-{me.name}.log")
+    if handler is None:
         handler = logging.StreamHandler(sys.stderr)
-        log.setLevel(logging.WARNING)
+    log.setLevel(logging.INFO if wanted else logging.WARNING)
     handler.setFormatter(logging.Formatter(
         f"%(asctime)s %(levelname)s {me.name}@{socket.gethostname()}: %(message)s"))
     log.addHandler(handler)

@@ -12,9 +12,7 @@ the credit it asked for, so tasks wait at the master, not on a busy node.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import subprocess
 import sys
 import time
@@ -45,7 +43,15 @@ from ensemble_launcher.comm import (
     Tasks,
 )
 from ensemble_launcher.errors import LaunchError, RunAbortedError
+from ensemble_launcher.executors.command import (
+    GroupStop,
+    begin_stop,
+    stop_groups,
+    sweep_stops,
+    wait_groups,
+)
 from ensemble_launcher.executors.mpi import MpiLaunch
+from ensemble_launcher.executors.runner import CANCEL_SIGNAL
 from ensemble_launcher.launchers import ChildLauncher
 from ensemble_launcher.launchers.base import child_environment, log_tail
 from ensemble_launcher.monitor.profiles import NoTimeline, Timeline
@@ -60,6 +66,9 @@ _TURN_SECONDS = 0.1
 #: Tasks per message: small enough that a child starts on the first batch while the next
 #: is on its way, large enough to amortize a message.
 _BATCH = 256
+#: What a worker told to stop needs besides kill_grace: to see the Stop, cancel its runners,
+#: reap them and close its sockets.
+_STOP_MARGIN = 3.0
 
 
 class Upstream(Protocol):
@@ -129,6 +138,9 @@ class TreeSettings:
     child_env: dict[str, str]
     shared_step: bool = False
     mpi: Callable[[], MpiLaunch] = _no_mpi
+    kill_grace: float = 5.0
+    """The tasks' grace between SIGTERM and SIGKILL: a child being stopped needs it to stop
+    its commands."""
 
 
 class Master:
@@ -145,6 +157,8 @@ class Master:
         self._boot = BootDir(settings.run_dir / f".boot-{node.name}")
         self._children = {c.name.encode(): _Child(c, 0) for c in node.children}
         self._steps: list[tuple[subprocess.Popen, list[bytes], Path]] = []
+        self._stopping: list[GroupStop] = []
+        """Launcher steps of lost children, given the cancel signal, SIGKILL due later."""
         self._drained = False
         self._halted = False
         self._started_at = time.monotonic()
@@ -417,6 +431,8 @@ class Master:
         self._check_steps(now)
 
     def _check_steps(self, now: float) -> None:
+        if self._stopping:
+            self._stopping = sweep_stops(self._stopping)
         for proc, names, path in self._steps:
             if proc.poll() is None:
                 if now - self._started_at > self._settings.start_timeout:
@@ -441,17 +457,23 @@ class Master:
                 f"and reachable? Log {path}:\n{log_tail(path)}")
 
     def _lose(self, child: _Child, why: str) -> None:
-        """Give up on a child: account for its tasks upstream, and end its process when it
-        has one of its own, so that it cannot go on running tasks recorded as lost."""
+        """Give up on a child: account for its tasks upstream, and stop its launcher step
+        when it has one of its own, so that it cannot go on running tasks recorded as
+        lost: Stop (it may only be cut off), the cancel signal to the step's process group
+        (a worker's runners then stop their commands, SIGTERM, kill_grace, SIGKILL, even
+        when the worker itself hangs), and SIGKILL once it had the time a stop takes."""
         child.lost = True
         self._child_running(child, {})
         unstarted = self._gangs.member_lost(child.node.name.encode())
         if unstarted is not None:
             self._upstream.node_lost(child.node.name, child.host or child.node.host,
                                      [unstarted], why)
+        identity = child.node.name.encode()
+        self._endpoint.send(identity, Stop(why))
         for proc, names, _ in self._steps:
-            if names == [child.node.name.encode()]:
-                _kill_group(proc)
+            if names == [identity] and proc.poll() is None:
+                self._stopping.append(begin_stop(proc.pid, self._stop_seconds(child.node),
+                                                 CANCEL_SIGNAL))
         keys = list(child.inflight)
         child.inflight.clear()
         log.error("%s: lost %s on %s: %s; %d task(s) in flight there", self.node.name,
@@ -484,19 +506,44 @@ class Master:
                                                         for c in self._children.values())
 
     def stop(self, reason: str) -> None:
-        """Cancel: tell every child to stop, then end the launcher steps."""
+        """Cancel: tell every child to stop; _close then waits for them."""
         for identity, child in self._children.items():
             if child.live:
                 self._endpoint.send(identity, Stop(reason))
-        deadline = time.monotonic() + 5.0
-        while time.monotonic() < deadline and any(p.poll() is None for p, _, _ in self._steps):
-            time.sleep(0.05)
 
     def _close(self) -> None:
-        for proc, _, _ in self._steps:
-            _end(proc)
+        self._end_steps()
         self._endpoint.close()
         self._boot.close()
+
+    def _end_steps(self) -> None:
+        """Our children were told to stop, or said Bye: their steps get the time a stop
+        takes to exit on their own, then the cancel signal and that time again, then
+        SIGKILL (see stop_groups)."""
+        procs = [proc for proc, _, _ in self._steps]
+        if not procs:
+            return
+        seconds = max(self._stop_seconds(c) for c in self.node.children)
+
+        def reap() -> None:
+            for proc in procs:
+                proc.poll()
+
+        left = wait_groups([proc.pid for proc in procs], seconds, reap)
+        if left:
+            log.warning("%s: %d launcher step(s) still running %.0f s after the end; "
+                        "cancelling them", self.node.name, len(left), seconds)
+            stop_groups(left, seconds, reap, CANCEL_SIGNAL)
+            for proc in procs:
+                proc.wait()
+
+    def _stop_seconds(self, node: TreeNode) -> float:
+        """How long a child takes to stop: a worker, kill_grace for its commands plus a
+        margin; a master, what its own _end_steps may take for its children, twice the
+        longest of theirs."""
+        if node.role == "worker":
+            return self._settings.kill_grace + _STOP_MARGIN
+        return 2 * max(self._stop_seconds(c) for c in node.children) + _STOP_MARGIN
 
     def _wait(self) -> None:
         if self._poller is None:
@@ -512,29 +559,3 @@ def _running_report(pairs: list[list[Any]]) -> dict[str, int]:
     """``Results.running`` as a mapping; malformed entries are ignored."""
     return {p[0]: p[1] for p in pairs
             if len(p) == 2 and type(p[0]) is str and type(p[1]) is int and p[1] >= 0}
-
-
-def _end(proc: subprocess.Popen, grace: float = 5.0) -> None:
-    """Wait briefly for a launcher step, then SIGTERM, then SIGKILL its process group."""
-    import signal
-
-    for sig, wait in ((None, grace), (signal.SIGTERM, grace), (signal.SIGKILL, None)):
-        if proc.poll() is not None:
-            return
-        if sig is not None:
-            try:
-                os.killpg(proc.pid, sig)
-            except ProcessLookupError:
-                return
-        try:
-            proc.wait(wait)
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def _kill_group(proc: subprocess.Popen) -> None:
-    import signal
-
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)

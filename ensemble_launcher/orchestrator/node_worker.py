@@ -137,6 +137,9 @@ class NodeWorker:
         self._check_each = check_each_task
         self._slots = NodeSlots(node.cpus, node.gpus)
         self._inflight: dict[int, _InFlight] = {}
+        self._lanes: dict[int, deque[int]] = {}
+        """Per lane, the keys submitted to its runner, in the order it runs them: the
+        first one is running, the others are queued behind it."""
         self._backlog: deque[tuple[int, Task, float]] = deque()
         self._mean_duration: float | None = None
         self._results_seen = 0
@@ -156,18 +159,28 @@ class NodeWorker:
 
     def running_by_ensemble(self) -> dict[str, int]:
         """Tasks started and not finished, per ensemble: the first unreported task of each
-        lane (a lane runs its tasks one after another; those behind it are queued). One
-        pass over what is in flight, about 20 ms of work per core, ten times a second."""
-        heads: dict[int, int] = {}
-        for key, entry in self._inflight.items():
-            lane = entry.placement.lane
-            if key < heads.get(lane, key + 1):
-                heads[lane] = key
+        lane (a lane runs its tasks one after another; those behind it are queued)."""
         by: dict[str, int] = {}
-        for key in heads.values():
-            name = self._inflight[key].task.ensemble or "tasks"
-            by[name] = by.get(name, 0) + 1
+        for keys in self._lanes.values():
+            if keys:
+                name = self._inflight[keys[0]].task.ensemble or "tasks"
+                by[name] = by.get(name, 0) + 1
         return by
+
+    def _submitted(self, key: int, entry: _InFlight) -> None:
+        """A task handed to its lane's runner, which runs them in the order they came."""
+        self._inflight[key] = entry
+        self._lanes.setdefault(entry.placement.lane, deque()).append(key)
+
+    def _finished(self, key: int) -> _InFlight:
+        """Forget a task whose result came: almost always the head of its lane."""
+        entry = self._inflight.pop(key)
+        keys = self._lanes[entry.placement.lane]
+        if keys[0] == key:
+            keys.popleft()
+        else:
+            keys.remove(key)
+        return entry
 
     def _report_running(self) -> None:
         """Once per tick, right after dispatch: a tick follows a round of results, when a
@@ -260,7 +273,7 @@ class NodeWorker:
                 self._pool.submit_run(placement.lane, key, task.executable,
                                       dict(task.env) if task.env else None, task,
                                       placement.cpus if self._pin else None, self._capture)
-                self._inflight[key] = _InFlight(task, placement, None)
+                self._submitted(key, _InFlight(task, placement, None))
             else:
                 self._slots.release(placement)
 
@@ -285,7 +298,7 @@ class NodeWorker:
             cpus = placement.cpus if placement.exclusive and self._pin else None
             self._pool.submit_run(placement.lane, key, command_line(task.executable, task.args),
                                   env, task, cpus, self._capture)
-        self._inflight[key] = _InFlight(task, placement, deadline)
+        self._submitted(key, _InFlight(task, placement, deadline))
 
     def _dispatch_mpi(self, key: int, task: Task, placement: Placement,
                       env: dict | None) -> None:
@@ -301,7 +314,7 @@ class NodeWorker:
         command = self._mpi.command(argv, [self._node.host], task.ppn, cpus, gpus, local=True)
         self._pool.submit_run(placement.lane, key, command, env, task,
                               placement.cpus if self._pin else None, self._capture)
-        self._inflight[key] = _InFlight(task, placement, None)
+        self._submitted(key, _InFlight(task, placement, None))
 
     # -- results -----------------------------------------------------------------------------
 
@@ -318,7 +331,7 @@ class NodeWorker:
     def _collect(self, events: PoolEvents) -> None:
         for result in events.results:
             key = result[0]
-            entry = self._inflight.pop(key)
+            entry = self._finished(key)
             self._slots.release(entry.placement)
             self._record(key, entry.task, entry.placement, result)
             self._learn_duration(result[11] - result[10])
@@ -326,20 +339,21 @@ class NodeWorker:
             self._lane_died(dead)
 
     def _lane_died(self, dead: DeadLane) -> None:
-        """The earliest unreported task of the lane was running. A callable fails (or times
+        """The first unreported task of the lane was running. A callable fails (or times
         out, if we killed it for that): it was the runner. A command was stopped by the
         pool and is lost, not failed: the runner's death is the node's fault, so it runs
         again under node_loss_retries. Tasks queued behind it never started: they go back
-        to the front of the backlog."""
-        keys = sorted(k for k, e in self._inflight.items() if e.placement.lane == dead.lane)
-        for i, key in enumerate(keys):
-            entry = self._inflight.pop(key)
+        to the front of the backlog, in their order."""
+        keys = self._lanes.pop(dead.lane, deque())
+        entries = [(key, self._inflight.pop(key)) for key in keys]
+        for _, entry in entries:
             self._slots.release(entry.placement)
-            if i > 0:
-                self._backlog.appendleft((key, entry.task, time.monotonic()))
-            else:
-                self._record(key, entry.task, entry.placement,
-                             self._runner_death_result(key, entry.task, dead))
+        if entries:
+            key, entry = entries[0]
+            self._record(key, entry.task, entry.placement,
+                         self._runner_death_result(key, entry.task, dead))
+        now = time.monotonic()
+        self._backlog.extendleft((key, entry.task, now) for key, entry in reversed(entries[1:]))
         self._pool.replace(dead.lane)
 
     def _runner_death_result(self, key: int, task: Task, dead: DeadLane) -> tuple:

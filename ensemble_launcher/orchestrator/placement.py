@@ -30,7 +30,8 @@ def tree_settings(me: TreeNode, config: LauncherConfig, run_dir: Path,
         run_dir=run_dir, child_env=child_env,
         shared_step=config.child_step == "shared",
         mpi=mpi_launch_factory(config.mpi_launcher, config.mpi_flavor, config.mpi_args,
-                               config.gpu_selector))
+                               config.gpu_selector),
+        kill_grace=config.kill_grace)
 
 
 def _bind(hosts: list[str], all_local: bool, config: LauncherConfig) -> str:

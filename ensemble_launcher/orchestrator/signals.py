@@ -6,7 +6,9 @@ of the grace period, cancels at once (KeyboardInterrupt unwinds: tasks are stopp
 runners reaped, the journal flushed). Child processes use :class:`left_to_parent`: a batch
 system signals every process of the job at walltime, and a child that died of it would
 lose its running tasks; its parent drains it (Halt, then Stop), and a child whose parent
-is gone stops by itself.
+is gone stops by itself. A parent that cannot wait longer for a child (one that ignored
+Stop, or was declared lost) sends its process group the runners' cancel signal, on which
+the child and its runners stop their commands and exit, before SIGKILL.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import threading
 import time
 from types import FrameType
 from typing import Any
+
+from ensemble_launcher.executors.runner import CANCEL_SIGNAL
 
 
 class GraceExpired(KeyboardInterrupt):
@@ -58,15 +62,22 @@ class GracefulShutdown:
                                "ran out")
 
 
+class Cancelled(KeyboardInterrupt):
+    """Our parent sent the cancel signal: stop every task now and exit."""
+
+
 class left_to_parent:  # noqa: N801 - a context manager, named like contextlib's
     """Within the block, SIGTERM and SIGINT are logged and otherwise ignored: the parent
-    of the tree drives our shutdown."""
+    of the tree drives our shutdown. Its cancel signal (the runners' own) raises
+    Cancelled, which unwinds like an interrupt: the pool cancels its runners, a
+    sub-master stops its children."""
 
     def __enter__(self) -> None:
         self._previous: dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._previous[sig] = signal.signal(sig, _note_signal)
+            self._previous[CANCEL_SIGNAL] = signal.signal(CANCEL_SIGNAL, _cancel)
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
@@ -76,3 +87,7 @@ class left_to_parent:  # noqa: N801 - a context manager, named like contextlib's
 def _note_signal(signum: int, frame: FrameType | None) -> None:
     logging.getLogger("ensemble_launcher").info(
         "%s ignored: our parent stops us", signal.Signals(signum).name)
+
+
+def _cancel(signum: int, frame: FrameType | None) -> None:
+    raise Cancelled("cancelled by our parent")

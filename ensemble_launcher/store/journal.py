@@ -21,8 +21,8 @@ import json
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import closing
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import closing, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -89,7 +89,21 @@ def check_journal(run_dir: str | os.PathLike, *, read_all: bool = False) -> Path
     read: no such directory, no journal, empty, not SQLite, another program's database,
     or another version's tables; with ``read_all``, also a damaged table (this reads each
     table through). Reads only; modifies nothing."""
-    run_dir = Path(run_dir)
+    with reading_journal(run_dir, read_all=read_all) as (path, _):
+        return path
+
+
+@contextmanager
+def reading_journal(run_dir: str | os.PathLike, *, read_all: bool = False) \
+        -> Iterator[tuple[Path, sqlite3.Connection]]:
+    """The journal of ``run_dir`` and a read-only connection to it that creates nothing,
+    once :func:`check_journal`'s checks passed on that connection."""
+    path, conn = _checked_connection(Path(run_dir), read_all)
+    with closing(conn):
+        yield path, conn
+
+
+def _checked_connection(run_dir: Path, read_all: bool) -> tuple[Path, sqlite3.Connection]:
     path = run_dir / JOURNAL_NAME
     if not run_dir.is_dir():
         raise StoreError(f"{run_dir}: no such run directory" if not run_dir.exists()
@@ -99,22 +113,34 @@ def check_journal(run_dir: str | os.PathLike, *, read_all: bool = False) -> Path
     if path.stat().st_size == 0:
         raise StoreError(f"{path} is empty: no run was recorded in it")
     try:
-        with closing(sqlite3.connect(untouched_uri(path), uri=True)) as conn:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            tables = {name: {c[1] for c in conn.execute(f"PRAGMA table_info({name})")}
-                      for (name,) in conn.execute(
-                          "SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if read_all:
-                for name in _TABLES.keys() & tables.keys():
-                    conn.execute(f"SELECT COUNT(*) FROM {name}").fetchone()
+        conn = sqlite3.connect(untouched_uri(path), uri=True)
     except sqlite3.Error as exc:
-        raise StoreError(f"{path} is not a readable journal ({exc}): corrupt, or not "
-                         "written by ensemble_launcher") from exc
-    if version > SCHEMA_VERSION:
-        raise StoreError(f"{path} was written by a newer ensemble_launcher (journal schema "
-                         f"{version}; this version reads up to {SCHEMA_VERSION})")
-    _check_tables(path, tables)
-    return path
+        raise _unreadable(path, exc) from exc
+    try:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        tables = {name: {c[1] for c in conn.execute(f"PRAGMA table_info({name})")}
+                  for (name,) in conn.execute(
+                      "SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if read_all:
+            for name in _TABLES.keys() & tables.keys():
+                conn.execute(f"SELECT COUNT(*) FROM {name}").fetchone()
+        if version > SCHEMA_VERSION:
+            raise StoreError(f"{path} was written by a newer ensemble_launcher (journal "
+                             f"schema {version}; this version reads up to "
+                             f"{SCHEMA_VERSION})")
+        _check_tables(path, tables)
+    except sqlite3.Error as exc:
+        conn.close()
+        raise _unreadable(path, exc) from exc
+    except BaseException:
+        conn.close()
+        raise
+    return path, conn
+
+
+def _unreadable(path: Path, exc: sqlite3.Error) -> StoreError:
+    return StoreError(f"{path} is not a readable journal ({exc}): corrupt, or not "
+                      "written by ensemble_launcher")
 
 
 def _check_tables(path: Path, tables: dict[str, set[str]]) -> None:
@@ -346,7 +372,7 @@ class Results(Mapping[str, TaskResult]):
             yield TaskResult.from_row(row)
 
     def meta(self) -> dict[str, Any]:
-        return _meta(self._conn, self.run_dir / JOURNAL_NAME)
+        return meta_of(self._conn, self.run_dir / JOURNAL_NAME)
 
     def close(self) -> None:
         self._conn.close()
@@ -357,12 +383,41 @@ class Results(Mapping[str, TaskResult]):
 
 def read_meta(run_dir: str | os.PathLike) -> dict[str, Any]:
     """A run's metadata, read without creating or changing anything in ``run_dir``."""
-    path = check_journal(run_dir, read_all=True)
-    with closing(sqlite3.connect(untouched_uri(path), uri=True)) as conn:
-        return _meta(conn, path)
+    with reading_journal(run_dir, read_all=True) as (path, conn):
+        return meta_of(conn, path)
 
 
-def _meta(conn: sqlite3.Connection, path: Path) -> dict[str, Any]:
+def ids_run_again(run_dir: str | os.PathLike,
+                  runs_again: Callable[[str], bool]) -> Callable[[Sequence[str]], set[str]]:
+    """Which of some task ids a resume of ``run_dir`` runs: those without a final result and
+    those whose final state ``runs_again``. The journal is read at the first question, in
+    one scan (a killed run's journal has no index on task ids), and never written."""
+    done: set[str] | None = None
+
+    def which(task_ids: Sequence[str]) -> set[str]:
+        nonlocal done
+        if done is None:
+            done = _ids_not_run_again(Path(run_dir), runs_again)
+        return {task_id for task_id in task_ids if task_id not in done}
+
+    return which
+
+
+def _ids_not_run_again(run_dir: Path, runs_again: Callable[[str], bool]) -> set[str]:
+    if not (run_dir / JOURNAL_NAME).exists():
+        return set()
+    with reading_journal(run_dir) as (path, conn):
+        try:
+            states = [state for (state,) in conn.execute("SELECT DISTINCT state FROM results")
+                      if not runs_again(state)]
+            marks = ", ".join("?" * len(states))
+            return {task_id for (task_id,) in conn.execute(
+                f"SELECT task_id FROM results WHERE state IN ({marks})", states)}
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read {path}: {exc}") from exc
+
+
+def meta_of(conn: sqlite3.Connection, path: Path) -> dict[str, Any]:
     try:
         return {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
     except (sqlite3.Error, ValueError) as exc:

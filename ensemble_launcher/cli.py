@@ -242,26 +242,27 @@ def _execute(make, json_path: Path | None) -> None:
 
 
 def _check_json_path(path: Path | None) -> None:
-    """--json is written after the run: a path that cannot be written is bad input, found
-    before anything runs."""
+    """--json is written after the run, its missing directories made then, as --out's are:
+    a path that cannot be written is bad input, found before anything runs and before
+    anything is made."""
     if path is None:
         return
     from ensemble_launcher.errors import ConfigError
 
-    parent = path.parent
     if path.is_dir():
         raise ConfigError(f"--json {path}: is a directory")
-    if not parent.is_dir():
-        raise ConfigError(f"--json {path}: directory {parent} "
-                          f"{'is not a directory' if parent.exists() else 'does not exist'}")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError(f"--json {path}: directory {parent} is not writable")
+    existing = next(p for p in path.absolute().parents if p.exists())
+    if not existing.is_dir():
+        raise ConfigError(f"--json {path}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"--json {path}: directory {existing} is not writable")
 
 
 def _write_json(results, path: Path, run_dir: Path) -> None:
     from ensemble_launcher.store import write_results_to_json
 
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         write_results_to_json(results, path)
     except OSError as exc:
         click.echo(f"el: error: cannot write {path}: {exc}; the results are in "

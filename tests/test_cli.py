@@ -298,17 +298,27 @@ def test_a_run_directory_that_is_not_a_readable_journal_is_one_clear_error(tmp_p
     assert _snapshot(tmp_path) == before
 
 
-def test_json_into_a_missing_directory_is_refused_before_anything_runs(tmp_path):
+def test_json_that_cannot_be_written_is_refused_before_anything_runs(tmp_path):
     ens = write(tmp_path / "e.json", {"ensembles": {"one": {
         "cmd_template": f"touch {tmp_path}/ran{{i}}", "i": "range(2)"}}})
-    for target, why in [(tmp_path / "nowhere" / "r.json", "does not exist"),
-                        (tmp_path / "e.json" / "r.json", "is not a directory"),
+    for target, why in [(tmp_path / "e.json" / "r.json", "is not a directory"),
+                        (tmp_path / "e.json" / "deeper" / "r.json", "is not a directory"),
                         (tmp_path, "is a directory")]:
         out = el("run", ens, "--out", tmp_path / "run", "--json", target)
         assert out.returncode == 2
         assert str(target) in out.stderr and why in out.stderr
         assert "Traceback" not in out.stderr
         assert not (tmp_path / "run").exists() and not list(tmp_path.glob("ran*"))
+
+
+def test_json_into_directories_still_to_be_made_is_written_after_the_run(tmp_path):
+    """As the README's first command does on a fresh clone: el-runs/ does not exist yet."""
+    ens = write(tmp_path / "e.json", {"ensembles": {"one": {
+        "cmd_template": "true {i}", "i": "range(2)"}}})
+    target = tmp_path / "not" / "yet" / "r.json"
+    out = el("run", ens, "--out", tmp_path / "run", "--json", target)
+    assert out.returncode == 0, out.stderr
+    assert sorted(json.loads(target.read_text())) == ["one-0", "one-1"]
 
 
 def test_resume_shows_tasks_finished_earlier_as_skipped_not_pending(tmp_path):

@@ -174,6 +174,97 @@ def _recorded(model, meta: dict, key: str, run_dir: Path):
 
 
 @main.command()
+@click.argument("ensemble", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--system-config", "--system-config-file", "system_config",
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="JSON/YAML file with SystemConfig keys.")
+@click.option("--launcher-config", "--launcher-config-file", "launcher_config",
+              type=click.Path(dir_okay=False, path_type=Path),
+              help="JSON/YAML file with LauncherConfig keys; \"cluster\": true and "
+                   "\"checkpoint_dir\" make it a cluster.")
+@click.option("--checkpoint-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="The cluster's directory (LauncherConfig.checkpoint_dir).")
+@click.option("--no-pin", is_flag=True, help="Do not pin tasks to their cores.")
+@click.option("--return-stdout", is_flag=True,
+              help="A command's future returns its stdout (default: its exit status 0).")
+@click.option("--wait", is_flag=True,
+              help="Return only when the cluster stops (for a batch script, whose job "
+                   "ends when the script does).")
+def start(ensemble: Path | None, system_config: Path | None, launcher_config: Path | None,
+          checkpoint_dir: Path | None, no_pin: bool, return_stdout: bool, wait: bool) -> None:
+    """Start a cluster in the background; print its checkpoint directory.
+
+    Its tasks are ENSEMBLE's (none if omitted) and those ClusterClients submit. Started
+    again on the same directory, it runs the tasks submitted before that had not
+    finished. Exit status: 0 started (with --wait: stopped); 2 bad input; with --wait,
+    the head's own exit status when it failed."""
+    from ensemble_launcher.config import LauncherConfig, SystemConfig, load_config_file
+    from ensemble_launcher.errors import EnsembleLauncherError
+    from ensemble_launcher.launcher import EnsembleLauncher
+
+    try:
+        system = load_config_file(SystemConfig, system_config) if system_config else None
+        config = load_config_file(LauncherConfig, launcher_config) if launcher_config \
+            else None
+        overrides: dict[str, object] = {"cluster": True}
+        if checkpoint_dir is not None:
+            overrides["checkpoint_dir"] = str(checkpoint_dir)
+        config = LauncherConfig(**{**(config.model_dump() if config else {}), **overrides})
+        el = EnsembleLauncher(str(ensemble) if ensemble else {}, system, config,
+                              pin_resources=not no_pin, return_stdout=return_stdout)
+        el.start(detach=not wait)
+    except EnsembleLauncherError as exc:
+        _bad_input(exc)
+    except ValueError as exc:
+        _bad_input(f"{launcher_config or 'the launcher config'}: {exc}")
+    _remember_cluster(el.run_dir)
+    click.echo(str(el.run_dir.resolve()))
+    if wait:
+        sys.exit(el.wait())
+
+
+@main.command()
+@click.argument("checkpoint_dir", required=False,
+                type=click.Path(file_okay=False, path_type=Path))
+@click.option("--timeout", type=click.FloatRange(min=0), default=None,
+              help="Seconds to let the cluster finish its tasks before SIGTERM (default: "
+                   "as long as they take).")
+def stop(checkpoint_dir: Path | None, timeout: float | None) -> None:
+    """Stop a cluster once its tasks are final (default: the last one el start started)."""
+    from ensemble_launcher.cluster.head import stop_cluster
+    from ensemble_launcher.errors import EnsembleLauncherError
+
+    directory = checkpoint_dir or _last_cluster()
+    try:
+        stop_cluster(directory, timeout)
+    except EnsembleLauncherError as exc:
+        _bad_input(exc)
+    click.echo(f"stopped the cluster in {directory}")
+
+
+def _state_file() -> Path:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "ensemble_launcher" / "last-cluster"
+
+
+def _remember_cluster(directory: Path) -> None:
+    path = _state_file()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(str(directory.resolve()))
+    except OSError:
+        pass
+
+
+def _last_cluster() -> Path:
+    try:
+        return Path(_state_file().read_text().strip())
+    except OSError:
+        _bad_input("no checkpoint directory given, and el start has not started a cluster "
+                   "here; give el stop the directory el start printed")
+
+
+@main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
 def status(run_dir: Path, as_json: bool) -> None:

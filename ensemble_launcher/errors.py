@@ -17,6 +17,7 @@ Task failures are never exceptions: they are results with a state.
 
 from __future__ import annotations
 
+import concurrent.futures
 import reprlib
 from typing import Any
 
@@ -85,6 +86,79 @@ class RunAbortedError(EnsembleLauncherError):
 
 class LauncherClosedError(EnsembleLauncherError):
     """A launcher, executor or store was used after it was closed."""
+
+
+class ClusterLost(EnsembleLauncherError):
+    """A cluster's orchestrator is gone (killed, its host lost, or stopped): every future
+    still pending in a client fails with this, within three heartbeats."""
+
+
+class TaskError(EnsembleLauncherError):
+    """A task of a cluster did not succeed, as its future raises it when the task's own
+    exception cannot be raised (a command; a type the client cannot rebuild).
+
+    ``exception_type`` and ``message`` are the task's error in words, ``remote_traceback``
+    its traceback where it ran, ``stderr`` the tail of its standard error."""
+
+    def __init__(self, task_id: str, message: str, *, state: str = "failed",
+                 reason: str | None = None, exception_type: str | None = None,
+                 remote_traceback: str | None = None, stderr: str = "") -> None:
+        super().__init__(f"task {task_id!r}: {message}")
+        self.task_id = task_id
+        self.state = state
+        self.reason = reason
+        self.exception_type = exception_type
+        self.message = message
+        self.remote_traceback = remote_traceback
+        self.stderr = stderr
+
+    def __reduce__(self) -> tuple:
+        return (_rebuild_task_error, (type(self), self.task_id, self.message, self.__dict__))
+
+
+def _rebuild_task_error(cls: type[TaskError], task_id: str, message: str,
+                        state: dict[str, Any]) -> TaskError:
+    error = cls.__new__(cls)
+    TaskError.__init__(error, task_id, message)
+    error.__dict__.update(state)
+    return error
+
+
+class CommandFailed(TaskError):
+    """A command exited with a nonzero status (``returncode``) or died of ``signal``."""
+
+    def __init__(self, task_id: str, message: str, *, returncode: int | None = None,
+                 signal: int | None = None, **details: Any) -> None:
+        super().__init__(task_id, message, **details)
+        self.returncode = returncode
+        self.signal = signal
+
+
+class TaskTimedOut(TaskError):
+    """A task ran past its ``timeout`` and was stopped."""
+
+
+class TaskLost(TaskError):
+    """A task's node (or its runner) was lost more often than ``node_loss_retries``."""
+
+
+class TaskNotRun(TaskError):
+    """A task was not run to its end because the cluster stopped (``el resume`` or a new
+    ``el start`` on its checkpoint directory runs it)."""
+
+
+class InvalidTask(TaskError):
+    """A task the cluster refused before it started: bad options, an unknown executable,
+    resources no node has."""
+
+
+class TaskCancelled(TaskError, concurrent.futures.CancelledError):
+    """A task was cancelled (``future.cancel()``, a tag): what its future raises. It is a
+    ``concurrent.futures.CancelledError`` too."""
+
+
+class DependencyFailed(TaskError):
+    """A task did not run because a task it depends on failed or was cancelled."""
 
 
 def _short_repr() -> reprlib.Repr:

@@ -11,12 +11,14 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ensemble_launcher.comm import CurveKeys, terminate
+from ensemble_launcher.comm.addresses import tcp_bind
 from ensemble_launcher.config import LauncherConfig, SystemConfig
 from ensemble_launcher.config.models import auto_nlevels, default_run_dir
 from ensemble_launcher.ensemble import load_tasks
@@ -48,19 +50,27 @@ from ensemble_launcher.orchestrator.node_worker import NodeWorker
 from ensemble_launcher.orchestrator.placement import tree_settings
 from ensemble_launcher.orchestrator.recording import Recorder
 from ensemble_launcher.orchestrator.root import LocalSink, LocalSource, RootControl, RootUpstream
-from ensemble_launcher.orchestrator.signals import GracefulShutdown
+from ensemble_launcher.orchestrator.signals import GracefulShutdown, left_to_parent
 from ensemble_launcher.orchestrator.tree import plan_tree
+from ensemble_launcher.orchestrator.wire import FunctionTable
 from ensemble_launcher.resources import (
     NodeResources,
     check_requirements,
     is_this_host,
     local_node,
 )
-from ensemble_launcher.resources.discovery import check_resolvable, discover_nodes
+from ensemble_launcher.resources.discovery import (
+    check_resolvable,
+    discover_nodes,
+    local_address_for,
+)
 from ensemble_launcher.resources.walltime import job_time_left
 from ensemble_launcher.store import JOURNAL_NAME, Results, RunStore
 from ensemble_launcher.store.journal import check_journal, ids_run_again
 from ensemble_launcher.store.lock import RunDirLock, check_not_in_use
+
+if TYPE_CHECKING:
+    from ensemble_launcher.cluster.desk import ClientDesk
 
 log = logging.getLogger("ensemble_launcher")
 
@@ -92,8 +102,15 @@ class EnsembleLauncher:
         resume: bool = False,
         retry_failed: bool = False,
     ) -> None:
+        self._inputs = {"ensemble_file": ensemble_file, "system_config": system_config,
+                        "launcher_config": launcher_config, "Nodes": Nodes,
+                        "pin_resources": pin_resources, "return_stdout": return_stdout}
         self.system_config = system_config or SystemConfig(name="local")
         self.launcher_config = launcher_config or LauncherConfig()
+        self.cluster = self.launcher_config.cluster
+        if self.cluster:
+            out_dir = self.launcher_config.checkpoint_dir
+            resume = resume or (Path(out_dir) / JOURNAL_NAME).exists()  # type: ignore[arg-type]
         self.pin_resources = pin_resources and \
             self.launcher_config.task_executor_name != "simulate"
         self.return_stdout = return_stdout or self.launcher_config.return_stdout
@@ -121,6 +138,7 @@ class EnsembleLauncher:
         self._reporter = reporter or LogReporter(self.launcher_config.report_interval)
         self.counts: Counts | None = None
         self._ran = False
+        self._head: subprocess.Popen | None = None
 
     def _check_run_dir(self, *, locked: bool = False) -> None:
         """A new run needs a directory without a journal, a resume one with a journal that
@@ -190,6 +208,61 @@ class EnsembleLauncher:
         run where the journal allows, and RunAbortedError is raised; in both cases
         ``el resume`` continues the run.
         """
+        if self.cluster:
+            raise ConfigError("this launcher is a cluster (cluster=True): start it with "
+                              "start() or 'with EnsembleLauncher(...)', and submit with a "
+                              "ClusterClient; run() runs a closed ensemble")
+        return self._run(cluster=False)
+
+    # -- cluster mode ------------------------------------------------------------------------
+
+    def start(self, timeout: float = 120.0, *, detach: bool = True) -> EnsembleLauncher:
+        """Start the cluster's head (its own process) and return once it takes clients;
+        ``ClusterClient(checkpoint_dir)`` then submits to it. A cluster started again on
+        the same checkpoint_dir runs the tasks submitted before that had not finished."""
+        from ensemble_launcher.cluster.head import start_head
+
+        if not self.cluster:
+            raise ConfigError("start() starts a cluster: set LauncherConfig(cluster=True, "
+                              "checkpoint_dir=...); run() runs this ensemble")
+        if self._head is not None and self._head.poll() is None:
+            return self
+        self._head = start_head(self.run_dir, self._inputs, timeout, detach)
+        return self
+
+    def stop(self, timeout: float | None = None) -> None:
+        """Stop the cluster once every task it has is final (new submissions are refused
+        meanwhile). After ``timeout`` seconds it is sent SIGTERM: running tasks then get
+        shutdown_grace, and those not finished are recorded not run."""
+        from ensemble_launcher.cluster.head import stop_cluster
+
+        head, self._head = self._head, None
+        if head is None or head.poll() is not None:
+            return
+        stop_cluster(self.run_dir, timeout, head)
+
+    def wait(self) -> int:
+        """Wait until the cluster this launcher started stops; its head's exit status (0
+        when it was stopped, 130 when signalled). A cluster started with ``detach=False``
+        shares our session, so SIGTERM from a batch system or Ctrl-C reaches the head
+        itself, which drains; here they are ignored, and we wait for it."""
+        if self._head is None:
+            raise LauncherClosedError("this launcher has not started a cluster")
+        head, self._head = self._head, None
+        with left_to_parent():
+            return head.wait()
+
+    def __enter__(self) -> EnsembleLauncher:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def serve(self) -> Results:
+        """The cluster's head: run until stopped (el stop, stop(), SIGTERM)."""
+        return self._run(cluster=True)
+
+    def _run(self, *, cluster: bool) -> Results:
         self._refuse_second_run()
         config = self.launcher_config
         counts = Counts(self.tasks.ensembles)
@@ -200,7 +273,7 @@ class EnsembleLauncher:
         with RunDirLock(self.run_dir):
             self._check_run_dir(locked=True)
             self._ran = True
-            stop = self._run_recorded(counts, shutdown, basic, timeline)
+            stop = self._run_recorded(counts, shutdown, basic, timeline, cluster)
         if isinstance(stop, RunAbortedError):
             raise stop
         if config.profile:
@@ -223,8 +296,8 @@ class EnsembleLauncher:
                 f"out_dir={str(self.run_dir)!r}, resume=True)")
 
     def _run_recorded(self, counts: Counts, shutdown: GracefulShutdown,
-                      basic: BasicProfile | None,
-                      timeline: Timeline | NoTimeline) -> BaseException | None:
+                      basic: BasicProfile | None, timeline: Timeline | NoTimeline,
+                      cluster: bool = False) -> BaseException | None:
         """Run the tasks, every result into the journal. Returns what ended the run early:
         KeyboardInterrupt, RunAbortedError, or None. Once the run started, any error of
         ours (a child of the tree that cannot start, a runner that cannot be replaced, a
@@ -245,8 +318,11 @@ class EnsembleLauncher:
                 recorder = Recorder(store, counts, reporter)
                 ledger = Ledger(self.tasks, recorder, _retry_policy(config), previous=previous,
                                 retry_failed=self.retry_failed, deadline=self._deadline(),
-                                profile=basic, shutdown=shutdown)
-                control = RootControl(ledger, shutdown)
+                                profile=basic, shutdown=shutdown, closed=not cluster)
+                functions = FunctionTable()
+                desk = self._open_desk(ledger, recorder, store, functions, previous or {}) \
+                    if cluster else None
+                control = RootControl(ledger, shutdown, desk)
                 reporter.start(counts)
                 started = True
                 try:
@@ -254,13 +330,18 @@ class EnsembleLauncher:
                         if self.nlevels == 0:
                             self._run_here(control, recorder, timeline)
                         else:
-                            self._run_tree(control, recorder, timeline)
+                            self._run_tree(control, recorder, timeline, functions)
                 except KeyboardInterrupt as exc:
                     stop = exc
                 except EnsembleLauncherError as exc:
                     stop = self._aborted(exc)
                 finally:
-                    _wind_down(ledger, reporter, counts, stopped=bool(stop or shutdown.requested))
+                    try:
+                        _wind_down(ledger, reporter, counts,
+                                   stopped=bool(stop or shutdown.requested))
+                    finally:
+                        if desk is not None:
+                            desk.close(str(stop) if stop else "stopped")
                 if ledger.skipped:
                     log.info("resume: %d task(s) already done were skipped", ledger.skipped)
                 aborted = {"aborted": str(stop)} if isinstance(stop, RunAbortedError) else {}
@@ -329,7 +410,7 @@ class EnsembleLauncher:
         with make_pool(config.task_executor_name, node.cpus, pin=self.pin_resources,
                        tail_bytes=config.stderr_tail_bytes, kill_grace=config.kill_grace) as pool:
             sink = LocalSink(control, recorder, node.host)
-            NodeWorker(LocalSource(control.ledger), sink, node, pool,
+            NodeWorker(LocalSource(control), sink, node, pool,
                                 gpu_selector=config.gpu_selector,
                                 capture_stdout=self.return_stdout, pin=self.pin_resources,
                                 kill_grace=config.kill_grace,
@@ -338,8 +419,44 @@ class EnsembleLauncher:
                                     config.mpi_launcher, config.mpi_flavor, config.mpi_args,
                                     config.gpu_selector)).run()
 
+    def _open_desk(self, ledger: Ledger, recorder: Recorder, store: RunStore,
+                   functions: FunctionTable, earlier: dict[str, Any]) -> ClientDesk:
+        """The cluster's door for clients, and the tasks submitted before a restart."""
+        from ensemble_launcher.cluster.checkpoint import ClusterFile
+        from ensemble_launcher.cluster.desk import ClientDesk
+        from ensemble_launcher.cluster.intake import TaskIntake
+
+        cluster_file = ClusterFile(self.run_dir)
+        address = self._client_address(cluster_file)
+        keys = CurveKeys.generate() if address.startswith("tcp://") else None
+        widest = self.tree.gang_capacity() if self.nlevels >= 1 else 1
+        intake = TaskIntake(ledger, store, functions, self.nodes, widest, self.run_dir,
+                            earlier)
+        names = [n.name for n in self.tree.walk()] if self.nlevels >= 1 else ["main"]
+        desk = ClientDesk(ledger, intake, address, keys, cluster_file, names,
+                          self.launcher_config.heartbeat_interval)
+        recorder.listeners.append(desk.on_final)
+        again = intake.resubmit_unfinished()
+        if again:
+            log.info("cluster: %d task(s) submitted before the restart run again", again)
+        return desk
+
+    def _client_address(self, cluster_file: Any) -> str:
+        """ipc in the checkpoint directory when every node is this host (TCP on loopback if
+        that path is too long for a socket); else TCP on the configured address, or on
+        the one that routes to the nodes."""
+        config = self.launcher_config
+        if config.cluster_address:
+            return tcp_bind(config.cluster_address)
+        remote = [n.host for n in self.nodes if not is_this_host(n.host)]
+        if not remote:
+            return "ipc" if cluster_file.ipc_fits else "tcp://127.0.0.1"
+        if config.bind_address:
+            return tcp_bind(config.bind_address)
+        return f"tcp://{local_address_for(remote[0])}"
+
     def _run_tree(self, control: RootControl, recorder: Recorder,
-                  timeline: Timeline | NoTimeline) -> None:
+                  timeline: Timeline | NoTimeline, functions: FunctionTable) -> None:
         import zmq
 
         config = self.launcher_config
@@ -355,7 +472,8 @@ class EnsembleLauncher:
         keys = None if settings.bind == "pipe" else CurveKeys.generate()
         ctx = zmq.Context()
         try:
-            Master(tree, RootUpstream(control, recorder), ctx, settings, keys, timeline).run()
+            Master(tree, RootUpstream(control, recorder, functions), ctx, settings, keys,
+                   timeline).run()
         finally:
             terminate(ctx)
 

@@ -28,3 +28,20 @@ def test_tree_benchmark_measures_a_round_trip_against_bare_zmq():
     assert out.returncode == 0, out.stderr
     assert "ERROR" not in out.stdout, out.stdout
     assert "bare ZMQ CURVE ping-pong" in out.stdout and "one-task round trip" in out.stdout
+
+
+CLUSTER = BENCH.with_name("bench_cluster.py")
+
+
+def test_cluster_benchmark_runs_every_measurement_against_its_baseline():
+    out = subprocess.run([sys.executable, str(CLUSTER), "--quick", "--tasks", "200",
+                          "--trips", "20", "--links", "20", "--idle-seconds", "1",
+                          "--map-tasks", "500"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "ERROR" not in out.stdout, out.stdout
+    for printed in ("ProcessPoolExecutor(", "EnsembleLauncher(dict of Task).run()",
+                    "client waiting for each link", "idle ProcessPoolExecutor worker",
+                    "peak RSS: head"):
+        assert printed in out.stdout, out.stdout
+    rows = [line for line in out.stdout.splitlines() if line.endswith(("PASS", "MISS"))]
+    assert len(rows) == 9, out.stdout

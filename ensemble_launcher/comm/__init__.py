@@ -1,7 +1,9 @@
 """Transports between a master and its children, behind one message protocol."""
 
+from ensemble_launcher.comm.endpoints import ChildSide, ParentSide
 from ensemble_launcher.comm.messages import (
     Bye,
+    Cancel,
     Define,
     Drain,
     Failed,
@@ -23,6 +25,7 @@ from ensemble_launcher.comm.messages import (
 )
 from ensemble_launcher.comm.pipe_transport import PipeChildEndpoint, PipeParentEndpoint
 from ensemble_launcher.comm.zmq_transport import (
+    ANYONE,
     ChildEndpoint,
     CurveKeys,
     ParentEndpoint,
@@ -30,8 +33,8 @@ from ensemble_launcher.comm.zmq_transport import (
 )
 
 __all__ = [
-    "Bye", "ChildEndpoint", "CurveKeys", "Define", "Drain", "Failed", "Halt", "Heartbeat",
-    "Held", "Hello", "Hold", "Message", "NodeLost", "ParentEndpoint", "PipeChildEndpoint",
-    "PipeParentEndpoint", "ProtocolError", "Release", "Request", "Results", "RunHeld", "Stop",
-    "Tasks", "decode", "terminate",
+    "ANYONE", "Bye", "Cancel", "ChildEndpoint", "ChildSide", "CurveKeys", "Define", "Drain",
+    "Failed", "Halt", "Heartbeat", "Held", "Hello", "Hold", "Message", "NodeLost",
+    "ParentEndpoint", "ParentSide", "PipeChildEndpoint", "PipeParentEndpoint", "ProtocolError",
+    "Release", "Request", "Results", "RunHeld", "Stop", "Tasks", "decode", "terminate",
 ]

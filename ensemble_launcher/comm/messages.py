@@ -15,6 +15,7 @@
       |  --> Hold(key, cpus, gpus)               |   multi-node task: reserve a share,
       |  <-- Held(key, cpus, gpus)               |   reserved;
       |  --> RunHeld(key, task) / Release(key)   |   run it there (leader) / free it
+      |  --> Cancel(keys)                        |   a client cancelled these tasks
 
 Every transport moves the same bytes, so ZMQ and pipes behave the same. Whatever arrives
 passes one boundary, :class:`Inbox`: a frame that is not a well-formed message of this
@@ -74,8 +75,17 @@ def _are_result_rows(rows: Any) -> bool:
     return type(rows) is list
 
 
-#: Results rows, checked by :func:`_are_result_rows` on arrival.
-ResultRows = Annotated[list[list[Any]], _are_result_rows]
+#: Results rows, checked by :func:`_are_result_rows` on arrival; sent as ResultRow tuples.
+ResultRows = Annotated[list[Any], _are_result_rows]
+
+
+def _are_lists(items: Any) -> bool:
+    return type(items) is list and all(type(item) is list for item in items)
+
+
+#: Wire tasks: sent as WireTask tuples, they arrive as lists, rebuilt where they are taken.
+WireTasks = Annotated[list[Any], _are_lists]
+WireTaskItem = Annotated[Any, lambda value: type(value) is list]
 
 
 class Message:
@@ -165,7 +175,7 @@ class Define(Message):
 @_message(4)
 @dataclass(slots=True)
 class Tasks(Message):
-    tasks: list[list[Any]]
+    tasks: WireTasks
 
 
 @_message(5)
@@ -248,13 +258,23 @@ class RunHeld(Message):
     """Run this task (its command starts every node's ranks) in the reservation ``key``."""
 
     key: int
-    task: list[Any]
+    task: WireTaskItem
 
 
 @_message(16)
 @dataclass(slots=True)
 class Release(Message):
     key: int
+
+
+@_message(17)
+@dataclass(slots=True)
+class Cancel(Message):
+    """Stop these tasks (sent to the child whose subtree has them) or drop them where they
+    wait; each one's result is reported with state ``cancelled``. Unknown keys are
+    ignored: a task may have ended while the cancel was on its way."""
+
+    keys: list[int]
 
 
 class ProtocolError(Exception):
@@ -318,3 +338,9 @@ class Inbox:
             last = " (further bad frames are dropped without a log line)" \
                 if self.dropped == self.LOGGED else ""
             log.warning("dropped a bad frame from %s: %s%s", sender, why, last)
+
+
+
+#: Registers a message class under a code; other packages' protocols (the cluster's) use
+#: the same boundary.
+register_message = _message

@@ -16,6 +16,7 @@ One thread per process: the ZAP requests are answered from the owner's poll loop
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -70,17 +71,35 @@ class CurveKeys:
         return CurveKeys(self.server_public, b"", self.client_public, self.client_secret)
 
 
+class _Anyone:
+    """A ``known`` that holds every identity: for an endpoint whose peers are not children
+    named in advance (the clients of a cluster), which still need the key over TCP."""
+
+    def __contains__(self, identity: object) -> bool:
+        return True
+
+
+#: Pass as ``known`` to :meth:`ParentEndpoint.receive` to take frames from any identity.
+ANYONE: Container[bytes] = _Anyone()
+
+
 class ParentEndpoint:
     """Where a master's children connect. ``bind`` is ``ipc`` or ``tcp://<where>`` (an IP
-    address, ``[v6 address]``, or an interface name: see ``comm.addresses.tcp_bind``)."""
+    address, ``[v6 address]``, or an interface name: see ``comm.addresses.tcp_bind``).
+    ``ipc_path`` binds ipc at that path, in a directory the caller owns (and keeps private);
+    without it we make a private directory of our own."""
 
-    def __init__(self, ctx: zmq.Context, bind: str, keys: CurveKeys | None) -> None:
+    has_pending = False
+
+    def __init__(self, ctx: zmq.Context, bind: str, keys: CurveKeys | None,
+                 ipc_path: str | None = None) -> None:
         self._ctx = ctx
         self.router = ctx.socket(zmq.ROUTER)
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.router.setsockopt(zmq.LINGER, 0)
         self._zap: zmq.Socket | None = None
         self._ipc_dir: str | None = None
+        self._ipc_path: str | None = None
         self.inbox = Inbox()
         if bind.startswith("tcp://"):
             if keys is None or not keys.server_secret:
@@ -94,6 +113,10 @@ class ParentEndpoint:
             self.router.setsockopt(zmq.IPV6, int(bind.startswith("tcp://[")))
             self.router.bind(f"{bind}:*")
             self.address = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
+        elif ipc_path is not None:
+            self._ipc_path = ipc_path
+            self.address = f"ipc://{ipc_path}"
+            self.router.bind(self.address)
         else:
             self._ipc_dir = tempfile.mkdtemp(prefix="el-")
             self.address = f"ipc://{self._ipc_dir}/parent"
@@ -115,7 +138,8 @@ class ParentEndpoint:
     def receive(self, known: Container[bytes]) -> list[tuple[bytes, Message]]:
         """Everything that has arrived from the ``known`` children, without blocking; ZAP
         requests answered on the way. Frames from anyone else are dropped before they are
-        decoded, and frames that are not messages are dropped (logged by the inbox)."""
+        decoded (``known`` = :data:`ANYONE` takes every identity), and frames that are not
+        messages are dropped (logged by the inbox)."""
         if self._zap is not None:
             self._answer_zap()
         out: list[tuple[bytes, Message]] = []
@@ -128,9 +152,9 @@ class ParentEndpoint:
             if identity not in known:
                 self.inbox.drop(repr(identity), "not a child of this master")
             elif len(frames) != 2:
-                self.inbox.drop(identity.decode(), f"{len(frames) - 1} parts instead of 1")
+                self.inbox.drop(_named(identity), f"{len(frames) - 1} parts instead of 1")
             else:
-                message = self.inbox.decode(identity.decode(), frames[1])
+                message = self.inbox.decode(_named(identity), frames[1])
                 if message is not None:
                     out.append((identity, message))
 
@@ -150,6 +174,10 @@ class ParentEndpoint:
     def close(self) -> None:
         for sock in self.sockets():
             sock.close(linger=0)
+        if self._ipc_path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self._ipc_path)
+            self._ipc_path = None
         if self._ipc_dir is not None:
             for name in os.listdir(self._ipc_dir):
                 os.unlink(os.path.join(self._ipc_dir, name))
@@ -157,8 +185,15 @@ class ParentEndpoint:
             self._ipc_dir = None
 
 
+def _named(identity: bytes) -> str:
+    """A peer's identity for the log: ZMQ makes up binary ones for peers that set none."""
+    return identity.decode(errors="backslashreplace")
+
+
 class ChildEndpoint:
     """A child's connection to its parent."""
+
+    has_pending = False
 
     def __init__(self, ctx: zmq.Context, address: str, name: str,
                  keys: CurveKeys | None) -> None:

@@ -132,6 +132,15 @@ ChildLauncherName = Literal["auto", "local", "srun", "mpiexec"]
 MpiFlavor = Literal["auto", "hydra", "pals", "openmpi"]
 
 
+#: Names the original project's configs use, and ours for them.
+_ORIGINAL_NAMES = {
+    "task_executor_name": {"async_processpool": "multiprocessing",
+                           "processpool": "multiprocessing"},
+    "child_executor_name": {"async_processpool": "multiprocessing",
+                            "processpool": "multiprocessing", "async_mpi": "mpi"},
+    "comm_name": {"async_zmq": "zmq"},
+}
+
 RetryReason = Literal["exit_code", "signal", "exception", "timeout", "worker_lost", "launch"]
 
 
@@ -200,6 +209,47 @@ class LauncherConfig(_Strict):
         default=None, description="where masters listen: an IP address of this host, or the "
         "name of a network interface (e.g. ib0), never a wildcard (default: the address "
         "that routes to their children)")
+
+    cluster: bool = Field(default=False, description="run as a long-lived cluster that "
+                          "clients submit to (start()/stop(), el start/el stop)")
+    checkpoint_dir: str | None = Field(
+        default=None, description="a cluster's directory (made 0700): how clients find and "
+        "prove themselves to it, and its run directory (journal, status, logs)")
+    cluster_address: str | None = Field(
+        default=None, description="where a cluster listens for clients: an IP address of "
+        "this host or an interface name (default: ipc in checkpoint_dir when every node is "
+        "this host, else the address that routes to the nodes)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _original_names(cls, data: Any) -> Any:
+        """The original project's executor and comm names mean ours."""
+        if isinstance(data, dict):
+            for key, names in _ORIGINAL_NAMES.items():
+                if data.get(key) in names:
+                    data = {**data, key: names[data[key]]}
+        return data
+
+    @model_validator(mode="after")
+    def _cluster_has_a_directory(self) -> LauncherConfig:
+        if self.cluster and not self.checkpoint_dir:
+            raise ValueError("cluster=True needs checkpoint_dir: the directory where clients "
+                             "find the cluster")
+        return self
+
+    @field_validator("cluster_address")
+    @classmethod
+    def _cluster_address_is_one_interface(cls, value: str | None) -> str | None:
+        from ensemble_launcher.comm.addresses import check_bind_address
+
+        return None if value is None else check_bind_address(value)
+
+    @field_validator("checkpoint_dir")
+    @classmethod
+    def _checkpoint_dir_is_a_path(cls, value: str | None) -> str | None:
+        if value is not None and (not value or "\0" in value):
+            raise ValueError("checkpoint_dir must be a non-empty path")
+        return value
 
     @field_validator("bind_address")
     @classmethod

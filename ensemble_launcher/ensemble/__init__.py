@@ -6,6 +6,6 @@ validated, lazily generated stream of :class:`Task`.
 
 from ensemble_launcher.ensemble.loader import Requirement, TaskStream, load_tasks
 from ensemble_launcher.ensemble.spec import EnsembleSpec
-from ensemble_launcher.ensemble.task import Task
+from ensemble_launcher.ensemble.task import AsyncTask, Task
 
-__all__ = ["EnsembleSpec", "Requirement", "Task", "TaskStream", "load_tasks"]
+__all__ = ["AsyncTask", "EnsembleSpec", "Requirement", "Task", "TaskStream", "load_tasks"]

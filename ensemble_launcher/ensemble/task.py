@@ -134,6 +134,13 @@ class _TrustedTask(Task):
 trusted_task = _TrustedTask
 
 
+class AsyncTask(Task):
+    """The original project's name for a Task whose executable is an ``async def``
+    function; every Task takes one (its runner runs the coroutine to its end)."""
+
+    __slots__ = ()
+
+
 def rendered_task(**fields: Any) -> Task:
     """A task of an ensemble file: its options were checked once for the whole ensemble,
     so only what its templates made of its values is checked here (its paths)."""

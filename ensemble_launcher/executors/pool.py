@@ -5,7 +5,8 @@
 
 Pipes and process sentinels are waited on together, so a runner that dies is seen at
 once. Each runner publishes the process group of the command it runs in shared memory, so
-that the command of a runner that died is stopped, not left running unmanaged. A function
+that the command of a runner that died is stopped, not left running unmanaged, and so
+that a cancelled command can be stopped while its runner lives on (``stop_command``). A function
 is serialized once per run (cloudpickle, keyed by digest) and sent to a runner the first
 time that runner needs it.
 """
@@ -43,6 +44,7 @@ from ensemble_launcher.executors.runner import (
     STOP,
     runner_main,
 )
+from ensemble_launcher.states import RunResult
 
 
 @dataclass(slots=True)
@@ -72,7 +74,7 @@ class DeadLane:
 
 @dataclass(slots=True)
 class PoolEvents:
-    results: list[tuple] = field(default_factory=list)
+    results: list[RunResult] = field(default_factory=list)
     dead_lanes: list[DeadLane] = field(default_factory=list)
 
 
@@ -89,8 +91,8 @@ class WarmPool:
         self._waitables: dict[int, tuple[int, bool]] = {}
         self._poller: zmq.Poller | None = None
         self._polled_extra: tuple = ()
-        self._orphans: list[GroupStop] = []
-        """The process groups of dead runners' commands, being stopped."""
+        self._stopping: list[GroupStop] = []
+        """Process groups being stopped: dead runners' commands, cancelled commands."""
         self._closed = False
 
     def __enter__(self) -> WarmPool:
@@ -171,10 +173,11 @@ class WarmPool:
 
     # -- waiting -----------------------------------------------------------------------------
 
-    def wait(self, timeout: float | None, extra: tuple[zmq.Socket, ...] = ()) -> PoolEvents:
+    def wait(self, timeout: float | None,
+             extra: tuple[zmq.Socket | int, ...] = ()) -> PoolEvents:
         """Wait for runner results, runner deaths, or input on the ``extra`` sockets (the
         caller reads those itself)."""
-        self._sweep_orphans()
+        self._sweep_stops()
         if self._poller is None or extra != self._polled_extra:
             self._poller = zmq.Poller()
             for fd in self._waitables:
@@ -198,7 +201,7 @@ class WarmPool:
     def _drain(conn: Connection, events: PoolEvents) -> None:
         try:
             while conn.poll():
-                events.results.extend(pickle.loads(conn.recv_bytes()))
+                events.results.extend(map(RunResult._make, pickle.loads(conn.recv_bytes())))
         except (EOFError, OSError):
             pass  # the runner is gone; its sentinel reports it
 
@@ -219,12 +222,23 @@ class WarmPool:
         if not pgid:
             return False
         lane.group.value = 0
-        self._orphans.append(begin_stop(pgid, self._kill_grace))
+        self._stopping.append(begin_stop(pgid, self._kill_grace))
         return True
 
-    def _sweep_orphans(self) -> None:
-        if self._orphans:
-            self._orphans = sweep_stops(self._orphans)
+    def stop_command(self, index: int) -> bool:
+        """Start stopping the command lane ``index`` runs now (SIGTERM, kill_grace,
+        SIGKILL, without blocking; the runner reports its result and goes on); False
+        when it runs none. The caller must know which task that is: the runner may have
+        moved on to the next one queued behind while a result is on its way."""
+        pgid = self._lanes[index].running_group
+        if not pgid:
+            return False
+        self._stopping.append(begin_stop(pgid, self._kill_grace))
+        return True
+
+    def _sweep_stops(self) -> None:
+        if self._stopping:
+            self._stopping = sweep_stops(self._stopping)
 
     def replace(self, index: int) -> None:
         """Start a fresh runner for a lane whose runner died or was killed."""
@@ -264,7 +278,7 @@ class WarmPool:
                 proc.kill()
                 proc.join()
         orphans = [lane.running_group for lane in self._lanes if lane.running_group]
-        orphans += [o.pgid for o in self._orphans]
+        orphans += [o.pgid for o in self._stopping]
         if orphans:
             stop_groups(orphans, self._kill_grace)
         for lane in self._lanes:

@@ -8,13 +8,16 @@ is refilled while it still works (a sliding window, not a ping-pong), and a long
 result is never held back behind the next one. A function arrives once
 (DEFINE, cloudpickle, keyed by digest) and is reused by every CALL that names it.
 
-A result is the tuple ``(key, state, reason, returncode, signal, value, exception,
-traceback, stdout, stderr_tail, start, end)``; ``value`` is the pickled return value.
+A result is a :class:`~ensemble_launcher.states.RunResult`; ``value`` is the pickled return
+value, or the pickled exception a callable raised (so that a client of a cluster can raise
+it again). An ``async def`` callable runs to its end in an event loop of its own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
 import io
 import os
 import pickle
@@ -27,6 +30,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ensemble_launcher.executors.command import run_command, stop_all_groups
+from ensemble_launcher.states import FAILED, LOST, SUCCEEDED, TIMED_OUT, RunResult
 
 DEFINE, CALL, RUN, STOP = 0, 1, 2, 3
 
@@ -40,7 +44,8 @@ CANCEL_SIGNAL = signal.SIGRTMIN + 1
 #: a longer timeout never expires within any job anyway.
 _MAX_ALARM_SECONDS = 1e9
 
-SUCCEEDED, FAILED, TIMED_OUT, LOST = "succeeded", "failed", "timed_out", "lost"
+__all__ = ["CALL", "CANCEL_SIGNAL", "DEFINE", "FAILED", "LOST", "RUN", "STOP", "SUCCEEDED",
+           "TIMED_OUT", "runner_main"]
 
 _FLUSH_EVERY = 0.002
 _FLUSH_COUNT = 64
@@ -81,7 +86,7 @@ def runner_main(conn: Connection, cpu: int | None, tail_bytes: int, kill_grace: 
             batch = pickle.loads(recv())
         except EOFError:
             return
-        out: list[tuple] = []
+        out: list[RunResult] = []
         last_send = time.monotonic()
         for item in batch:
             op = item[0]
@@ -133,7 +138,7 @@ def _die_with_parent() -> None:
         os.kill(os.getpid(), CANCEL_SIGNAL)
 
 
-def _call(item: tuple, functions: dict[bytes, Any]) -> tuple:
+def _call(item: tuple, functions: dict[bytes, Any]) -> RunResult:
     _, key, digest, args, kwargs, env, cwd, timeout, capture = item
     fn = functions[digest]
     saved_env = _push_env(env) if env else None
@@ -147,16 +152,18 @@ def _call(item: tuple, functions: dict[bytes, Any]) -> tuple:
             signal.setitimer(signal.ITIMER_REAL, min(timeout, _MAX_ALARM_SECONDS))
         with contextlib.redirect_stdout(buffer) if buffer else contextlib.nullcontext():
             value = fn(*args, **kwargs)
+            if inspect.iscoroutine(value):
+                value = asyncio.run(value)
         if timeout:
             signal.setitimer(signal.ITIMER_REAL, 0)
         end = time.time()
         blob = None if value is None else _dump_value(value)
-        return (key, SUCCEEDED, None, None, None, blob, None, None,
-                buffer.getvalue() if buffer else None, "", start, end)
+        return RunResult(key, SUCCEEDED, None, None, None, blob, None, None,
+                         buffer.getvalue() if buffer else None, "", start, end)
     except _TaskTimeout:
-        return (key, TIMED_OUT, "timeout", None, None, None,
-                f"TimeoutError: task exceeded its timeout of {timeout} s", None,
-                buffer.getvalue() if buffer else None, "", start, time.time())
+        return RunResult(key, TIMED_OUT, "timeout", None, None, None,
+                         f"TimeoutError: task exceeded its timeout of {timeout} s", None,
+                         buffer.getvalue() if buffer else None, "", start, time.time())
     except BaseException as exc:  # noqa: BLE001 - a task's failure is a result, whatever it is
         if timeout:
             signal.setitimer(signal.ITIMER_REAL, 0)
@@ -165,13 +172,26 @@ def _call(item: tuple, functions: dict[bytes, Any]) -> tuple:
         module = type(exc).__module__
         if module not in ("builtins", "__main__"):
             name = f"{module}.{name}"
-        return (key, FAILED, "exception", None, None, None, f"{name}: {exc}", tb,
-                buffer.getvalue() if buffer else None, "", start, time.time())
+        return RunResult(key, FAILED, "exception", None, None, _dump_exception(exc),
+                         f"{name}: {exc}", tb, buffer.getvalue() if buffer else None, "",
+                         start, time.time())
     finally:
         if saved_cwd:
             os.chdir(saved_cwd)
         if saved_env is not None:
             _pop_env(saved_env)
+
+
+def _dump_exception(exc: BaseException) -> bytes | None:
+    """The exception, pickled without its traceback (the text travels beside it); None
+    when it cannot be pickled or would not load again (a client then gets a TaskError)."""
+    exc.__traceback__ = None
+    try:
+        blob = _dump_value(exc)
+        pickle.loads(blob)
+    except Exception:  # noqa: BLE001 - any exception may refuse to pickle or load
+        return None
+    return blob
 
 
 def _dump_value(value: Any) -> bytes:
@@ -198,7 +218,7 @@ def _pop_env(saved: dict[str, str | None]) -> None:
 
 
 def _run(item: tuple, own_affinity: set[int], tail_bytes: int, kill_grace: float,
-         announce: Callable[[int], None] | None) -> tuple:
+         announce: Callable[[int], None] | None) -> RunResult:
     _, key, command, env, cwd, timeout, cpus, capture, stdout_file, stderr_file = item
     if env:
         env = {**os.environ, **env}
@@ -207,9 +227,9 @@ def _run(item: tuple, own_affinity: set[int], tail_bytes: int, kill_grace: float
         try:
             os.sched_setaffinity(0, cpus)
         except OSError as exc:
-            return (key, FAILED, "launch", None, None, None,
-                    f"cannot pin to cpus {sorted(cpus)}: {exc.strerror}", None, None, "",
-                    start, time.time())
+            return RunResult(key, FAILED, "launch", None, None, None,
+                             f"cannot pin to cpus {sorted(cpus)}: {exc.strerror}", None, None,
+                             "", start, time.time())
     try:
         done = run_command(command, env=env, cwd=cwd, timeout=timeout, capture_stdout=capture,
                            stdout_file=stdout_file, stderr_file=stderr_file,
@@ -219,21 +239,21 @@ def _run(item: tuple, own_affinity: set[int], tail_bytes: int, kill_grace: float
             os.sched_setaffinity(0, own_affinity)
     end = time.time()
     if done.launch_error is not None:
-        return (key, FAILED, "launch", None, None, None, done.launch_error, None, None, "",
-                start, end)
+        return RunResult(key, FAILED, "launch", None, None, None, done.launch_error, None,
+                         None, "", start, end)
     rc = done.returncode
+    out, tail = done.stdout, done.stderr_tail
     if done.timed_out:
-        return (key, TIMED_OUT, "timeout", rc, None, None,
-                f"TimeoutError: task exceeded its timeout of {timeout} s", None, done.stdout,
-                done.stderr_tail, start, end)
+        return RunResult(key, TIMED_OUT, "timeout", rc, None, None,
+                         f"TimeoutError: task exceeded its timeout of {timeout} s", None, out,
+                         tail, start, end)
     if rc == 0:
-        return (key, SUCCEEDED, None, 0, None, None, None, None, done.stdout, done.stderr_tail,
-                start, end)
+        return RunResult(key, SUCCEEDED, None, 0, None, None, None, None, out, tail, start, end)
     if rc is not None and rc < 0:
-        return (key, FAILED, "signal", rc, -rc, None, f"killed by {_signal_name(-rc)}", None,
-                done.stdout, done.stderr_tail, start, end)
-    return (key, FAILED, "exit_code", rc, None, None, f"exited with status {rc}", None,
-            done.stdout, done.stderr_tail, start, end)
+        return RunResult(key, FAILED, "signal", rc, -rc, None, f"killed by {_signal_name(-rc)}",
+                         None, out, tail, start, end)
+    return RunResult(key, FAILED, "exit_code", rc, None, None, f"exited with status {rc}", None,
+                     out, tail, start, end)
 
 
 def _signal_name(signum: int) -> str:

@@ -17,7 +17,7 @@ import zmq
 from ensemble_launcher.ensemble import Task
 from ensemble_launcher.executors.command import MAX_WAIT_SECONDS, poll_ms
 from ensemble_launcher.executors.pool import PoolEvents
-from ensemble_launcher.executors.runner import SUCCEEDED
+from ensemble_launcher.states import SUCCEEDED, RunResult
 
 
 class SimulatedPool:
@@ -46,7 +46,8 @@ class SimulatedPool:
     def flush(self) -> None:
         pass
 
-    def wait(self, timeout: float | None, extra: tuple[zmq.Socket, ...] = ()) -> PoolEvents:
+    def wait(self, timeout: float | None,
+             extra: tuple[zmq.Socket | int, ...] = ()) -> PoolEvents:
         if self._due:
             next_due = self._due[0][0] - time.monotonic()
             timeout = max(0.0, next_due if timeout is None else min(timeout, next_due))
@@ -64,8 +65,8 @@ class SimulatedPool:
         now, wall = time.monotonic(), time.time()
         while self._due and self._due[0][0] <= now:
             _, key, started = heapq.heappop(self._due)
-            events.results.append((key, SUCCEEDED, None, None, None, None, None, None, None,
-                                   "", started, wall))
+            events.results.append(RunResult(key, SUCCEEDED, None, None, None, None, None, None,
+                                            None, "", started, wall))
         return events
 
     def replace(self, lane: int) -> None:
@@ -73,6 +74,9 @@ class SimulatedPool:
 
     def kill(self, lane: int) -> None:
         pass
+
+    def stop_command(self, lane: int) -> bool:
+        return False
 
     def close(self, cancel: bool = False) -> None:
         self._due.clear()

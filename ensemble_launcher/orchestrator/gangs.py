@@ -18,22 +18,20 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 from ensemble_launcher.comm import Hold, Message, Release, RunHeld
 from ensemble_launcher.ensemble.programs import command_argv
 from ensemble_launcher.executors.mpi import MpiLaunch, split_per_rank
+from ensemble_launcher.orchestrator.wire import WireTask
 from ensemble_launcher.scheduler import spread_gpu_ids
 
 log = logging.getLogger("ensemble_launcher")
-
-NNODES, PPN, NGPUS, CPU_AFFINITY, GPU_AFFINITY, COMMAND = 6, 7, 8, 9, 10, 3
 
 
 @dataclass
 class _Gang:
     key: int
-    wire: list[Any]
+    wire: WireTask
     members: list[bytes]
     cpus: list[int]
     gpus: list[str]
@@ -50,15 +48,15 @@ class GangScheduler:
         self._send = send
         self._make_mpi = mpi
         self._mpi: MpiLaunch | None = None
-        self._queue: deque[tuple[int, list[Any]]] = deque()
+        self._queue: deque[tuple[int, WireTask]] = deque()
         self._current: _Gang | None = None
         self._next_member = 0
 
     @staticmethod
-    def wants(wire: list[Any]) -> bool:
-        return wire[NNODES] > 1
+    def wants(wire: WireTask) -> bool:
+        return wire.nnodes > 1
 
-    def offer(self, key: int, wire: list[Any]) -> None:
+    def offer(self, key: int, wire: WireTask) -> None:
         self._queue.append((key, wire))
 
     @property
@@ -66,14 +64,14 @@ class GangScheduler:
         return self._current is not None or bool(self._queue)
 
     def advance(self, workers: dict[bytes, tuple[str, list[int], list[str]]]
-                ) -> tuple[int, list[Any]] | None:
+                ) -> tuple[int, WireTask] | None:
         """Start reserving the next task if none is being reserved. ``workers`` maps the
         live workers to (host, cpus, gpus). Returns a task that can never run here (fewer
         live workers than its nnodes), to be reported as failed."""
         if self._current is not None or not self._queue:
             return None
         key, wire = self._queue[0]
-        nnodes = wire[NNODES]
+        nnodes = wire.nnodes
         names = list(workers)
         if len(names) < nnodes:
             return self._queue.popleft()
@@ -81,10 +79,10 @@ class GangScheduler:
         members = (names[start:] + names[:start])[:nnodes]
         self._next_member += 1
         host, cpus, gpus = workers[members[0]]
-        need_cpus = max(wire[PPN], len(wire[CPU_AFFINITY] or []))
-        need_gpus = max(wire[PPN] * int(wire[NGPUS]), len(wire[GPU_AFFINITY] or []))
-        gang = _Gang(key, wire, members, list(wire[CPU_AFFINITY] or cpus[:need_cpus]),
-                     list(wire[GPU_AFFINITY] or spread_gpu_ids(gpus, need_gpus)))
+        need_cpus = max(wire.ppn, len(wire.cpu_affinity or []))
+        need_gpus = max(wire.ppn * int(wire.ngpus_per_process), len(wire.gpu_affinity or []))
+        gang = _Gang(key, wire, members, list(wire.cpu_affinity or cpus[:need_cpus]),
+                     list(wire.gpu_affinity or spread_gpu_ids(gpus, need_gpus)))
         self._queue.popleft()
         self._current = gang
         for member in members:
@@ -92,7 +90,7 @@ class GangScheduler:
         return None
 
     def held(self, member: bytes, key: int,
-             hosts: dict[bytes, str]) -> tuple[bytes, int, list[Any]] | None:
+             hosts: dict[bytes, str]) -> tuple[bytes, int, WireTask] | None:
         """A member reserved its share; when all have, return (leader, key, task) to run."""
         gang = self._current
         if gang is None or gang.key != key:
@@ -102,16 +100,15 @@ class GangScheduler:
             return None
         gang.running = True
         gang.hosts = [hosts[m] for m in gang.members]
-        wire = list(gang.wire)
-        wire[COMMAND] = self._command(wire, gang.hosts, gang)
+        wire = gang.wire._replace(command=self._command(gang.wire, gang.hosts, gang))
         self._send(gang.members[0], RunHeld(key, wire))
         return gang.members[0], key, wire
 
-    def _command(self, wire: list[Any], hosts: list[str], gang: _Gang) -> list[str]:
+    def _command(self, wire: WireTask, hosts: list[str], gang: _Gang) -> list[str]:
         if self._mpi is None:
             self._mpi = self._make_mpi()
-        ppn = wire[PPN]
-        return self._mpi.command(command_argv(wire[COMMAND]), hosts, ppn,
+        ppn = wire.ppn
+        return self._mpi.command(command_argv(wire.command), hosts, ppn,
                                  split_per_rank(gang.cpus, ppn), split_per_rank(gang.gpus, ppn))
 
     def finished(self, key: int) -> str | None:
@@ -136,3 +133,18 @@ class GangScheduler:
                 self._send(other, Release(gang.key))
         self._current = None
         return None if gang.running else gang.key
+
+    def cancel(self, key: int) -> bool:
+        """Drop a task queued or being reserved here (its members free their share);
+        True if it was. A task that runs already is the leader's to stop."""
+        for i, (queued, _) in enumerate(self._queue):
+            if queued == key:
+                del self._queue[i]
+                return True
+        gang = self._current
+        if gang is None or gang.key != key or gang.running:
+            return False
+        for member in gang.members:
+            self._send(member, Release(key))
+        self._current = None
+        return True

@@ -1,35 +1,51 @@
-"""The root's account of every task it hands out: retries, lost nodes, resume, shutdown.
+"""The root's account of every task it hands out: intake, dependencies, priority, retries,
+lost nodes, cancels, resume, shutdown.
 
     TaskStream (minus tasks a resumed run already has) --+
-    retry queue (failed attempts to run again) ----------+--take()--> (key, task) --> tree
-    <--finished(key, result)/lost(keys)-- tree: final -> journal; retry -> retry queue
+    submit(): ready now -> queue (by priority) ---------+
+              waiting on dependencies -> waiting -------/   (enter the queue when settled)
+    retry queue (failed attempts to run again) ---------+--take()--> (key, task) --> tree
+    <--finished(key, result)/lost(keys)-- tree: final -> recorder; retry -> retry queue
 
-Every hand-out gets a fresh key, so a late result for an attempt already given up on (a
-node declared lost that answers after all) is dropped: the first final result wins.
+The intake is open until ``close()``: ``take()`` may return None now and a task later, and
+the ledger is ``exhausted`` only once it is closed and everything in it is final. ``el run``
+hands the ledger its file's stream and closes it at once; a cluster closes it on ``el
+stop``. Every hand-out gets a fresh key, so a late result for an attempt already given up
+on (a node declared lost that answers after all) is dropped: the first final result wins.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import signal
 import time
-from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 
 from ensemble_launcher.ensemble import Task
 from ensemble_launcher.ensemble.task import UnbuildableTask
-from ensemble_launcher.executors.runner import FAILED, LOST, SUCCEEDED
 from ensemble_launcher.monitor.profiles import BasicProfile
 from ensemble_launcher.orchestrator.recording import Recorder
 from ensemble_launcher.orchestrator.signals import GracefulShutdown
-
-NOT_RUN = "not_run"
+from ensemble_launcher.states import (
+    CANCELLED,
+    FAILED,
+    LOST,
+    NOT_RUN,
+    SUCCEEDED,
+    RunResult,
+    never_ran,
+)
 
 #: How a task reads when it died of the signal that stops the run (Slurm signals every
 #: process of the job at walltime): killed by it, or a shell's exit status for it.
 _SHUTDOWN_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 _SHUTDOWN_EXIT_CODES = frozenset(128 + s for s in _SHUTDOWN_SIGNALS)
+#: Final submitted tasks remembered in memory; far more than one loop turn finishes, so
+#: any older one is in the journal already.
+_SETTLED_IN_MEMORY = 4096
 
 
 @dataclass(frozen=True)
@@ -43,6 +59,32 @@ class RetryPolicy:
     node_loss_retries: int = 3
 
 
+#: Builds the task that runs from a submitted one once its dependencies are settled: it
+#: puts their values (``{task_id: pickled value or None}``) where the task takes them.
+Resolver = Callable[[Task, dict[str, bytes | None]], Task]
+
+
+@dataclass(frozen=True, slots=True)
+class Submission:
+    """A task entering an open ledger. ``after`` names tasks (by task_id) it waits for;
+    ``resolve`` gives it their values. ``tag`` groups tasks to cancel together."""
+
+    task: Task
+    priority: int = 0
+    route: str = ""
+    after: tuple[str, ...] = ()
+    resolve: Resolver | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """What a finished submitted task left for tasks that depend on it."""
+
+    state: str
+    value: bytes | None
+    reason: str | None
+
+
 @dataclass(slots=True)
 class _Entry:
     task: Task
@@ -50,9 +92,22 @@ class _Entry:
     losses: int = 0
     tries: int = 1
     handed_out: float = 0.0
+    priority: int = 0
+    route: str = ""
+    submitted: Submission | None = None
+    key: int | None = None
+    cancelled: bool = False
 
     def again(self, lost: bool = False) -> _Entry:
-        return _Entry(self.task, self.attempt + 1, self.losses + lost, self.tries + 1)
+        return _Entry(self.task, self.attempt + 1, self.losses + lost, self.tries + 1,
+                      priority=self.priority, route=self.route, submitted=self.submitted)
+
+
+@dataclass(slots=True)
+class _Waiting:
+    entry: _Entry
+    missing: set[str]
+    values: dict[str, bytes | None] = field(default_factory=dict)
 
 
 class Ledger:
@@ -61,7 +116,7 @@ class Ledger:
                  previous: dict[str, tuple[str, int]] | None = None,
                  retry_failed: bool = False, deadline: float | None = None,
                  profile: BasicProfile | None = None,
-                 shutdown: GracefulShutdown | None = None) -> None:
+                 shutdown: GracefulShutdown | None = None, closed: bool = True) -> None:
         self._stream: Iterator[Task | UnbuildableTask] = iter(tasks)
         self._recorder = recorder
         self._policy = policy
@@ -71,32 +126,164 @@ class Ledger:
         self._profile = profile
         self._shutdown = shutdown
         self._retry: deque[_Entry] = deque()
+        self._queue: list[tuple[int, int, _Entry]] = []
+        self._order = itertools.count()
+        self._live: dict[str, _Entry] = {}
+        """Submitted tasks not final yet: waiting, queued, out, or about to run again."""
+        self._waiting: dict[str, _Waiting] = {}
+        self._dependents: dict[str, list[str]] = {}
+        self.settled: OrderedDict[str, Settled] = OrderedDict()
+        """The last final submitted tasks, for tasks submitted later that depend on them
+        (older ones are read from the journal, which holds them once flushed)."""
+        self._cancels: list[int] = []
         self.inflight: dict[int, _Entry] = {}
         self._next_key = 0
         self._stream_done = False
+        self.closed = closed
         self.halted = False
         self.skipped = 0
+
+    # -- intake ------------------------------------------------------------------------------
+
+    def submit(self, submission: Submission) -> None:
+        """Take one task into the open ledger; its id must be new (the caller checks)."""
+        task = submission.task
+        entry = _Entry(task, self._attempt_of(task.task_id), priority=submission.priority,
+                       route=submission.route, submitted=submission)
+        self._live[task.task_id] = entry
+        self._recorder.counts.submitted(task.ensemble)
+        if not submission.after:
+            heapq.heappush(self._queue, (-entry.priority, next(self._order), entry))
+            return
+        waiting = _Waiting(entry, set())
+        for name in submission.after:
+            if name in self._live:
+                waiting.missing.add(name)
+                self._dependents.setdefault(name, []).append(task.task_id)
+                continue
+            settled = self._settled(name)
+            if settled is None:
+                self._final(entry, _failed("dependency", f"DependencyFailed: dependency "
+                                           f"{name!r} is not a task of this cluster"))
+                return
+            if settled.state != SUCCEEDED:
+                self._final(entry, _dependency_failed(name, settled))
+                return
+            waiting.values[name] = settled.value
+        if waiting.missing:
+            self._waiting[task.task_id] = waiting
+        else:
+            self._ready(waiting)
+
+    @property
+    def live_ids(self) -> dict[str, _Entry]:
+        """Submitted tasks not final yet, by task_id (for ``in``)."""
+        return self._live
+
+    def _attempt_of(self, task_id: str) -> int:
+        earlier = self._previous.get(task_id)
+        if earlier is None:
+            return 1
+        self._recorder.store.archive_final(task_id)
+        return earlier[1] + 1
+
+    def _settled(self, task_id: str) -> Settled | None:
+        """How a task that is no longer live ended: recent ones are in memory, the rest
+        (and those of an earlier life of this run) in the journal."""
+        settled = self.settled.get(task_id)
+        if settled is not None:
+            return settled
+        final = self._recorder.store.final_outcome(task_id)
+        if final is None or final[0] == NOT_RUN:
+            return None
+        return Settled(*final)
+
+    def _ready(self, waiting: _Waiting) -> None:
+        entry = waiting.entry
+        submission = entry.submitted
+        if submission is not None and submission.resolve is not None:
+            try:
+                entry.task = submission.resolve(entry.task, waiting.values)
+            except Exception as exc:  # noqa: BLE001 - a value we cannot pass fails its task
+                self._final(entry, _failed("dependency", f"DependencyFailed: cannot pass "
+                                           f"the values of its dependencies: {exc}"))
+                return
+        heapq.heappush(self._queue, (-entry.priority, next(self._order), entry))
+
+    def close(self) -> None:
+        """No task enters any more: once everything in the ledger is final, it is
+        exhausted and the tree drains."""
+        self.closed = True
+
+    # -- cancelling --------------------------------------------------------------------------
+
+    def cancel(self, task_id: str) -> bool:
+        """Cancel a submitted task: one not started never runs; a running one is stopped.
+        False when it is final already (or unknown)."""
+        entry = self._live.get(task_id)
+        if entry is None or entry.cancelled:
+            return entry is not None
+        entry.cancelled = True
+        if entry.key is not None and entry.key in self.inflight:
+            self._cancels.append(entry.key)
+            return True
+        self._waiting.pop(task_id, None)
+        self._final(entry, _cancelled())
+        return True
+
+    def cancel_tag(self, tag: str) -> int:
+        """Cancel every submitted task with ``tag`` that is not final; how many."""
+        names = [name for name, entry in self._live.items() if entry.task.tag == tag]
+        return sum(self.cancel(name) for name in names)
+
+    def take_cancels(self) -> list[int]:
+        """Hand-out keys of running tasks to stop, for the tree."""
+        cancels, self._cancels = self._cancels, []
+        return cancels
 
     # -- handing out -------------------------------------------------------------------------
 
     @property
     def exhausted(self) -> bool:
-        return self.halted or (self._stream_done and not self._retry)
+        return self.halted or (self.closed and self._stream_done and not self._retry
+                               and not self._queue and not self._waiting)
 
     def take(self) -> tuple[int, Task] | None:
+        entry = self.take_entry()
+        return None if entry is None else (entry.key, entry.task)  # type: ignore[return-value]
+
+    def take_entry(self) -> _Entry | None:
+        """The next task to hand out, with its key, priority and route."""
         while not self._shutting_down:
-            entry = self._retry.popleft() if self._retry else self._next_from_stream()
+            entry = self._next_entry()
             if entry is None:
                 return None
-            if self._past_walltime(entry):
+            if entry.cancelled or self._past_walltime(entry):
                 continue
             key = self._next_key
             self._next_key += 1
+            entry.key = key
             self.inflight[key] = entry
             self._running(entry, +1)
             if self._profile is not None:
                 entry.handed_out = time.time()
-            return key, entry.task
+            return entry
+        return None
+
+    def _next_entry(self) -> _Entry | None:
+        """A retry first; then submitted tasks of a higher priority than the stream's (0),
+        the stream, and the rest of the submitted ones."""
+        if self._retry:
+            return self._retry.popleft()
+        queue = self._queue
+        if queue and (queue[0][0] < 0 or self._stream_done):
+            return heapq.heappop(queue)[2]
+        if not self._stream_done:
+            entry = self._next_from_stream()
+            if entry is not None:
+                return entry
+            if queue:
+                return heapq.heappop(queue)[2]
         return None
 
     def _next_from_stream(self) -> _Entry | None:
@@ -135,37 +322,38 @@ class Ledger:
 
     # -- results -----------------------------------------------------------------------------
 
-    def finished(self, key: int, result: Sequence[Any], host: str, cpus: str,
-                 gpus: str) -> None:
+    def finished(self, key: int, result: RunResult, host: str, cpus: str, gpus: str) -> None:
         entry = self.inflight.pop(key, None)
         if entry is None:
             return
         self._running(entry, -1)
         if self._profile is not None:
-            self._profile.task_done(entry.handed_out, result[10], result[11], time.time())
-        if result[1] == LOST:
+            self._profile.task_done(entry.handed_out, result.start, result.end, time.time())
+        if entry.cancelled and result.state != SUCCEEDED:
+            self._record(entry, _cancelled(result), host, cpus, gpus)
+        elif result.state == LOST:
             self._lost(entry, result, host, cpus, gpus)
         elif self._stopped_by_shutdown(result):
-            self._recorder.add(entry.task, _interrupted(result), host, cpus, gpus,
-                               entry.attempt)
-        elif result[1] != SUCCEEDED and self._may_retry(entry, result[2]):
-            self._recorder.add(entry.task, result, host, cpus, gpus, entry.attempt, final=False)
-            self._retry.append(entry.again())
+            self._record(entry, _interrupted(result), host, cpus, gpus)
+        elif result.state not in (SUCCEEDED, CANCELLED) and \
+                self._may_retry(entry, result.reason):
+            self._record(entry, result, host, cpus, gpus, final=False)
+            self._retry.append(self._again(entry))
         else:
-            self._recorder.add(entry.task, result, host, cpus, gpus, entry.attempt)
+            self._record(entry, result, host, cpus, gpus)
 
     def _may_retry(self, entry: _Entry, reason: str | None) -> bool:
         limit = entry.task.retries if entry.task.retries is not None else self._policy.retries
         return not self.halted and reason in self._policy.retry_on and \
             entry.tries <= limit + entry.losses
 
-    def _stopped_by_shutdown(self, result: Sequence[Any]) -> bool:
+    def _stopped_by_shutdown(self, result: RunResult) -> bool:
         """A task that died of the signal stopping the run did not fail: it was not let
         finish, and resume runs it."""
-        if result[1] != FAILED or not self._shutting_down:
+        if result.state != FAILED or not self._shutting_down:
             return False
-        return (result[2] == "signal" and result[4] in _SHUTDOWN_SIGNALS) or \
-            (result[2] == "exit_code" and result[3] in _SHUTDOWN_EXIT_CODES)
+        return (result.reason == "signal" and result.signal in _SHUTDOWN_SIGNALS) or \
+            (result.reason == "exit_code" and result.returncode in _SHUTDOWN_EXIT_CODES)
 
     @property
     def _shutting_down(self) -> bool:
@@ -179,73 +367,129 @@ class Ledger:
             if entry is None:
                 continue
             self._running(entry, -1)
-            self._lost(entry, (key, LOST, "node_lost", None, None, None,
-                               f"{name} on {host} was lost: {why}", None, None, "", now, now),
-                       host, "", "")
+            result = RunResult(key, LOST, "node_lost", None, None, None,
+                               f"{name} on {host} was lost: {why}", None, None, "", now, now)
+            if entry.cancelled:
+                self._record(entry, _cancelled(result), host, "", "")
+            else:
+                self._lost(entry, result, host, "", "")
 
-    def _lost(self, entry: _Entry, result: Sequence[Any], host: str, cpus: str,
+    def _lost(self, entry: _Entry, result: RunResult, host: str, cpus: str,
               gpus: str) -> None:
         """A task lost with its node (or its runner) runs again up to node_loss_retries
         times; while the run is stopping it is recorded as not run, for resume."""
         if self._shutting_down:
-            self._recorder.add(entry.task, _interrupted(result), host, cpus, gpus,
-                               entry.attempt)
+            self._record(entry, _interrupted(result), host, cpus, gpus)
         elif entry.losses < self._policy.node_loss_retries:
-            self._recorder.add(entry.task, result, host, cpus, gpus, entry.attempt,
-                               final=False)
-            self._retry.appendleft(entry.again(lost=True))
+            self._record(entry, result, host, cpus, gpus, final=False)
+            self._retry.appendleft(self._again(entry, lost=True))
         else:
-            self._recorder.add(entry.task, result, host, cpus, gpus, entry.attempt)
+            self._record(entry, result, host, cpus, gpus)
+
+    def _again(self, entry: _Entry, lost: bool = False) -> _Entry:
+        again = entry.again(lost)
+        if entry.submitted is not None:
+            self._live[entry.task.task_id] = again
+        return again
+
+    def _record(self, entry: _Entry, result: RunResult, host: str, cpus: str, gpus: str,
+                final: bool = True) -> None:
+        self._recorder.add(entry.task, result, host, cpus, gpus, entry.attempt, final)
+        if final and entry.submitted is not None:
+            self._settle(entry.task.task_id, Settled(result.state, result.value,
+                                                     result.reason))
+
+    def _settle(self, task_id: str, settled: Settled) -> None:
+        """A submitted task is final: tasks waiting on it go on, or fail if it did."""
+        if self._live.pop(task_id, None) is None:
+            return
+        self.settled[task_id] = settled
+        if len(self.settled) > _SETTLED_IN_MEMORY:
+            self.settled.popitem(last=False)
+        for name in self._dependents.pop(task_id, ()):
+            waiting = self._waiting.get(name)
+            if waiting is None:
+                continue
+            if settled.state != SUCCEEDED:
+                del self._waiting[name]
+                self._final(waiting.entry, _dependency_failed(task_id, settled))
+                continue
+            waiting.missing.discard(task_id)
+            waiting.values[task_id] = settled.value
+            if not waiting.missing:
+                del self._waiting[name]
+                self._ready(waiting)
 
     # -- shutdown ----------------------------------------------------------------------------
 
     def halt(self) -> None:
-        """Hand out nothing more: tasks waiting for a retry are recorded as not run."""
+        """Hand out nothing more: tasks waiting for a retry, in the queue or on their
+        dependencies are recorded as not run."""
         self.halted = True
-        while self._retry:
-            self._final(self._retry.popleft(), _not_run("interrupted",
-                                                         "not run: the run was interrupted"))
+        self.closed = True
+        self._record_pending("not run: the run was interrupted")
 
     def abandon(self, why: str) -> None:
-        """Record every task still out, or waiting to run again, as not run (after the
-        grace period ran out, or when the run cannot go on)."""
-        while self._retry:
-            self._final(self._retry.popleft(), _not_run("interrupted", why))
-        for entry in self.inflight.values():
+        """Record every task still out, waiting, or waiting to run again, as not run (after
+        the grace period ran out, or when the run cannot go on)."""
+        self._record_pending(why)
+        for entry in list(self.inflight.values()):
             self._running(entry, -1)
             self._final(entry, _not_run("interrupted", why))
         self.inflight.clear()
+
+    def _record_pending(self, why: str) -> None:
+        pending = list(self._retry) + [item[2] for item in self._queue] + \
+            [w.entry for w in self._waiting.values()]
+        self._retry.clear()
+        self._queue.clear()
+        self._waiting.clear()
+        for entry in pending:
+            if not entry.cancelled:
+                self._final(entry, _not_run("interrupted", why))
 
     def _running(self, entry: _Entry, change: int) -> None:
         by = self._recorder.counts.handed_out
         name = entry.task.ensemble or "tasks"
         by[name] = by.get(name, 0) + change
 
-    def _final(self, entry: _Entry, result: tuple) -> None:
-        self._recorder.add(entry.task, result, "", "", "", entry.attempt)
+    def _final(self, entry: _Entry, result: RunResult) -> None:
+        self._record(entry, result, "", "", "")
 
 
 def runs_again(state: str, retry_failed: bool) -> bool:
     """Whether a resume runs a task whose earlier final result has ``state``: tasks not run
-    do, failed ones only with ``retry_failed``, succeeded ones never."""
-    return state == NOT_RUN or (retry_failed and state != SUCCEEDED)
+    do, failed ones only with ``retry_failed``, succeeded and cancelled ones never."""
+    return state == NOT_RUN or (retry_failed and state not in (SUCCEEDED, CANCELLED))
 
 
-def _interrupted(result: Sequence[Any]) -> tuple:
+def _interrupted(result: RunResult) -> RunResult:
     """``result`` of a task the stopping run did not let finish, recorded as not run."""
-    return (result[0], NOT_RUN, "interrupted", result[3], result[4], None,
-            f"not run to its end: the run was stopping ({result[6]})", None, result[8],
-            result[9], result[10], result[11])
+    return result._replace(state=NOT_RUN, reason="interrupted", value=None,
+                           exception=f"not run to its end: the run was stopping "
+                                     f"({result.exception})", traceback=None)
 
 
-def _not_run(reason: str, message: str) -> tuple:
-    now = time.time()
-    return (None, NOT_RUN, reason, None, None, None, message, None, None, "", now, now)
+def _cancelled(result: RunResult | None = None) -> RunResult:
+    if result is None:
+        return never_ran(CANCELLED, "cancelled", "cancelled by a client", time.time())
+    return result._replace(state=CANCELLED, reason="cancelled", value=None,
+                           exception="cancelled by a client while it ran", traceback=None)
 
 
-def _failed(reason: str, message: str) -> tuple:
-    now = time.time()
-    return (None, FAILED, reason, None, None, None, message, None, None, "", now, now)
+def _dependency_failed(name: str, settled: Settled) -> RunResult:
+    how = "was cancelled" if settled.state == CANCELLED else \
+        f"ended {settled.state}" + (f" ({settled.reason})" if settled.reason else "")
+    return _failed("dependency", f"DependencyFailed: dependency {name!r} {how}")
 
 
-__all__ = ["FAILED", "NOT_RUN", "Ledger", "RetryPolicy", "runs_again"]
+def _not_run(reason: str, message: str) -> RunResult:
+    return never_ran(NOT_RUN, reason, message, time.time())
+
+
+def _failed(reason: str, message: str) -> RunResult:
+    return never_ran(FAILED, reason, message, time.time())
+
+
+__all__ = ["FAILED", "NOT_RUN", "Ledger", "RetryPolicy", "Settled", "Submission",
+           "runs_again"]

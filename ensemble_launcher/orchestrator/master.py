@@ -1,13 +1,16 @@
 """A master of the tree (``main``, or a sub-master such as ``main.m0``).
 
     upstream (the task stream at the root; the parent link below it)
-        --take()--> Master._assign --Tasks--> children (by credit)
+        --take()--> Master._assign --Tasks--> children (by credit, and by route)
+        --take_cancels()--> Master._cancel --Cancel--> the child that has the task
         <--record_rows()/node_lost()-- Master._receive <--Results/NodeLost-- children
 
 The loop is a short ``run()`` over named steps, waiting on the children's socket, the
 upstream's sockets, and the launcher steps that started the children, so a child that
 dies or never connects is seen within a bounded time. Children pull: each gets at most
-the credit it asked for, so tasks wait at the master, not on a busy node.
+the credit it asked for, so tasks wait at the master, not on a busy node. A task with a
+``route`` goes only to the child whose subtree the route names; while that child has no
+credit it waits here, parked, and the tasks behind it go on to the others.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import logging
 import subprocess
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +29,7 @@ import zmq
 
 from ensemble_launcher.comm import (
     Bye,
+    Cancel,
     CurveKeys,
     Define,
     Drain,
@@ -36,6 +41,7 @@ from ensemble_launcher.comm import (
     Message,
     NodeLost,
     ParentEndpoint,
+    ParentSide,
     PipeParentEndpoint,
     Request,
     Results,
@@ -56,9 +62,11 @@ from ensemble_launcher.launchers import ChildLauncher
 from ensemble_launcher.launchers.base import child_environment, log_tail
 from ensemble_launcher.monitor.profiles import NoTimeline, Timeline
 from ensemble_launcher.orchestrator.boot import BOOT_ENV, TREE_ENV, BootDir
-from ensemble_launcher.orchestrator.gangs import NNODES, GangScheduler
+from ensemble_launcher.orchestrator.feeds import CANCELLED_MESSAGE, Feed, never_ran_row
+from ensemble_launcher.orchestrator.gangs import GangScheduler
 from ensemble_launcher.orchestrator.tree import TreeNode
-from ensemble_launcher.orchestrator.wire import DIGEST, FunctionTable
+from ensemble_launcher.orchestrator.wire import FunctionTable, WireTask
+from ensemble_launcher.states import CANCELLED, FAILED, ResultRow
 
 log = logging.getLogger("ensemble_launcher")
 
@@ -69,28 +77,18 @@ _BATCH = 256
 #: What a worker told to stop needs besides kill_grace: to see the Stop, cancel its runners,
 #: reap them and close its sockets.
 _STOP_MARGIN = 3.0
+#: Routed tasks parked for busy children, at most: past it we take no new task until one
+#: leaves, so that a stream of tasks routed to one node cannot fill our memory.
+_MAX_PARKED = 4 * _BATCH
 
 
-class Upstream(Protocol):
-    """Where a master's tasks come from and its results go."""
+class Upstream(Feed[WireTask], Protocol):
+    """A master's feed (wire tasks), which also takes its results. ``functions`` holds the
+    callables its tasks name by digest."""
 
     functions: FunctionTable
 
-    def take(self) -> tuple[int, list[Any]] | None: ...
-
-    @property
-    def exhausted(self) -> bool: ...
-
-    @property
-    def halted(self) -> bool: ...
-
-    def want(self, n: int) -> None: ...
-
-    def sockets(self) -> tuple[zmq.Socket, ...]: ...
-
-    def pump(self) -> None: ...
-
-    def record_rows(self, rows: list[list[Any]]) -> None: ...
+    def record_rows(self, rows: list[ResultRow]) -> None: ...
 
     def node_lost(self, name: str, host: str, keys: list[int], why: str) -> None: ...
 
@@ -108,7 +106,9 @@ class _Child:
     done: bool = False
     lost: bool = False
     credit: int = 0
-    inflight: dict[int, list[Any]] = field(default_factory=dict)
+    inflight: dict[int, WireTask] = field(default_factory=dict)
+    parked: deque[tuple[int, WireTask]] = field(default_factory=deque)
+    """Tasks routed to its subtree, waiting for its credit."""
     known: set[bytes] = field(default_factory=set)
     last_heard: float = field(default_factory=time.monotonic)
     cpus: list[int] = field(default_factory=list)
@@ -151,8 +151,9 @@ class Master:
         self._upstream = upstream
         self._settings = settings
         self._keys = keys
-        self._endpoint: ParentEndpoint | PipeParentEndpoint = PipeParentEndpoint() \
-            if settings.bind == "pipe" else ParentEndpoint(ctx, settings.bind, keys)
+        self._pipes = PipeParentEndpoint() if settings.bind == "pipe" else None
+        """Set when we start our children ourselves, each with its end of a socket pair."""
+        self._endpoint: ParentSide = self._pipes or ParentEndpoint(ctx, settings.bind, keys)
         log.info("%s: children connect to %s", node.name, self._endpoint.address)
         self._boot = BootDir(settings.run_dir / f".boot-{node.name}")
         self._children = {c.name.encode(): _Child(c, 0) for c in node.children}
@@ -166,7 +167,8 @@ class Master:
         self._poller: zmq.Poller | None = None
         self._timeline = timeline or NoTimeline()
         self._gangs = GangScheduler(self._send, settings.mpi)
-        self._passed_over: list[tuple[int, list[Any]]] = []
+        self._passed_over: list[tuple[int, WireTask]] = []
+        self._parked = 0
         self._running: dict[str, int] = {}
         self._running_changed = False
         self._running_sent = 0.0
@@ -182,6 +184,7 @@ class Master:
             mark("start")
             while not self._finished():
                 self._upstream.pump()
+                self._cancel(self._upstream.take_cancels())
                 self._receive()
                 mark("receive")
                 self._assign()
@@ -228,7 +231,7 @@ class Master:
         argv = [sys.executable, "-m", "ensemble_launcher.orchestrator.child"]
         hosts = [c.host for c in group]
         with open(path, "ab") as log_file:
-            if isinstance(self._endpoint, PipeParentEndpoint):
+            if self._pipes is not None:
                 procs = [self._start_over_pipe(argv, child, env, log_file) for child in group]
             else:
                 for child in group:
@@ -262,8 +265,8 @@ class Master:
     def _start_over_pipe(self, argv: list[str], child: TreeNode, env: dict[str, str],
                          log_file: Any) -> subprocess.Popen:
         """A local child that talks to us over its end of a socket pair."""
-        assert isinstance(self._endpoint, PipeParentEndpoint)
-        end = self._endpoint.pair_for(child.name.encode())
+        assert self._pipes is not None
+        end = self._pipes.pair_for(child.name.encode())
         try:
             self._write_boot(child, f"fd://{end.fileno()}")
             return subprocess.Popen(argv, env=env,
@@ -286,15 +289,13 @@ class Master:
 
     def _handle(self, child: _Child, message: Message) -> None:
         if isinstance(message, Results):
-            for row in message.rows:
-                child.inflight.pop(row[0], None)
+            rows = list(map(ResultRow._make, message.rows))
+            for row in rows:
+                child.inflight.pop(row.key, None)
             if self._gangs.busy:
-                for row in message.rows:
-                    hosts = self._gangs.finished(row[0])
-                    if hosts:
-                        row[12] = hosts
-            if message.rows:
-                self._upstream.record_rows(message.rows)
+                rows = [self._with_gang_hosts(row) for row in rows]
+            if rows:
+                self._upstream.record_rows(rows)
             if message.running:
                 self._child_running(child, _running_report(message.running))
         elif isinstance(message, Request):
@@ -324,6 +325,11 @@ class Master:
         elif not isinstance(message, Heartbeat):
             log.warning("%s: unexpected %s from %s", self.node.name, type(message).__name__,
                         child.node.name)
+
+    def _with_gang_hosts(self, row: ResultRow) -> ResultRow:
+        """A multi-node task ran on all its gang's hosts, not only on its leader's."""
+        hosts = self._gangs.finished(row.key)
+        return row._replace(host=hosts) if hosts else row
 
     def _child_running(self, child: _Child, by_ensemble: dict[str, int]) -> None:
         """Keep the sum over our children of what runs now (one update per report)."""
@@ -369,10 +375,10 @@ class Master:
                     if child.node.role == "worker":
                         self._gangs.offer(key, wire)
                         continue
-                    if child.node.gang_capacity() < wire[NNODES]:
+                    if child.node.gang_capacity() < wire.nnodes:
                         self._passed_over.append(item)
                         continue
-                digest = wire[DIGEST]
+                digest = wire.digest
                 if digest is not None and digest not in child.known:
                     child.known.add(digest)
                     self._send(identity, Define(digest, self._upstream.functions.blobs[digest]))
@@ -386,13 +392,50 @@ class Master:
                 self._send(identity, Tasks(batch))
         self._advance_gangs()
 
-    def _next_for(self, child: _Child) -> tuple[int, list[Any]] | None:
-        """A multi-node task passed over by a child too small for it comes first."""
+    def _next_for(self, child: _Child) -> tuple[int, WireTask] | None:
+        """A task routed to this child's subtree comes first, then a multi-node task passed
+        over by a child too small for it, then the upstream's next task for anywhere or
+        for this child; one routed elsewhere is parked for its child."""
+        if child.parked:
+            self._parked -= 1
+            return child.parked.popleft()
         for i, (key, wire) in enumerate(self._passed_over):
-            if child.node.gang_capacity() >= wire[NNODES]:
+            if child.node.gang_capacity() >= wire.nnodes:
                 del self._passed_over[i]
                 return key, wire
-        return self._upstream.take()
+        while self._parked < _MAX_PARKED:
+            item = self._upstream.take()
+            if item is None or not item[1].route:
+                return item
+            target = self._route_target(item, child)
+            if target is child:
+                return item
+            if target is not None:
+                target.parked.append(item)
+                self._parked += 1
+        return None
+
+    def _route_target(self, item: tuple[int, WireTask], asking: _Child) -> _Child | None:
+        """The live child whose subtree the task's route names (``asking`` for a route
+        that names us); None after failing a task whose route names no live node here."""
+        key, wire = item
+        route = wire.route
+        for child in self._children.values():
+            name = child.node.name
+            if route == name or route.startswith(name + "."):
+                if child.live:
+                    return child
+                self._fail_route(key, wire, f"{name} is gone")
+                return None
+        if route == self.node.name:
+            return asking
+        self._fail_route(key, wire, f"no node of {self.node.name}'s subtree has that name")
+        return None
+
+    def _fail_route(self, key: int, wire: WireTask, why: str) -> None:
+        self._upstream.record_rows([never_ran_row(
+            key, FAILED, "launch", f"task {wire.task_id!r} cannot run at its route "
+            f"{wire.route!r}: {why}", "")])
 
     def _advance_gangs(self) -> None:
         """Reserve nodes for the next multi-node task once every worker has connected."""
@@ -403,11 +446,44 @@ class Master:
                                        for c in workers})
         if refused is not None:
             key, wire = refused
-            now = time.time()
-            self._upstream.record_rows([[key, "failed", "launch", None, None, None,
-                                         f"multi-node task {wire[1]!r} cannot run: "
-                                         "not enough worker nodes are alive", None, None, "",
-                                         now, now, "", "", ""]])
+            self._upstream.record_rows([never_ran_row(
+                key, FAILED, "launch", f"multi-node task {wire.task_id!r} cannot run: "
+                "not enough worker nodes are alive", "")])
+
+    # -- cancelling --------------------------------------------------------------------------
+
+    def _cancel(self, keys: list[int]) -> None:
+        """Pass each cancel to the child that has the task; a task that still waits here is
+        dropped and reported cancelled; an unknown key (the task ended) is ignored."""
+        if not keys:
+            return
+        by_child: dict[bytes, list[int]] = {}
+        dropped = []
+        for key in keys:
+            holder = next((identity for identity, c in self._children.items()
+                           if key in c.inflight), None)
+            if holder is not None:
+                by_child.setdefault(holder, []).append(key)
+            elif self._drop_waiting(key):
+                dropped.append(never_ran_row(key, CANCELLED, "cancelled", CANCELLED_MESSAGE,
+                                             ""))
+        for identity, held in by_child.items():
+            self._send(identity, Cancel(held))
+        if dropped:
+            self._upstream.record_rows(dropped)
+
+    def _drop_waiting(self, key: int) -> bool:
+        for i, (waiting, _) in enumerate(self._passed_over):
+            if waiting == key:
+                del self._passed_over[i]
+                return True
+        for child in self._children.values():
+            for i, (waiting, _) in enumerate(child.parked):
+                if waiting == key:
+                    del child.parked[i]
+                    self._parked -= 1
+                    return True
+        return self._gangs.cancel(key)
 
     def _send(self, identity: bytes, message: Message) -> None:
         if not self._endpoint.send(identity, message):
@@ -476,12 +552,18 @@ class Master:
                                                  CANCEL_SIGNAL))
         keys = list(child.inflight)
         child.inflight.clear()
+        self._fail_parked(child)
         log.error("%s: lost %s on %s: %s; %d task(s) in flight there", self.node.name,
                   child.node.name, child.host or child.node.host, why, len(keys))
         self._upstream.node_lost(child.node.name, child.host or child.node.host, keys, why)
         if all(not c.live for c in self._children.values()) and not self._upstream.exhausted:
             raise RunAbortedError(f"{self.node.name}: every child is gone (last: "
                                   f"{child.node.name}: {why})")
+
+    def _fail_parked(self, child: _Child) -> None:
+        self._parked -= len(child.parked)
+        while child.parked:
+            self._fail_route(*child.parked.popleft(), f"{child.node.name} is gone")
 
     # -- finishing ---------------------------------------------------------------------------
 
@@ -494,7 +576,7 @@ class Master:
 
     def _drain_when_done(self) -> None:
         if self._drained or not self._upstream.exhausted or self.inflight or self._gangs.busy \
-                or self._passed_over:
+                or self._passed_over or self._parked:
             return
         self._drained = True
         for identity, child in self._children.items():
@@ -550,8 +632,7 @@ class Master:
             self._poller = zmq.Poller()
             for sock in (*self._endpoint.sockets(), *self._upstream.sockets()):
                 self._poller.register(sock, zmq.POLLIN)
-        pending = getattr(self._endpoint, "has_pending", False) or \
-            getattr(self._upstream, "has_pending", False)
+        pending = self._endpoint.has_pending or self._upstream.has_pending
         self._poller.poll(1 if pending else int(_TURN_SECONDS * 1000))
 
 

@@ -1,7 +1,8 @@
 """The loop that runs tasks on one node (``main.w0``; at nlevels=0, the whole run).
 
-    TaskSource --take()--> backlog --NodeSlots.place()--> WarmPool.submit --flush-->
+    Feed --take()--> backlog --NodeSlots.place()--> WarmPool.submit --flush-->
         runners (one per core) --results--> NodeWorker._collect --> ResultSink
+    Feed --take_cancels()--> NodeWorker._cancel: drop from the backlog, or stop the task
 
 The source is the task stream itself at nlevels=0, or the link to the parent master in a
 tree; the sink is the run store, or that same link. Tasks are taken only while lanes
@@ -9,6 +10,12 @@ have room, so memory holds what is in flight plus a small backlog of tasks waiti
 cores or GPUs, never the ensemble. How many tasks wait on a lane (``depth``) follows the
 observed task duration: enough to keep about 20 ms of work queued per core, one when
 tasks are long.
+
+A cancelled task that waits in the backlog is dropped; one that runs is stopped (a
+command: its process group, SIGTERM, kill_grace, SIGKILL; a callable: its runner is
+killed and replaced). A task queued behind another in its lane's runner cannot be pulled
+back: it is stopped once it heads its lane, and its result, whenever it comes, is
+reported cancelled.
 """
 
 from __future__ import annotations
@@ -17,9 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
-
-import zmq
+from typing import NamedTuple, Protocol
 
 from ensemble_launcher.ensemble import Task
 from ensemble_launcher.ensemble.loader import requirement_of
@@ -28,10 +33,11 @@ from ensemble_launcher.errors import ResourceError
 from ensemble_launcher.executors import PoolEvents, WarmPool
 from ensemble_launcher.executors.mpi import MpiLaunch, split_per_rank
 from ensemble_launcher.executors.pool import DeadLane
-from ensemble_launcher.executors.runner import FAILED, LOST, TIMED_OUT
 from ensemble_launcher.monitor.profiles import NoTimeline, Timeline
+from ensemble_launcher.orchestrator.feeds import CANCELLED_MESSAGE, Feed
 from ensemble_launcher.resources import NodeResources, check_requirements
 from ensemble_launcher.scheduler import NodeSlots, Placement, needs_exclusive
+from ensemble_launcher.states import CANCELLED, FAILED, LOST, TIMED_OUT, RunResult, never_ran
 
 _QUEUED_WORK_SECONDS = 0.02
 _MAX_DEPTH = 512
@@ -40,38 +46,9 @@ _STARVATION_SECONDS = 1.0
 _TICK_SECONDS = 0.1
 
 
-class TaskSource(Protocol):
-    """Where a node's tasks come from, as ``(key, task)`` pairs."""
-
-    def take(self) -> tuple[int, Task] | None:
-        """The next task available now, or None (see ``exhausted``)."""
-
-    @property
-    def exhausted(self) -> bool:
-        """True once no task will ever come again."""
-
-    @property
-    def halted(self) -> bool:
-        """True when shutting down: tasks not yet started are dropped."""
-
-    def want(self, n: int) -> None:
-        """The node could take ``n`` more tasks: its free room plus a prefetch (a hint for
-        pull-based sources)."""
-
-    def sockets(self) -> tuple[zmq.Socket, ...]:
-        """Sockets to wait on besides the runners'; ``pump()`` when they are ready."""
-
-    def pump(self) -> None:
-        """Handle whatever arrived on ``sockets()``; called on every loop turn."""
-
-    def take_orders(self) -> list[tuple[str, int, Task | None]]:
-        """Orders about reservations of multi-node tasks: ("run", key, task) to run a task
-        in reservation ``key``, ("release", key, None) to free it."""
-
-
 class ResultSink(Protocol):
-    def record(self, key: int, task: Task, result: tuple, cpus: str, gpus: str) -> None:
-        """One finished task: ``result`` is the runner's result tuple."""
+    def record(self, key: int, task: Task, result: RunResult, cpus: str, gpus: str) -> None:
+        """One finished task: ``result`` is the runner's result."""
 
     def held(self, key: int, cpus: list[int], gpus: list[str]) -> None:
         """A reservation for a multi-node task is in place."""
@@ -89,28 +66,19 @@ class ResultSink(Protocol):
     def flush(self) -> None: ...
 
 
-class LocalFeed:
-    """Base of sources that live in the root's own process: nothing to wait on, no
-    credit to ask for, no reservations (those need several nodes)."""
-
-    def want(self, n: int) -> None:
-        pass
-
-    def sockets(self) -> tuple[zmq.Socket, ...]:
-        return ()
-
-    def pump(self) -> None:
-        pass
-
-    def take_orders(self) -> list[tuple[str, int, Task | None]]:
-        return []
-
-
 class Reservation(Task):
     """A node's share of a multi-node task: placed like a task, run by nothing; the
     task itself runs later in it (see orchestrator.gangs)."""
 
     __slots__ = ()
+
+
+class _Waiting(NamedTuple):
+    """A task in the backlog, waiting for room since ``since`` (monotonic)."""
+
+    key: int
+    task: Task
+    since: float
 
 
 @dataclass(slots=True)
@@ -121,7 +89,7 @@ class _InFlight:
 
 
 class NodeWorker:
-    def __init__(self, source: TaskSource, sink: ResultSink, node: NodeResources,
+    def __init__(self, source: Feed[Task], sink: ResultSink, node: NodeResources,
                  pool: WarmPool, *, gpu_selector: str, capture_stdout: bool, pin: bool,
                  kill_grace: float, check_each_task: bool = False,
                  timeline: Timeline | NoTimeline | None = None,
@@ -140,7 +108,7 @@ class NodeWorker:
         self._lanes: dict[int, deque[int]] = {}
         """Per lane, the keys submitted to its runner, in the order it runs them: the
         first one is running, the others are queued behind it."""
-        self._backlog: deque[tuple[int, Task, float]] = deque()
+        self._backlog: deque[_Waiting] = deque()
         self._mean_duration: float | None = None
         self._results_seen = 0
         self._expired: set[int] = set()
@@ -149,6 +117,10 @@ class NodeWorker:
         self._make_mpi = mpi
         self._mpi: MpiLaunch | None = None
         self._held: dict[int, Placement] = {}
+        self._cancelled: set[int] = set()
+        """Keys cancelled while in a lane: their results are reported cancelled."""
+        self._stopping: set[int] = set()
+        """Of those, the ones whose stop was started (signal sent or runner killed)."""
         self._last_tick = 0.0
         self._running_due = False
         self.stopped = False
@@ -194,6 +166,7 @@ class NodeWorker:
         while not self.stopped:
             self._source.pump()
             mark("receive")
+            self._cancel(self._source.take_cancels())
             self._follow_orders()
             self._fill()
             self._report_running()
@@ -203,6 +176,7 @@ class NodeWorker:
             events = self._pool.wait(self._wait_timeout(), self._source.sockets())
             mark("wait")
             self._collect(events)
+            self._stop_cancelled()
             self._expire_callables()
             mark("collect")
             self._sink.turn()
@@ -216,10 +190,11 @@ class NodeWorker:
         if self._source.halted:
             self._backlog.clear()
         for _ in range(len(self._backlog)):
-            key, task, since = self._backlog.popleft()
+            waiting = self._backlog.popleft()
+            key, task, _ = waiting
             placement = self._slots.place(task)
             if placement is None:
-                self._backlog.append((key, task, since))
+                self._backlog.append(waiting)
             else:
                 self._dispatch(key, task, placement)
         while len(self._backlog) < _MAX_BACKLOG and not self._starving():
@@ -231,7 +206,7 @@ class NodeWorker:
                 continue
             placement = self._slots.place(task)
             if placement is None:
-                self._backlog.append((key, task, time.monotonic()))
+                self._backlog.append(_Waiting(key, task, time.monotonic()))
                 if not needs_exclusive(task):
                     break
             else:
@@ -243,7 +218,7 @@ class NodeWorker:
         """True once a waiting task has waited long enough that new work must not overtake
         it: lanes then drain until it fits."""
         return bool(self._backlog) and \
-            time.monotonic() - self._backlog[0][2] > _STARVATION_SECONDS
+            time.monotonic() - self._backlog[0].since > _STARVATION_SECONDS
 
     def _fits(self, key: int, task: Task) -> bool:
         """Check a task from an unsized stream (not checked before the run), once per shape."""
@@ -259,15 +234,15 @@ class NodeWorker:
             self._shapes[shape] = problem
         if problem is None:
             return True
-        now = time.time()
-        self._sink.record(key, task, (key, FAILED, "launch", None, None, None, problem, None,
-                                      None, "", now, now), "", "")
+        self._sink.record(key, task, _never_ran(key, FAILED, "launch", problem), "", "")
         return False
 
     def _follow_orders(self) -> None:
         for order, key, task in self._source.take_orders():
             placement = self._held.pop(key, None)
             if placement is None:
+                if order == "release":
+                    self._drop_backlogged(key)
                 continue
             if order == "run" and task is not None:
                 self._pool.submit_run(placement.lane, key, task.executable,
@@ -318,8 +293,54 @@ class NodeWorker:
 
     # -- results -----------------------------------------------------------------------------
 
+    # -- cancelling --------------------------------------------------------------------------
+
+    def _cancel(self, keys: list[int]) -> None:
+        """A task in the backlog is dropped and reported cancelled; one in a lane is
+        stopped (see _stop_cancelled); an unknown key (the task ended) is ignored."""
+        for key in keys:
+            backlogged = self._drop_backlogged(key)
+            if backlogged is not None:
+                self._sink.record(key, backlogged, _never_ran(key, CANCELLED, "cancelled",
+                                                              CANCELLED_MESSAGE), "", "")
+            elif key in self._inflight:
+                self._cancelled.add(key)
+        if keys:
+            self._stop_cancelled()
+
+    def _drop_backlogged(self, key: int) -> Task | None:
+        for i, (waiting, task, _) in enumerate(self._backlog):
+            if waiting == key:
+                del self._backlog[i]
+                return task
+        return None
+
+    def _stop_cancelled(self) -> None:
+        """Stop each cancelled task that heads its lane (it runs, or is about to). A
+        command alone in its lane: its process group is stopped and the runner stays. A
+        callable, or a command with tasks behind it (the runner may have gone on to the
+        next one while its result was on the way): the runner is killed, which stops its
+        command; _lane_died reports the task and puts those behind it back."""
+        for key in self._cancelled - self._stopping:
+            entry = self._inflight[key]
+            lane = entry.placement.lane
+            keys = self._lanes[lane]
+            if keys[0] != key:
+                continue
+            if entry.task.is_callable or len(keys) > 1:
+                self._pool.kill(lane)
+                self._stopping.add(key)
+            elif self._pool.stop_command(lane):
+                self._stopping.add(key)
+
+    def _as_cancelled(self, key: int, result: RunResult) -> RunResult:
+        self._cancelled.discard(key)
+        self._stopping.discard(key)
+        return result._replace(state=CANCELLED, reason="cancelled", value=None,
+                               exception=CANCELLED_MESSAGE)
+
     def _wait_timeout(self) -> float:
-        if getattr(self._source, "has_pending", False):
+        if self._source.has_pending:
             return 0.001
         timeout = _TICK_SECONDS
         now = time.monotonic()
@@ -330,11 +351,11 @@ class NodeWorker:
 
     def _collect(self, events: PoolEvents) -> None:
         for result in events.results:
-            key = result[0]
+            key = result.key
             entry = self._finished(key)
             self._slots.release(entry.placement)
             self._record(key, entry.task, entry.placement, result)
-            self._learn_duration(result[11] - result[10])
+            self._learn_duration(result.end - result.start)
         for dead in events.dead_lanes:
             self._lane_died(dead)
 
@@ -352,28 +373,31 @@ class NodeWorker:
             key, entry = entries[0]
             self._record(key, entry.task, entry.placement,
                          self._runner_death_result(key, entry.task, dead))
+        behind = [(key, entry) for key, entry in entries[1:] if key not in self._cancelled]
+        for key, entry in entries[1:]:
+            if key in self._cancelled:
+                self._record(key, entry.task, entry.placement,
+                             _never_ran(key, CANCELLED, "cancelled", CANCELLED_MESSAGE))
         now = time.monotonic()
-        self._backlog.extendleft((key, entry.task, now) for key, entry in reversed(entries[1:]))
+        self._backlog.extendleft(_Waiting(key, entry.task, now)
+                                 for key, entry in reversed(behind))
         self._pool.replace(dead.lane)
 
-    def _runner_death_result(self, key: int, task: Task, dead: DeadLane) -> tuple:
-        now = time.time()
+    def _runner_death_result(self, key: int, task: Task, dead: DeadLane) -> RunResult:
         if key in self._expired:
             self._expired.discard(key)
-            return (key, TIMED_OUT, "timeout", None, None, None,
-                    f"TimeoutError: task exceeded its timeout of {task.timeout} s "
-                    "and its runner process was killed", None, None, "", now, now)
+            return _never_ran(key, TIMED_OUT, "timeout",
+                              f"TimeoutError: task exceeded its timeout of {task.timeout} s "
+                              "and its runner process was killed")
         how = (f"killed by signal {-dead.exitcode}"
                if dead.exitcode is not None and dead.exitcode < 0
                else f"exit status {dead.exitcode}")
         if task.is_callable:
-            return (key, FAILED, "worker_lost", None, None, None,
-                    f"the runner process running this task died ({how})", None, None, "",
-                    now, now)
+            return _never_ran(key, FAILED, "worker_lost",
+                              f"the runner process running this task died ({how})")
         stopped = "; its command was stopped" if dead.stopped_command else ""
-        return (key, LOST, "worker_lost", None, None, None,
-                f"the runner process that started this command died ({how}){stopped}",
-                None, None, "", now, now)
+        return _never_ran(key, LOST, "worker_lost",
+                          f"the runner process that started this command died ({how}){stopped}")
 
     def _expire_callables(self) -> None:
         """Kill the runner of a callable that ignored its timeout alarm (stuck in C code)."""
@@ -383,7 +407,9 @@ class NodeWorker:
                 self._expired.add(key)
                 self._pool.kill(entry.placement.lane)
 
-    def _record(self, key: int, task: Task, placement: Placement, result: tuple) -> None:
+    def _record(self, key: int, task: Task, placement: Placement, result: RunResult) -> None:
+        if key in self._cancelled:
+            result = self._as_cancelled(key, result)
         self._sink.record(key, task, result, placement.cpus_text, placement.gpus_text)
 
     def _learn_duration(self, seconds: float) -> None:
@@ -403,3 +429,7 @@ class NodeWorker:
             self._last_tick = now
             self._running_due = True
             self._sink.tick()
+
+
+def _never_ran(key: int, state: str, reason: str, message: str) -> RunResult:
+    return never_ran(state, reason, message, time.time())._replace(key=key)

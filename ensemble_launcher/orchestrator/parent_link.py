@@ -1,11 +1,14 @@
 """A child's side of the tree: the link to its parent master.
 
-    parent --Define/Tasks/Drain/Stop/Heartbeat--> ParentLink --take()--> NodeWorker
+    parent --Define/Tasks/Cancel/Drain/Stop/Heartbeat--> ParentLink --take()--> NodeWorker
     parent <--Hello/Request/Results/Heartbeat/Bye-- ParentLink <--record()-- NodeWorker
 
 Flow control is pull-based: ``want(n)`` asks the parent for at most what the node can
 start soon plus a small prefetch, counting what was asked for and not yet received, so a
-busy node never sits on tasks an idle one could run. Results are sent in one batch per
+busy node never sits on tasks an idle one could run. Tasks wait in the order they are
+handed out: higher ``priority`` first, in arrival order among equals. A cancelled task
+that still waits here is dropped and reported cancelled; the cancel of one handed out
+already goes on to the taker (``take_cancels``). Results are sent in one batch per
 loop turn. A parent that stays silent past the heartbeat timeout is taken as lost, and so
 is one that died (we see it at once when it started us: our parent process changes); a
 child that outlives its parent removes the parent's ipc socket directory.
@@ -14,17 +17,22 @@ child that outlives its parent removes the parent's ipc socket directory.
 from __future__ import annotations
 
 import contextlib
+import heapq
+import logging
 import os
 import socket
 import time
 from collections import deque
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import zmq
 
 from ensemble_launcher.comm import (
     Bye,
+    Cancel,
     ChildEndpoint,
+    ChildSide,
     CurveKeys,
     Define,
     Drain,
@@ -44,12 +52,79 @@ from ensemble_launcher.comm import (
     Tasks,
 )
 from ensemble_launcher.ensemble import Task
+from ensemble_launcher.orchestrator.feeds import CANCELLED_MESSAGE, Order, never_ran_row
 from ensemble_launcher.orchestrator.node_worker import Reservation
-from ensemble_launcher.orchestrator.wire import FunctionTable, task_from_wire
+from ensemble_launcher.orchestrator.wire import FunctionTable, WireTask, task_from_wire
+from ensemble_launcher.states import CANCELLED, FAILED, ResultRow
+
+log = logging.getLogger("ensemble_launcher")
+
+_Queued = WireTask | Hold
 
 
 class ParentLost(Exception):
     """The parent stopped answering, or told us to stop."""
+
+
+class _TaskQueue:
+    """Tasks (and reservations) in the order to hand them out: higher priority first, in
+    arrival order among equals. A plain FIFO until a task with a priority other than 0
+    arrives, a heap from then on; a reservation counts as priority 0."""
+
+    def __init__(self) -> None:
+        self._fifo: deque[_Queued] = deque()
+        self._heap: list[tuple[int, int, _Queued]] | None = None
+        self._seq = 0
+
+    def __len__(self) -> int:
+        return len(self._fifo) if self._heap is None else len(self._heap)
+
+    def extend(self, items: Sequence[_Queued]) -> None:
+        if self._heap is None:
+            if not any(map(_priority, items)):
+                self._fifo.extend(items)
+                return
+            self._heap = []
+            self._push(self._fifo)
+            self._fifo.clear()
+        self._push(items)
+
+    def _push(self, items: Iterable[_Queued]) -> None:
+        heap = self._heap
+        assert heap is not None
+        for item in items:
+            heapq.heappush(heap, (-_priority(item), self._seq, item))
+            self._seq += 1
+
+    def pop(self) -> _Queued | None:
+        if self._heap is None:
+            return self._fifo.popleft() if self._fifo else None
+        return heapq.heappop(self._heap)[2] if self._heap else None
+
+    def remove(self, key: int, kind: type) -> bool:
+        """Drop the queued ``kind`` (WireTask or Hold) with this key; True if it was here."""
+        if self._heap is None:
+            for i, item in enumerate(self._fifo):
+                if item.key == key and type(item) is kind:
+                    del self._fifo[i]
+                    return True
+            return False
+        for i, (_, _, item) in enumerate(self._heap):
+            if item.key == key and type(item) is kind:
+                self._heap[i] = self._heap[-1]
+                self._heap.pop()
+                heapq.heapify(self._heap)
+                return True
+        return False
+
+    def clear(self) -> None:
+        self._fifo.clear()
+        if self._heap is not None:
+            self._heap.clear()
+
+
+def _priority(item: _Queued) -> int:
+    return item.priority if type(item) is WireTask else 0
 
 
 class ParentLink:
@@ -60,54 +135,76 @@ class ParentLink:
         self._parent_pid = os.getppid()
         #: True once the process that started us died (not merely went silent).
         self.parent_gone = False
-        self.endpoint: ChildEndpoint | PipeChildEndpoint = \
+        self.endpoint: ChildSide = \
             PipeChildEndpoint(int(address.removeprefix("fd://"))) \
             if address.startswith("fd://") else ChildEndpoint(ctx, address, name, keys)
         self.functions = FunctionTable()
         self._decode = decode_tasks
-        self._queue: deque[Any] = deque()
+        self._queue = _TaskQueue()
         self._outstanding = 0
-        self._rows: list[list[Any]] = []
+        self._rows: list[ResultRow] = []
         self._running: dict[str, int] = {}
         self._running_changed = False
         self._interval = heartbeat_interval
         self._last_sent = self._last_heard = time.monotonic()
         self.draining = False
         self.halted = False
-        self._orders: list[tuple[str, int, Task | None]] = []
+        self._orders: list[Order] = []
+        self._cancels: list[int] = []
         self.sent_results = 0
         self.stop_reason: str | None = None
 
     def hello(self, cpus: list[int], gpus: list[str]) -> None:
         self._send(Hello(self.name, socket.gethostname(), os.getpid(), cpus, gpus))
 
-    # -- TaskSource ----------------------------------------------------------------------------
+    # -- Feed --------------------------------------------------------------------------------
 
     def take(self) -> Any:
-        while self._queue:
-            item = self._queue.popleft()
-            if isinstance(item, Hold):
+        """``(key, Task)`` for a worker (or a Reservation), ``(key, WireTask)`` for a
+        sub-master, which passes tasks on undecoded."""
+        while True:
+            item = self._queue.pop()
+            if item is None:
+                return None
+            if type(item) is Hold:
                 return item.key, Reservation(task_id=f"reservation-{item.key}",
                                              executable="(reservation)",
                                              cpu_affinity=item.cpus, gpu_affinity=item.gpus)
+            assert type(item) is WireTask
             if not self._decode:
-                return item[0], item
+                return item.key, item
             try:
                 return task_from_wire(item, self.functions)
             except Exception as exc:  # noqa: BLE001 - any unloadable task fails alone
-                self._undecodable(item, exc)
-        return None
+                self._undecodable(item.key, exc)
 
-    def _undecodable(self, item: list[Any], exc: Exception) -> None:
+    def _undecodable(self, key: int, exc: Exception) -> None:
         """A task whose callable or arguments cannot be loaded here fails as a result."""
         import traceback
 
-        now = time.time()
-        self._rows.append([item[0], "failed", "launch", None, None, None,
-                           f"cannot load the task on {self._host}: {type(exc).__name__}: {exc}",
-                           "".join(traceback.format_exception(exc)), None, "", now, now,
-                           self._host, "", ""])
+        row = never_ran_row(key, FAILED, "launch", f"cannot load the task on {self._host}: "
+                            f"{type(exc).__name__}: {exc}", self._host)
+        self._rows.append(row._replace(traceback="".join(traceback.format_exception(exc))))
 
+    def _received(self, items: list[list[Any]]) -> list[WireTask]:
+        """The tasks of a Tasks message, rebuilt as WireTasks once, here; an item that is
+        not a task fails alone when it has a key, and is dropped when it has none."""
+        tasks = []
+        for item in items:
+            try:
+                task = WireTask._make(item)
+                if type(task.key) is int and type(task.priority) is int \
+                        and type(task.route) is str:
+                    tasks.append(task)
+                    continue
+            except TypeError:
+                pass
+            key = item[0] if item and type(item[0]) is int else None
+            log.warning("%s: a task that is not %d fields of the right types: %.200r",
+                        self.name, len(WireTask._fields), item)
+            if key is not None:
+                self._undecodable(key, ValueError("the task arrived malformed"))
+        return tasks
     @property
     def exhausted(self) -> bool:
         return self.draining and not self._queue
@@ -127,7 +224,7 @@ class ParentLink:
     @property
     def has_pending(self) -> bool:
         """Output the transport still holds (pipes): the loop should come back soon."""
-        return getattr(self.endpoint, "has_pending", False)
+        return self.endpoint.has_pending
 
     def pump(self) -> None:
         for message in self.endpoint.receive():
@@ -148,27 +245,54 @@ class ParentLink:
     def _handle(self, message: Message) -> None:
         if isinstance(message, Tasks):
             self._outstanding = max(0, self._outstanding - len(message.tasks))
-            self._queue.extend(message.tasks)
+            self._queue.extend(self._received(message.tasks))
+        elif isinstance(message, Cancel):
+            self._cancel(message.keys)
         elif isinstance(message, Define):
             self.functions.define(message.digest, message.blob)
         elif isinstance(message, Drain):
             self.draining = True
         elif isinstance(message, Hold):
-            self._queue.append(message)
+            self._queue.extend([message])
         elif isinstance(message, RunHeld):
-            self._orders.append(("run", message.key,
-                                 task_from_wire(message.task, self.functions)[1]))
+            self._run_held(message)
         elif isinstance(message, Release):
-            self._orders.append(("release", message.key, None))
+            if not self._queue.remove(message.key, Hold):
+                self._orders.append(("release", message.key, None))
         elif isinstance(message, Halt):
             self._queue.clear()
             self.draining = self.halted = True
         elif isinstance(message, Stop):
             self.stop_reason = message.reason
 
-    def take_orders(self) -> list[tuple[str, int, Task | None]]:
+    def _run_held(self, message: RunHeld) -> None:
+        tasks = self._received([message.task])
+        if not tasks:
+            self._orders.append(("release", message.key, None))
+            return
+        try:
+            task = task_from_wire(tasks[0], self.functions)[1]
+        except Exception as exc:  # noqa: BLE001 - any unloadable task fails alone
+            self._undecodable(message.key, exc)
+            self._orders.append(("release", message.key, None))
+            return
+        self._orders.append(("run", message.key, task))
+
+    def _cancel(self, keys: list[int]) -> None:
+        for key in keys:
+            if self._queue.remove(key, WireTask):
+                self._rows.append(never_ran_row(key, CANCELLED, "cancelled", CANCELLED_MESSAGE,
+                                                self._host))
+            else:
+                self._cancels.append(key)
+
+    def take_orders(self) -> list[Order]:
         orders, self._orders = self._orders, []
         return orders
+
+    def take_cancels(self) -> list[int]:
+        cancels, self._cancels = self._cancels, []
+        return cancels
 
     # -- ResultSink ----------------------------------------------------------------------------
 
@@ -176,9 +300,9 @@ class ParentLink:
         self._send(Held(key, cpus, gpus))
 
     def record(self, key: int, task: Task, result: tuple, cpus: str, gpus: str) -> None:
-        self._rows.append([*result, self._host, cpus, gpus])
+        self._rows.append(ResultRow._make((*result, self._host, cpus, gpus)))
 
-    def record_rows(self, rows: list[list[Any]]) -> None:
+    def record_rows(self, rows: list[ResultRow]) -> None:
         """A sub-master passes its children's results up unchanged."""
         self._rows.extend(rows)
 

@@ -1,44 +1,50 @@
-"""Turning finished tasks into journal rows and live counts, at the root of a run."""
+"""Turning finished tasks into journal rows and live counts, at the root of a run, and
+telling whoever listens (a cluster's clients, later the rules engine)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable
 
 from ensemble_launcher.ensemble import Task
 from ensemble_launcher.ensemble.task import UnbuildableTask
-from ensemble_launcher.executors.runner import SUCCEEDED
 from ensemble_launcher.monitor import Counts, Reporter
+from ensemble_launcher.states import NOT_RUN, SUCCEEDED, RunResult
 from ensemble_launcher.store import RunStore
 from ensemble_launcher.store.journal import journal_row
 
+#: Called with every final result, after it is queued for the journal.
+Listener = Callable[[Task | UnbuildableTask, RunResult], None]
+
 
 class Recorder:
-    """Where the root puts results: the run store, the live counts, the reporter."""
+    """Where the root puts results: the run store, the live counts, the reporter, and the
+    listeners of final results."""
 
     def __init__(self, store: RunStore, counts: Counts, reporter: Reporter) -> None:
         self.store = store
         self.counts = counts
         self.reporter = reporter
+        self.listeners: list[Listener] = []
 
-    def add(self, task: Task | UnbuildableTask, result: Sequence[Any], host: str, cpus: str,
+    def add(self, task: Task | UnbuildableTask, result: RunResult, host: str, cpus: str,
             gpus: str, attempt: int = 1, final: bool = True) -> None:
-        """``result`` is a runner result tuple: (key, state, reason, returncode, signal,
-        value, exception, traceback, stdout, stderr, start, end). A non-final result is an
-        attempt that will be retried."""
+        """One attempt of ``task``; a non-final result is an attempt that will be retried."""
         ensemble = task.ensemble or "tasks"
-        state = result[1]
+        state = result.state
         if not final:
             bucket = self.counts.retried
         elif state == SUCCEEDED:
             bucket = self.counts.done
-        elif state == "not_run":
+        elif state == NOT_RUN:
             bucket = self.counts.not_run
         else:
             bucket = self.counts.failed
         bucket[ensemble] = bucket.get(ensemble, 0) + 1
         self.store.add(journal_row(task.task_id, task.ensemble, attempt, result, host, cpus,
                                    gpus), final)
+        if final:
+            for listener in self.listeners:
+                listener(task, result)
 
     def tick(self) -> None:
         self.store.maybe_flush()

@@ -2,30 +2,67 @@
 
     nlevels=0:  Ledger --LocalSource--> NodeWorker --LocalSink--> Ledger
     nlevels>=1: Ledger --RootUpstream.take() (wire)--> Master(main) --record_rows()--> Ledger
+
+In a cluster, the root's loop also serves the clients: the desk's sockets are waited on
+with the tree's, ``pump()`` takes what clients sent, and each turn sends them their
+results (see ``cluster.desk``).
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Protocol
+
+import zmq
 
 from ensemble_launcher.ensemble import Task
+from ensemble_launcher.orchestrator.feeds import LocalFeed
 from ensemble_launcher.orchestrator.ledger import Ledger
-from ensemble_launcher.orchestrator.node_worker import LocalFeed
 from ensemble_launcher.orchestrator.recording import Recorder
 from ensemble_launcher.orchestrator.signals import GracefulShutdown
-from ensemble_launcher.orchestrator.wire import FunctionTable, task_to_wire
+from ensemble_launcher.orchestrator.wire import FunctionTable, WireTask, task_to_wire
+from ensemble_launcher.states import ResultRow, RunResult
 
 log = logging.getLogger("ensemble_launcher")
+
+
+class Door(Protocol):
+    """What serves a cluster's clients from the root's loop (``cluster.desk.ClientDesk``)."""
+
+    def sockets(self) -> tuple[zmq.Socket, ...]: ...
+
+    def pump(self) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def tick(self) -> None: ...
+
+
+class _Closed:
+    """The door of ``el run``: no clients."""
+
+    def sockets(self) -> tuple[zmq.Socket, ...]:
+        return ()
+
+    def pump(self) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def tick(self) -> None:
+        pass
 
 
 class RootControl:
     """What the root checks on every tick: a requested shutdown halts the ledger; the end
     of its grace period cancels the run."""
 
-    def __init__(self, ledger: Ledger, shutdown: GracefulShutdown) -> None:
+    def __init__(self, ledger: Ledger, shutdown: GracefulShutdown,
+                 door: Door | None = None) -> None:
         self.ledger = ledger
         self.shutdown = shutdown
+        self.door: Door = door or _Closed()
 
     def supervise(self) -> None:
         if self.shutdown.requested and not self.ledger.halted:
@@ -33,29 +70,42 @@ class RootControl:
                         self.shutdown.signal_name, self.shutdown.grace)
             self.ledger.halt()
         self.shutdown.check()
+        self.door.tick()
 
 
-class LocalSource(LocalFeed):
-    """A NodeWorker's source when it runs at the root."""
-
-    def __init__(self, ledger: Ledger) -> None:
-        self._ledger = ledger
+class _RootFeed(LocalFeed):
+    def __init__(self, control: RootControl) -> None:
+        self._control = control
+        self._ledger = control.ledger
 
     @property
     def halted(self) -> bool:
         return self._ledger.halted
 
-    def take(self) -> tuple[int, Task] | None:
-        return self._ledger.take()
-
     @property
     def exhausted(self) -> bool:
         return self._ledger.exhausted
 
+    def sockets(self) -> tuple[zmq.Socket, ...]:
+        return self._control.door.sockets()
+
+    def pump(self) -> None:
+        self._control.door.pump()
+
+    def take_cancels(self) -> list[int]:
+        return self._ledger.take_cancels()
+
+
+class LocalSource(_RootFeed):
+    """A NodeWorker's source when it runs at the root."""
+
+    def take(self) -> tuple[int, Task] | None:
+        return self._ledger.take()
+
 
 class LocalSink:
     """A NodeWorker's sink when it runs at the root: results go to the ledger, and the
-    journal is written on every loop turn."""
+    journal is written (and clients are answered) on every loop turn."""
 
     def __init__(self, control: RootControl, recorder: Recorder, host: str) -> None:
         self._control = control
@@ -63,7 +113,9 @@ class LocalSink:
         self._recorder = recorder
         self._host = host
 
-    def record(self, key: int, task: Task, result: tuple, cpus: str, gpus: str) -> None:
+    def record(self, key: int, task: Task, result: RunResult, cpus: str, gpus: str) -> None:
+        if type(result) is not RunResult:
+            result = RunResult._make(result)
         self._ledger.finished(key, result, self._host, cpus, gpus)
 
     def held(self, key: int, cpus: list[int], gpus: list[str]) -> None:
@@ -78,39 +130,36 @@ class LocalSink:
 
     def turn(self) -> None:
         self._recorder.store.flush()
+        self._control.door.flush()
 
     def flush(self) -> None:
         self._recorder.flush()
+        self._control.door.flush()
 
 
-class RootUpstream(LocalFeed):
+class RootUpstream(_RootFeed):
     """The upstream of the root Master: tasks as wire items, results into the ledger."""
 
-    def __init__(self, control: RootControl, recorder: Recorder) -> None:
-        self._control = control
-        self._ledger = control.ledger
+    def __init__(self, control: RootControl, recorder: Recorder,
+                 functions: FunctionTable | None = None) -> None:
+        super().__init__(control)
         self._recorder = recorder
-        self.functions = FunctionTable()
+        self.functions = functions or FunctionTable()
 
-    @property
-    def halted(self) -> bool:
-        return self._ledger.halted
-
-    def take(self) -> tuple[int, list[Any]] | None:
-        item = self._ledger.take()
-        if item is None:
+    def take(self) -> tuple[int, WireTask] | None:
+        entry = self._ledger.take_entry()
+        if entry is None:
             return None
-        key, task = item
-        return key, task_to_wire(key, task, self.functions)
+        key = entry.key
+        assert key is not None
+        return key, task_to_wire(key, entry.task, self.functions, entry.priority, entry.route)
 
-    @property
-    def exhausted(self) -> bool:
-        return self._ledger.exhausted
-
-    def record_rows(self, rows: list[list[Any]]) -> None:
+    def record_rows(self, rows: list[ResultRow]) -> None:
         finished = self._ledger.finished
         for row in rows:
-            finished(row[0], row, row[12], row[13], row[14])
+            if type(row) is not ResultRow:
+                row = ResultRow._make(row)
+            finished(row.key, row, row.host, row.cpus, row.gpus)  # type: ignore[arg-type]
 
     def node_lost(self, name: str, host: str, keys: list[int], why: str) -> None:
         self._ledger.lost(keys, name, host, why)
@@ -122,4 +171,5 @@ class RootUpstream(LocalFeed):
     def tick(self) -> None:
         self._control.supervise()
         self._recorder.store.flush()
+        self._control.door.flush()
         self._recorder.reporter.update(self._recorder.counts)

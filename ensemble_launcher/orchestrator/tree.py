@@ -45,6 +45,10 @@ class TreeNode:
             return len(self.children)
         return max(c.gang_capacity() for c in self.children)
 
+    def walk(self) -> list[TreeNode]:
+        """This node and every node below it, parents first."""
+        return [self] + [n for c in self.children for n in c.walk()]
+
     def workers(self) -> list[TreeNode]:
         if self.role == "worker":
             return [self]

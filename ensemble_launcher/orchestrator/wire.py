@@ -1,11 +1,10 @@
-"""Tasks and results as they travel the tree (msgpack-friendly lists).
+"""Tasks as they travel the tree (:class:`WireTask`, a msgpack array).
 
-A task item: ``[key, task_id, ensemble, command, digest, args_blob, nnodes, ppn,
-ngpus_per_process, cpu_affinity, gpu_affinity, env, run_dir, timeout, stdout_file,
-stderr_file, estimated_runtime]``. ``command`` is set for commands; ``digest`` names a
-callable sent once per child in a ``Define``; ``args_blob`` pickles ``(args, kwargs)``.
-
-A result row: a runner result tuple followed by ``host, cpus, gpus``.
+``command`` is set for commands; ``digest`` names a callable sent once per child in a
+``Define``; ``args_blob`` pickles ``(args, kwargs)``. ``priority`` orders the queues of
+every master and worker (higher first); ``route`` names the subtree (``main.w0``) that must
+run the task, empty for anywhere. A result travels as a
+:class:`~ensemble_launcher.states.ResultRow`.
 """
 
 from __future__ import annotations
@@ -13,17 +12,41 @@ from __future__ import annotations
 import hashlib
 import pickle
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from ensemble_launcher.ensemble import Task
 from ensemble_launcher.ensemble.programs import command_line
 from ensemble_launcher.ensemble.task import trusted_task
 
-DIGEST = 4
+
+class WireTask(NamedTuple):
+    key: int
+    task_id: str
+    ensemble: str | None
+    command: Any
+    digest: bytes | None
+    args_blob: bytes | None
+    nnodes: int
+    ppn: int
+    ngpus_per_process: int | float
+    cpu_affinity: list[int]
+    gpu_affinity: list[str]
+    env: dict[str, str] | None
+    run_dir: str | None
+    timeout: float | None
+    stdout_file: str | None
+    stderr_file: str | None
+    estimated_runtime: float
+    priority: int = 0
+    route: str = ""
+
+
+WIRE_FIELDS = len(WireTask._fields)
 
 
 class FunctionTable:
-    """Callables serialized once per run, by digest."""
+    """Callables serialized once, by digest. ``release`` forgets one no task needs any
+    more, so a long-lived cluster does not keep every function it ever ran."""
 
     def __init__(self) -> None:
         self._by_id: dict[int, tuple[Callable, bytes]] = {}
@@ -42,6 +65,17 @@ class FunctionTable:
             self.blobs[digest] = blob
         return entry[1]
 
+    def adopt(self, digest: bytes, blob: bytes) -> Callable:
+        """The callable a client sent pickled: loaded once, and known by the client's
+        digest from then on, so it is not pickled again on its way down."""
+        fn = self.functions.get(digest)
+        if fn is None:
+            fn = pickle.loads(blob)
+            self.functions[digest] = fn
+            self.blobs[digest] = blob
+            self._by_id[id(fn)] = (fn, digest)
+        return fn
+
     def define(self, digest: bytes, blob: bytes) -> None:
         self.blobs[digest] = blob
 
@@ -52,28 +86,37 @@ class FunctionTable:
             self.functions[digest] = fn
         return fn
 
+    def release(self, digest: bytes) -> None:
+        fn = self.functions.pop(digest, None)
+        self.blobs.pop(digest, None)
+        if fn is not None:
+            self._by_id.pop(id(fn), None)
 
-def task_to_wire(key: int, task: Task, functions: FunctionTable) -> list[Any]:
+
+def task_to_wire(key: int, task: Task, functions: FunctionTable, priority: int = 0,
+                 route: str = "") -> WireTask:
     if task.is_callable:
         command, digest = None, functions.digest_of(task.executable)  # type: ignore[arg-type]
         args_blob = _pickle((task.args, dict(task.kwargs))) if task.args or task.kwargs \
             else None
     else:
         command, digest, args_blob = command_line(task.executable, task.args), None, None
-    return [key, task.task_id, task.ensemble, command, digest, args_blob, task.nnodes,
-            task.ppn, task.ngpus_per_process, task.cpu_affinity, task.gpu_affinity,
-            dict(task.env) if task.env else None, task.run_dir, task.timeout,
-            task.stdout_file, task.stderr_file, task.estimated_runtime]
+    return WireTask(key, task.task_id, task.ensemble, command, digest, args_blob, task.nnodes,
+                    task.ppn, task.ngpus_per_process, task.cpu_affinity, task.gpu_affinity,
+                    dict(task.env) if task.env else None, task.run_dir, task.timeout,
+                    task.stdout_file, task.stderr_file, task.estimated_runtime, priority,
+                    route)
 
 
-def task_from_wire(item: list[Any], functions: FunctionTable) -> tuple[int, Task]:
-    (key, task_id, ensemble, command, digest, args_blob, nnodes, ppn, ngpus, cpu_aff, gpu_aff,
-     env, run_dir, timeout, stdout_file, stderr_file, estimated) = item
-    args, kwargs = pickle.loads(args_blob) if args_blob is not None else ((), {})
-    executable = functions.function(digest) if digest is not None else command
-    return key, trusted_task(task_id, nnodes, ppn, executable, tuple(args), kwargs, env or {},
-                             ngpus, cpu_aff or [], gpu_aff or [], run_dir, timeout,
-                             stdout_file, stderr_file, estimated or 0.0, None, ensemble)
+def task_from_wire(item: WireTask, functions: FunctionTable) -> tuple[int, Task]:
+    args, kwargs = pickle.loads(item.args_blob) if item.args_blob is not None else ((), {})
+    executable = functions.function(item.digest) if item.digest is not None else item.command
+    return item.key, trusted_task(item.task_id, item.nnodes, item.ppn, executable, tuple(args),
+                                  kwargs, item.env or {}, item.ngpus_per_process,
+                                  item.cpu_affinity or [], item.gpu_affinity or [],
+                                  item.run_dir, item.timeout, item.stdout_file,
+                                  item.stderr_file, item.estimated_runtime or 0.0, None,
+                                  item.ensemble)
 
 
 def _pickle(value: Any) -> bytes:

@@ -29,6 +29,7 @@ from typing import Any
 import msgpack
 
 from ensemble_launcher.errors import LauncherClosedError, StoreError
+from ensemble_launcher.states import ResultRow, RunResult
 from ensemble_launcher.store.result import TaskResult
 
 JOURNAL_NAME = "journal.db"
@@ -47,6 +48,9 @@ CREATE TABLE IF NOT EXISTS results {_TABLE};
 CREATE TABLE IF NOT EXISTS attempts {_TABLE};
 CREATE INDEX IF NOT EXISTS attempts_task ON attempts (task_id);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS submitted (seq INTEGER PRIMARY KEY, task_id TEXT NOT NULL,
+    record BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS functions (digest BLOB PRIMARY KEY, blob BLOB NOT NULL);
 PRAGMA user_version = {SCHEMA_VERSION};
 """
 _TABLES = {"results": {"seq", *_COLUMNS}, "attempts": {"seq", *_COLUMNS},
@@ -61,19 +65,23 @@ _INSERT_ATTEMPT = f"INSERT INTO attempts {_VALUES}"
 _ARCHIVE_FINAL = (f"INSERT INTO attempts ({', '.join(_COLUMNS)}) "
                   f"SELECT {', '.join(_COLUMNS)} FROM results WHERE task_id = ?")
 _DROP_FINAL = "DELETE FROM results WHERE task_id = ?"
+_INSERT_SUBMITTED = "INSERT INTO submitted (task_id, record) VALUES (?, ?)"
+_INSERT_FUNCTION = "INSERT OR IGNORE INTO functions (digest, blob) VALUES (?, ?)"
 
 
 def journal_row(task_id: str, ensemble: str | None, attempt: int, result: Any, host: str,
                 cpus: str, gpus: str) -> tuple:
-    """A journal row from a runner result tuple (key, state, reason, returncode, signal,
-    value, exception, traceback, stdout, stderr, start, end). The rarely set fields travel
-    together in ``detail`` (msgpack), NULL for a plain success."""
-    signal, exception, tb, stdout, stderr = result[4], result[6], result[7], result[8], \
-        result[9]
+    """A journal row from a :class:`~ensemble_launcher.states.RunResult` (or a ResultRow,
+    or a plain tuple in their field order). The rarely set fields travel together in
+    ``detail`` (msgpack), NULL for a plain success."""
+    if not isinstance(result, (RunResult, ResultRow)):
+        result = RunResult._make(result[:len(RunResult._fields)])
+    signal, exception, tb, stdout, stderr = result.signal, result.exception, \
+        result.traceback, result.stdout, result.stderr
     detail = msgpack.packb([signal, exception, tb, stdout, stderr]) \
         if signal or exception or tb or stdout or stderr else None
-    return (task_id, ensemble, attempt, result[1], result[2], result[3], result[5], result[10],
-            result[11], host, cpus, gpus, detail)
+    return (task_id, ensemble, attempt, result.state, result.reason, result.returncode,
+            result.value, result.start, result.end, host, cpus, gpus, detail)
 
 
 def untouched_uri(path: Path) -> str:
@@ -201,6 +209,8 @@ class RunStore:
         self._flush_seconds = flush_seconds
         self._last_flush = time.monotonic()
         self.failure: StoreError | None = None
+        self._submitted: list[tuple[str, bytes]] = []
+        self._functions: list[tuple[bytes, bytes]] = []
 
     def __enter__(self) -> RunStore:
         return self
@@ -248,13 +258,20 @@ class RunStore:
     def flush(self) -> None:
         conn = self._require_open()
         self._last_flush = time.monotonic()
-        if self.failure is not None or not (self._buffer or self._attempts or self._archive):
+        if self.failure is not None or not (self._buffer or self._attempts or self._archive
+                                            or self._submitted):
             return
+        submitted, self._submitted = self._submitted, []
+        functions, self._functions = self._functions, []
         rows, self._buffer = self._buffer, []
         attempts, self._attempts = self._attempts, []
         archive, self._archive = self._archive, []
         try:
             conn.execute("BEGIN")
+            if functions:
+                conn.executemany(_INSERT_FUNCTION, functions)
+            if submitted:
+                conn.executemany(_INSERT_SUBMITTED, submitted)
             if archive:
                 conn.executemany(_ARCHIVE_FINAL, archive)
                 conn.executemany(_DROP_FINAL, archive)
@@ -264,6 +281,52 @@ class RunStore:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise self._failed("results", exc) from exc
+
+    def add_submitted(self, task_id: str, record: bytes) -> None:
+        """A task a client submitted to a cluster, as the cluster can submit it again after
+        a restart; written with the next flush, before any result of it."""
+        if self.failure is None:
+            self._submitted.append((task_id, record))
+
+    def add_function(self, digest: bytes, blob: bytes) -> None:
+        """A callable submitted tasks name by ``digest`` (once per cluster)."""
+        if self.failure is None:
+            self._functions.append((digest, blob))
+
+    def unfinished_submissions(self) -> Iterator[tuple[str, bytes]]:
+        """(task_id, record) of every submitted task without a final result, or whose final
+        result is ``not_run``, in the order they were submitted."""
+        yield from self._read(
+            "SELECT s.task_id, s.record FROM submitted s LEFT JOIN results r "
+            "ON r.task_id = s.task_id WHERE r.task_id IS NULL OR r.state = 'not_run' "
+            "ORDER BY s.seq")
+
+    def functions(self) -> dict[bytes, bytes]:
+        return dict(self._read("SELECT digest, blob FROM functions"))
+
+    def function(self, digest: bytes) -> bytes | None:
+        for pending, blob in self._functions:
+            if pending == digest:
+                return blob
+        row = self._one("SELECT blob FROM functions WHERE digest = ?", digest)
+        return None if row is None else row[0]
+
+    def final_outcome(self, task_id: str) -> tuple[str, bytes | None, str | None] | None:
+        """(state, value, reason) of the task's final result, None if it has none; rows not
+        flushed yet included. Without the index (built when the run ends) this reads the
+        table through: for the rare dependency on a task finished long ago."""
+        for row in reversed(self._buffer):
+            if row[0] == task_id:
+                return row[3], row[6], row[4]
+        row = self._one("SELECT state, value, reason FROM results WHERE task_id = ?", task_id)
+        return None if row is None else (row[0], row[1], row[2])
+
+    def _one(self, query: str, key: Any) -> tuple | None:
+        conn = self._require_open()
+        try:
+            return conn.execute(query, (key,)).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot read {self.path}: {exc}") from exc
 
     def final_states(self) -> dict[str, tuple[str, int]]:
         """task_id -> (state, attempt) of every task with a final result (for resume)."""

@@ -365,6 +365,10 @@ class Cluster:
                           timeout=15)
         return dict(line.split() for line in result.stdout.splitlines() if line.strip())
 
+    def job_info(self, job_id: int) -> dict[str, str]:
+        """Slurm's view of one job (`scontrol show job`), e.g. info["JobState"]."""
+        return self._show_job(job_id)
+
     def log_tails(self, lines: int = 25) -> str:
         """The ends of the daemons' logs, for error messages."""
         logs = [self.layout.slurmctld_log, self.layout.log_dir / "slurmctld.stderr"]

@@ -1,0 +1,199 @@
+"""The head's door for clients: tasks come in, final results go back to whoever sent them.
+
+    clients --Join/Define/Submit/Cancel--> ClientDesk.pump() --> TaskIntake --> Ledger
+    Ledger --> Recorder --listener--> ClientDesk (Done rows per client) --flush()--> clients
+
+The desk lives in the root's loop (its sockets are polled with the tree's), so the head
+stays one thread. Over TCP every client proves the cluster's client key (CURVE, ZAP);
+over ipc the socket is in the 0700 checkpoint directory. A frame that is not a message of
+ours, or a message from a client that has not joined, is dropped and logged.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import zmq
+
+from ensemble_launcher.cluster.checkpoint import ClusterFile
+from ensemble_launcher.cluster.intake import TaskIntake
+from ensemble_launcher.cluster.protocol import (
+    Cancel,
+    Closing,
+    Done,
+    DoneRow,
+    Join,
+    Refused,
+    Shutdown,
+    Submit,
+    SubmitRecord,
+    Welcome,
+)
+from ensemble_launcher.comm import CurveKeys, Define, Heartbeat, Message, ParentEndpoint
+from ensemble_launcher.comm.zmq_transport import ANYONE
+from ensemble_launcher.ensemble import Task
+from ensemble_launcher.ensemble.task import UnbuildableTask
+from ensemble_launcher.orchestrator.ledger import Ledger
+from ensemble_launcher.states import RunResult
+
+log = logging.getLogger("ensemble_launcher")
+
+#: Done rows per message.
+_BATCH = 1024
+#: A client silent this many heartbeats is gone; its tasks go on, their results stay in
+#: the journal.
+_LOST_AFTER = 3
+
+
+@dataclass(slots=True)
+class _Client:
+    name: str
+    route: str
+    last_heard: float = field(default_factory=time.monotonic)
+    last_sent: float = 0.0
+    outbox: list[DoneRow] = field(default_factory=list)
+
+
+class ClientDesk:
+    def __init__(self, ledger: Ledger, intake: TaskIntake, address: str, keys: CurveKeys | None,
+                 cluster_file: ClusterFile, nodes: list[str], heartbeat: float) -> None:
+        self._ledger = ledger
+        self._intake = intake
+        self._nodes = nodes
+        self._heartbeat = heartbeat
+        self._ctx = zmq.Context()
+        ipc_path = str(cluster_file.socket_path) if address == "ipc" else None
+        self._endpoint = ParentEndpoint(self._ctx, address, keys, ipc_path=ipc_path)
+        self._cluster_file = cluster_file
+        self._clients: dict[bytes, _Client] = {}
+        self._owners: dict[str, bytes] = {}
+        self._dirty: set[bytes] = set()
+        self._last_beat = 0.0
+        self.shutdown_requested = False
+        cluster_file.write(self._endpoint.address, keys, heartbeat)
+        log.info("cluster: clients connect to %s", self._endpoint.address)
+
+    # -- the loop's hooks --------------------------------------------------------------------
+
+    def sockets(self) -> tuple[zmq.Socket, ...]:
+        return tuple(self._endpoint.sockets())
+
+    def pump(self) -> None:
+        now = time.monotonic()
+        for identity, message in self._endpoint.receive(ANYONE):
+            client = self._clients.get(identity)
+            if isinstance(message, Join):
+                self._join(identity, message)
+            elif client is None:
+                self._endpoint.inbox.drop(repr(identity), f"{type(message).__name__} from a "
+                                          "client that has not joined")
+            else:
+                client.last_heard = now
+                self._handle(identity, client, message)
+
+    def on_final(self, task: Task | UnbuildableTask, result: RunResult) -> None:
+        """A final result: to the client that submitted the task, if it still listens."""
+        identity = self._owners.pop(task.task_id, None)
+        self._intake.finished(task)
+        if identity is not None:
+            self._to_client(identity, DoneRow(task.task_id, *result[1:10]))
+
+    def flush(self) -> None:
+        for identity in self._dirty:
+            client = self._clients.get(identity)
+            if client is None:
+                continue
+            rows, client.outbox = client.outbox, []
+            for start in range(0, len(rows), _BATCH):
+                self._send(identity, client, Done(rows[start:start + _BATCH]))  # type: ignore[arg-type]
+        self._dirty.clear()
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if now - self._last_beat < self._heartbeat / 2:
+            return
+        self._last_beat = now
+        for identity, client in list(self._clients.items()):
+            if now - client.last_heard > _LOST_AFTER * self._heartbeat:
+                log.warning("cluster: client %s silent for %.1f s; forgetting it", client.name,
+                            now - client.last_heard)
+                del self._clients[identity]
+            elif now - client.last_sent >= self._heartbeat / 2:
+                self._send(identity, client, Heartbeat(time.time()))
+
+    def close(self, reason: str) -> None:
+        """Tell every client we stop (their pending futures fail with ClusterLost at once),
+        and take the door down: no client finds a cluster here any more."""
+        self._cluster_file.remove()
+        self.flush()
+        for identity, client in list(self._clients.items()):
+            self._send(identity, client, Closing(reason))
+        self._endpoint.close()
+        self._ctx.term()
+
+    # -- messages ----------------------------------------------------------------------------
+
+    def _join(self, identity: bytes, message: Join) -> None:
+        route = "" if message.node in ("global", "main") else message.node
+        if route and route not in self._nodes:
+            self._endpoint.send(identity, Refused(
+                f"node_id {message.node!r} is not a node of this cluster; its nodes are "
+                f"global, {', '.join(self._nodes)}"))
+            return
+        client = _Client(message.client, route)
+        self._clients[identity] = client
+        log.info("cluster: client %s joined from %s (pid %d)", message.client, message.host,
+                 message.pid)
+        self._send(identity, client, Welcome(self._heartbeat, self._nodes,
+                                             str(self._intake.run_dir)))
+
+    def _handle(self, identity: bytes, client: _Client, message: Message) -> None:
+        if isinstance(message, Submit):
+            self._submit(identity, client, message.tasks)
+        elif isinstance(message, Define):
+            self._intake.define(message.digest, message.blob)
+        elif isinstance(message, Cancel):
+            for task_id in message.task_ids:
+                self._ledger.cancel(task_id)
+            if message.tag is not None:
+                self._ledger.cancel_tag(message.tag)
+        elif isinstance(message, Shutdown):
+            log.info("cluster: %s asked to stop: no new task is taken; the rest finish",
+                     client.name)
+            self.shutdown_requested = True
+            self._ledger.close()
+        elif not isinstance(message, Heartbeat):
+            self._endpoint.inbox.drop(client.name, f"unexpected {type(message).__name__}")
+
+    def _submit(self, identity: bytes, client: _Client, records: Iterable[list]) -> None:
+        for item in records:
+            record = SubmitRecord._make(item)
+            if self._ledger.closed:
+                self._to_client(identity, _refused(record.task_id, "the cluster is stopping "
+                                                   "and takes no new task"))
+                continue
+            if not record.route and client.route:
+                record = record._replace(route=client.route)
+            problem = self._intake.submit(record, own_prefix=client.name + ".")
+            if problem is not None:
+                self._to_client(identity, _refused(record.task_id, problem))
+            else:
+                self._owners[record.task_id] = identity
+
+    def _to_client(self, identity: bytes, row: DoneRow) -> None:
+        client = self._clients.get(identity)
+        if client is not None:
+            client.outbox.append(row)
+            self._dirty.add(identity)
+
+    def _send(self, identity: bytes, client: _Client, message: Message) -> None:
+        client.last_sent = time.monotonic()
+        if not self._endpoint.send(identity, message):
+            self._clients.pop(identity, None)
+
+
+def _refused(task_id: str, why: str) -> DoneRow:
+    return DoneRow(task_id, "failed", "invalid", None, None, None, why, None, None, "")

@@ -1,0 +1,155 @@
+"""The head of a cluster: its own process, started by ``el start`` or ``EnsembleLauncher.start()``.
+
+    user: EnsembleLauncher.start() --head.pkl--> python -m ensemble_launcher.cluster.head DIR
+    head: EnsembleLauncher(...).serve(): the root's loop (ledger, tree, journal) + the desk
+
+The orchestrator does not live on a thread of the user's process: its runners are forked,
+it handles SIGTERM as a batch system sends it, and it ends its ZMQ contexts on its main
+thread, none of which a user's interpreter (a notebook, an agent) lets us do. The user's
+process keeps only a client.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ensemble_launcher.cluster.checkpoint import (
+    LAUNCH_FILE,
+    ClusterFile,
+    process_alive,
+    write_private,
+)
+from ensemble_launcher.errors import ClusterLost, ConfigError, LaunchError
+from ensemble_launcher.launchers.base import log_tail
+
+#: Seconds stop() waits for a head that was told to stop and to finish its tasks, before
+#: it is sent SIGTERM (which stops running tasks after shutdown_grace).
+_TERM_AFTER_KILL = 10.0
+
+
+def start_head(checkpoint_dir: Path, inputs: dict[str, Any], timeout: float,
+               detach: bool = True) -> subprocess.Popen:
+    """Start the head process and return once it accepts clients; ``detach`` gives it a
+    session of its own, so that it outlives a terminal that closes."""
+    import cloudpickle
+
+    cluster = ClusterFile(checkpoint_dir)
+    cluster.prepare()
+    _refuse_running(cluster)
+    try:
+        launch = {"sys_path": [os.path.abspath(p) for p in sys.path if p],
+                  "inputs": cloudpickle.dumps(inputs)}
+        write_private(cluster.dir / LAUNCH_FILE, pickle.dumps(launch))
+    except Exception as exc:  # noqa: BLE001 - whatever cannot be pickled, one clear error
+        raise ConfigError(f"cannot hand the ensemble and configs to the cluster's head: "
+                          f"{exc}") from exc
+    log_path = cluster.dir / "logs" / "head.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen([sys.executable, "-m", "ensemble_launcher.cluster.head",
+                                 str(cluster.dir)], stdin=subprocess.DEVNULL, stdout=log_file,
+                                stderr=subprocess.STDOUT, start_new_session=detach)
+    deadline = time.monotonic() + timeout
+    while not _serving(cluster, proc.pid):
+        if proc.poll() is not None:
+            raise LaunchError(f"the cluster's head exited with status {proc.returncode} before "
+                              f"it took clients. Log {log_path}:\n{log_tail(log_path)}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            raise LaunchError(f"the cluster's head did not take clients within {timeout:.0f} s."
+                              f" Log {log_path}:\n{log_tail(log_path)}")
+        time.sleep(0.02)
+    return proc
+
+
+def _serving(cluster: ClusterFile, pid: int) -> bool:
+    try:
+        return cluster.read().pid == pid
+    except ClusterLost:
+        return False
+
+
+def _refuse_running(cluster: ClusterFile) -> None:
+    """One head per checkpoint directory; a file left by a head that died is removed."""
+    try:
+        info = cluster.read()
+    except ClusterLost:
+        return
+    if process_alive(info.pid):
+        raise ConfigError(f"a cluster is already running in {cluster.dir} (pid {info.pid} on "
+                          f"{info.host}); stop it with: el stop {cluster.dir}")
+    cluster.remove()
+
+
+def stop_cluster(checkpoint_dir: Path, timeout: float | None = None,
+                 head: subprocess.Popen | None = None) -> None:
+    """Ask the cluster to stop once its tasks are final; after ``timeout`` seconds, SIGTERM
+    (running tasks get shutdown_grace), and SIGKILL as the last resort."""
+    from ensemble_launcher.cluster.client import ClusterClient
+
+    cluster = ClusterFile(checkpoint_dir)
+    info = cluster.read()
+    with ClusterClient(checkpoint_dir, client_id="el-stop") as client:
+        client.shutdown_cluster()
+    if not _wait_gone(info.pid, cluster, timeout, head):
+        _signal(info.pid, signal.SIGTERM)
+        if not _wait_gone(info.pid, cluster, _TERM_AFTER_KILL + 60.0, head):
+            _signal(info.pid, signal.SIGKILL)
+            _wait_gone(info.pid, cluster, 10.0, head)
+
+
+def _wait_gone(pid: int, cluster: ClusterFile, timeout: float | None,
+               head: subprocess.Popen | None) -> bool:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while deadline is None or time.monotonic() < deadline:
+        if head is not None:
+            if head.poll() is not None:
+                return True
+        elif not process_alive(pid) or not cluster.path.exists():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+def _adopt_sys_path(paths: list[str]) -> None:
+    """Import what the user's process could: its sys.path, in its order, added once we
+    started (as PYTHONPATH, a user's directory would shadow the standard library)."""
+    for path in reversed(paths):
+        if path not in sys.path:
+            sys.path.insert(0, path)
+
+
+def main(argv: list[str]) -> int:
+    import logging
+
+    from ensemble_launcher.launcher import EnsembleLauncher
+
+    logging.basicConfig(level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    directory = Path(argv[0])
+    launch = pickle.loads((directory / LAUNCH_FILE).read_bytes())
+    _adopt_sys_path(launch["sys_path"])
+    launcher = EnsembleLauncher(**pickle.loads(launch["inputs"]))
+    try:
+        launcher.serve()
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

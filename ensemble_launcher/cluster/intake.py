@@ -1,0 +1,266 @@
+"""Tasks entering a running cluster: each is built, checked as ``el run`` checks an ensemble,
+journaled, and submitted to the ledger; after a restart, the journal's unfinished ones are
+submitted again.
+
+A task's checks are those of a file's tasks before a run, done per task (cached per shape,
+program and path, so that a million tasks of one kind cost one check each kind): its
+options, its resources against the nodes, its program on PATH, its run_dir and output
+files, the size of its command line.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from collections.abc import Callable, Container
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from ensemble_launcher.cluster.protocol import Ref, SubmitRecord
+from ensemble_launcher.ensemble import Task
+from ensemble_launcher.ensemble.loader import requirement_of
+from ensemble_launcher.ensemble.preflight import PATH_OPTIONS, exec_problem, path_problem
+from ensemble_launcher.ensemble.programs import direct_program, resolve_program
+from ensemble_launcher.ensemble.task import UnbuildableTask, trusted_task
+from ensemble_launcher.errors import ConfigError, ResourceError, _short
+from ensemble_launcher.orchestrator.ledger import Ledger, Submission
+from ensemble_launcher.orchestrator.wire import FunctionTable
+from ensemble_launcher.resources import NodeResources, check_requirements
+from ensemble_launcher.store import RunStore
+
+log = logging.getLogger("ensemble_launcher")
+
+_TASK_OPTIONS = frozenset({"nnodes", "ppn", "executable", "env", "ngpus_per_process",
+                           "cpu_affinity", "gpu_affinity", "run_dir", "timeout",
+                           "stdout_file", "stderr_file", "estimated_runtime", "tag",
+                           "ensemble", "retries"})
+#: Distinct paths and programs remembered as checked.
+_CACHED = 4096
+
+
+class TaskIntake:
+    def __init__(self, ledger: Ledger, store: RunStore, functions: FunctionTable,
+                 nodes: list[NodeResources], widest: int, run_dir: Path,
+                 earlier: Container[str] = ()) -> None:
+        self._ledger = ledger
+        self._store = store
+        self._functions = functions
+        self._nodes = nodes
+        self._widest = widest
+        self.run_dir = run_dir
+        self._blobs: dict[bytes, bytes] = {}
+        self._uses: dict[bytes, int] = {}
+        self._journaled: set[bytes] = set(store.functions())
+        self._digests: dict[str, bytes] = {}
+        self._earlier = earlier
+        self._given: set[str] = set()
+        """Task ids clients chose themselves (not made under their session's prefix)."""
+        self._shapes: dict[tuple, str | None] = {}
+        self._checked: dict[tuple, str | None] = {}
+
+    def define(self, digest: bytes, blob: bytes) -> None:
+        self._blobs[digest] = blob
+
+    def submit(self, record: SubmitRecord, own_prefix: str = "") -> str | None:
+        """Submit one task; what is wrong with it instead, in one line."""
+        if self._taken(record.task_id, own_prefix):
+            return f"task_id {record.task_id!r} is already a task of this cluster"
+        try:
+            task = self._build(record)
+        except Exception as exc:  # noqa: BLE001 - whatever a client sent, one line, never fatal
+            return f"task {_short(record.task_id)}: {exc}"
+        problem = self._plain_callable_problem(task) if _plain_callable(record) \
+            else self._problem(task)
+        if problem is not None:
+            self.finished(task)
+            return problem
+        self._journal(record)
+        if not (own_prefix and record.task_id.startswith(own_prefix)):
+            self._given.add(record.task_id)
+        self._ledger.submit(Submission(task, record.priority, record.route,
+                                       tuple(record.after),
+                                       _substitute if record.refs else None))
+        return None
+
+    def _taken(self, task_id: str, own_prefix: str) -> bool:
+        """Whether a task of this cluster has this id: one live, one a client named so
+        before, or one of an earlier life of the cluster (ids a client made under its own
+        session's prefix are new by construction)."""
+        if task_id in self._ledger.live_ids:
+            return True
+        if own_prefix and task_id.startswith(own_prefix):
+            return False
+        return task_id in self._given or task_id in self._earlier
+
+    def finished(self, task: Task | UnbuildableTask) -> None:
+        """A task is final: a function no live task needs any more is let go."""
+        digest = self._digests.pop(task.task_id, None)
+        if digest is None:
+            return
+        left = self._uses[digest] - 1
+        if left:
+            self._uses[digest] = left
+        else:
+            del self._uses[digest]
+            self._functions.release(digest)
+            self._blobs.pop(digest, None)
+
+    def resubmit_unfinished(self) -> int:
+        """After a restart: every task submitted before and not finished, in its order."""
+        n = 0
+        for task_id, blob in self._store.unfinished_submissions():
+            record = SubmitRecord._make(msgpack.unpackb(blob))
+            problem = self._resubmit(record)
+            if problem is not None:
+                log.error("cluster: cannot submit %s again: %s", task_id, problem)
+            n += 1
+        return n
+
+    def _resubmit(self, record: SubmitRecord) -> str | None:
+        try:
+            task = self._build(record)
+        except Exception as exc:  # noqa: BLE001 - one task that no longer loads is reported
+            return str(exc)
+        self._ledger.submit(Submission(task, record.priority, record.route,
+                                       tuple(record.after),
+                                       _substitute if record.refs else None))
+        return None
+
+    # -- building ----------------------------------------------------------------------------
+
+    def _build(self, record: SubmitRecord) -> Task:
+        spec: dict[str, Any] = record.spec
+        unknown = set(spec) - _TASK_OPTIONS if spec else ()
+        if unknown:
+            raise ConfigError(f"unknown task option {sorted(unknown)[0]!r}")
+        args, kwargs = pickle.loads(record.args) if record.args is not None else ((), {})
+        if type(args) is not tuple:
+            args = tuple(args)
+        if record.digest is None:
+            return Task(task_id=record.task_id, args=args, kwargs=kwargs, **spec)
+        fn = self._function(record.digest)
+        self._digests[record.task_id] = record.digest
+        self._uses[record.digest] = self._uses.get(record.digest, 0) + 1
+        if spec or not record.task_id:
+            return Task(task_id=record.task_id, executable=fn, args=args, kwargs=kwargs,
+                        **spec)
+        return trusted_task(record.task_id, executable=fn, args=args, kwargs=kwargs)
+
+    def _function(self, digest: bytes) -> Callable:
+        fn = self._functions.functions.get(digest)
+        if fn is not None:
+            return fn
+        blob = self._blobs.get(digest) or self._functions.blobs.get(digest)
+        if blob is None:
+            blob = self._store.function(digest)
+        if blob is None:
+            raise ConfigError("its callable was never sent (Define before Submit)")
+        return self._functions.adopt(digest, blob)
+
+    def _journal(self, record: SubmitRecord) -> None:
+        digest = record.digest
+        if digest is not None and digest not in self._journaled:
+            self._journaled.add(digest)
+            self._store.add_function(digest, self._blobs.get(digest)
+                                     or self._functions.blobs[digest])
+        self._store.add_submitted(record.task_id, msgpack.packb(list(record),
+                                                                use_bin_type=True))
+
+    # -- checks ------------------------------------------------------------------------------
+
+    def _plain_callable_problem(self, task: Task) -> str | None:
+        """A callable with every option at its default (what ``map`` sends): one check
+        serves them all."""
+        problem = self._shapes.get(_PLAIN, "")
+        if problem == "":
+            problem = self._shapes[_PLAIN] = self._resource_problem(task)
+        return None if problem is None else f"task {task.task_id!r}: {problem}"
+
+    def _problem(self, task: Task) -> str | None:
+        label = f"task {task.task_id!r}"
+        shape = (task.nnodes, task.ncpus, task.ngpus, tuple(task.cpu_affinity),
+                 tuple(task.gpu_affinity), task.is_callable)
+        problem = self._shapes.get(shape, "")
+        if problem == "":
+            problem = self._resource_problem(task)
+            self._shapes[shape] = problem
+        if problem is not None:
+            return f"{label}: {problem}"
+        for key in PATH_OPTIONS:
+            if getattr(task, key) is not None:
+                found = self._cached((key, getattr(task, key), task.run_dir),
+                                     partial(_path_text, task, key))
+                if found:
+                    return f"{label}: {key}: {found}, so it could not start"
+        if task.is_callable:
+            return None
+        program = direct_program(task.executable)  # type: ignore[arg-type]
+        if program is not None:
+            missing = self._cached(("program", program, task.run_dir),
+                                   lambda: None if resolve_program(program, task.run_dir)
+                                   else "missing")
+            if missing:
+                where = f" and {task.run_dir}" if task.run_dir else ""
+                return (f"{label}: executable {program!r} not found (looked in PATH{where}); "
+                        f"command: {_short(task.executable)}")
+        big = exec_problem(task)
+        return None if big is None else f"{label}: {big.key}: {big.text}"
+
+    def _resource_problem(self, task: Task) -> str | None:
+        if task.nnodes > self._widest:
+            return (f"nnodes={task.nnodes}, but the widest group of workers under one master "
+                    f"has {self._widest} nodes")
+        try:
+            check_requirements([requirement_of(task, "this task")], self._nodes)
+        except ResourceError as exc:
+            return str(exc)
+        return None
+
+    def _cached(self, key: tuple, check: Callable[[], str | None]) -> str | None:
+        if key in self._checked:
+            return self._checked[key]
+        if len(self._checked) >= _CACHED:
+            self._checked.clear()
+        found = self._checked[key] = check()
+        return found
+
+
+#: The shape of a callable with every option at its default.
+_PLAIN = ("plain callable",)
+
+
+def _plain_callable(record: SubmitRecord) -> bool:
+    return record.digest is not None and not record.spec
+
+
+def _path_text(task: Task, key: str) -> str | None:
+    problem = path_problem(task, key)
+    return None if problem is None else problem.text
+
+
+def _substitute(task: Task, values: dict[str, bytes | None]) -> Task:
+    """The task with each :class:`Ref` among its arguments (also inside lists, tuples and
+    dicts) replaced by the value of the task it names."""
+    loaded: dict[str, Any] = {}
+
+    def value_of(ref: Ref) -> Any:
+        if ref.task_id not in loaded:
+            blob = values.get(ref.task_id)
+            loaded[ref.task_id] = None if blob is None else pickle.loads(blob)
+        return loaded[ref.task_id]
+
+    def walk(obj: Any) -> Any:
+        if type(obj) is Ref:
+            return value_of(obj)
+        if type(obj) in (list, tuple):
+            return type(obj)(walk(item) for item in obj)
+        if type(obj) is dict:
+            return {key: walk(item) for key, item in obj.items()}
+        return obj
+
+    task.args = tuple(walk(arg) for arg in task.args)
+    task.kwargs = {key: walk(value) for key, value in task.kwargs.items()}
+    return task

@@ -306,6 +306,7 @@ class EnsembleLauncher:
         that cannot be written is a StoreError."""
         config = self.launcher_config
         stop: BaseException | None = None
+        why = ""
         started = False
         try:
             with RunStore(self.run_dir) as store, self._master_log():
@@ -335,13 +336,16 @@ class EnsembleLauncher:
                     stop = exc
                 except EnsembleLauncherError as exc:
                     stop = self._aborted(exc)
+                except BaseException as exc:
+                    why = f"the orchestrator failed: {type(exc).__name__}: {exc}"
+                    raise
                 finally:
                     try:
                         _wind_down(ledger, reporter, counts,
                                    stopped=bool(stop or shutdown.requested))
                     finally:
                         if desk is not None:
-                            desk.close(str(stop) if stop else "stopped")
+                            desk.close(why or str(stop or "stopped"))
                 if ledger.skipped:
                     log.info("resume: %d task(s) already done were skipped", ledger.skipped)
                 aborted = {"aborted": str(stop)} if isinstance(stop, RunAbortedError) else {}
@@ -431,7 +435,7 @@ class EnsembleLauncher:
         keys = CurveKeys.generate() if address.startswith("tcp://") else None
         widest = self.tree.gang_capacity() if self.nlevels >= 1 else 1
         intake = TaskIntake(ledger, store, functions, self.nodes, widest, self.run_dir,
-                            earlier)
+                            earlier, self._ensemble_ids())
         names = [n.name for n in self.tree.walk()] if self.nlevels >= 1 else ["main"]
         desk = ClientDesk(ledger, intake, address, keys, cluster_file, names,
                           self.launcher_config.heartbeat_interval)
@@ -439,7 +443,15 @@ class EnsembleLauncher:
         again = intake.resubmit_unfinished()
         if again:
             log.info("cluster: %d task(s) submitted before the restart run again", again)
+        desk.open()
         return desk
+
+    def _ensemble_ids(self) -> set[str]:
+        """The ids of the cluster's own ensemble, which no client may reuse; a plain
+        iterable (it cannot be read twice) is not looked at."""
+        if self.tasks.total is None:
+            return set()
+        return {task.task_id for task in self.tasks}
 
     def _client_address(self, cluster_file: Any) -> str:
         """ipc in the checkpoint directory when every node is this host (TCP on loopback if

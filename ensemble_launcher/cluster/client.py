@@ -60,13 +60,20 @@ from ensemble_launcher.errors import (
     TaskNotRun,
     TaskTimedOut,
 )
-from ensemble_launcher.orchestrator.wire import FunctionTable
+from ensemble_launcher.orchestrator.wire import FunctionTable, pickle_any
 from ensemble_launcher.states import CANCELLED, LOST, NOT_RUN, SUCCEEDED, TIMED_OUT
 
 log = logging.getLogger("ensemble_launcher")
 
 #: How long start() waits for the head's Welcome.
 JOIN_TIMEOUT = 30.0
+#: Task records per Submit message.
+_SUBMIT_BATCH = 2048
+#: Distinct callables a client keeps pickled (a new lambda per task would otherwise pin
+#: them all); past this it starts afresh, and sends a callable again if it comes again.
+_FUNCTIONS_KEPT = 1024
+#: Seconds between two looks at whether the head is alive (its pid, its heartbeats).
+_LIVENESS_CHECK = 0.05
 #: Futures ``map`` keeps in flight: enough to keep a large cluster busy, few enough that
 #: a million inputs never sit in memory at once.
 MAP_WINDOW = 8192
@@ -131,6 +138,7 @@ class ClusterClient:
         self._functions = FunctionTable()
         self._defined: set[bytes] = set()
         self._lock = threading.Lock()
+        self._wake_lock = threading.Lock()
         self._awake = False
         self._thread: threading.Thread | None = None
         self._ctx: zmq.Context | None = None
@@ -224,9 +232,10 @@ class ClusterClient:
             args, kwargs = task.args, dict(task.kwargs)
         else:
             task_id, executable = f"{self._session}.{next(self._ids)}", task
-            spec = {k: v for k, v in (("nnodes", nnodes), ("ppn", ppn),
-                                      ("ngpus_per_process", ngpus_per_process),
-                                      ("timeout", timeout)) if v != _DEFAULTS[k]}
+            spec = {} if nnodes == 1 and ppn == 1 and not ngpus_per_process and \
+                timeout is None else {k: v for k, v in (
+                    ("nnodes", nnodes), ("ppn", ppn), ("ngpus_per_process", ngpus_per_process),
+                    ("timeout", timeout)) if v != _DEFAULTS[k]}
         after = [_task_id_of(f) for f in dependencies or ()]
         refs: list[str] = []
         if callable(executable):
@@ -241,16 +250,14 @@ class ClusterClient:
         future = ClusterFuture(task_id, self, digest is None)
         blob = None
         if digest is not None and (args or kwargs):
-            blob = _pickle((tuple(args), kwargs))
+            blob = pickle_any((tuple(args), kwargs))
         record = SubmitRecord(task_id, _plain(spec), digest, blob,
                               list(dict.fromkeys(after + refs)), bool(refs), int(priority), "")
-        if isinstance(task, Task):
-            with self._lock:
-                if task_id in self._futures:
-                    raise ValueError(f"task_id {task_id!r} was already submitted by this "
-                                     "client")
-                self._futures[task_id] = future
-        else:
+        with self._lock:
+            if self._lost is not None:
+                raise ClusterLost(str(self._lost))
+            if task_id in self._futures:
+                raise ValueError(f"task_id {task_id!r} was already submitted by this client")
             self._futures[task_id] = future
         self._outbox.append(list(record))
         self._wake()
@@ -267,15 +274,16 @@ class ClusterClient:
         end = None if timeout is None else time.monotonic() + timeout
         inputs = zip(*iterables, strict=False)
         pending: deque[ClusterFuture] = deque()
-        for item in itertools.islice(inputs, window):
-            pending.append(self.submit(fn, *item, **options))
+        refill = max(1, window // 16)
         try:
-            while pending:
+            while True:
+                if len(pending) <= window - refill:
+                    for item in itertools.islice(inputs, window - len(pending)):
+                        pending.append(self.submit(fn, *item, **options))
+                if not pending:
+                    return
                 left = None if end is None else max(0.0, end - time.monotonic())
-                value = pending.popleft().result(left)
-                for item in itertools.islice(inputs, 1):
-                    pending.append(self.submit(fn, *item, **options))
-                yield value
+                yield pending.popleft().result(left)
         finally:
             for future in pending:
                 future.cancel()
@@ -296,6 +304,8 @@ class ClusterClient:
 
     def _digest(self, fn: Callable[..., Any]) -> bytes:
         with self._lock:
+            if len(self._defined) >= _FUNCTIONS_KEPT:
+                self._functions, self._defined = FunctionTable(), set()
             digest = self._functions.digest_of(fn)
             if digest not in self._defined:
                 self._defined.add(digest)
@@ -314,10 +324,15 @@ class ClusterClient:
         self._wake()
 
     def _wake(self) -> None:
-        if not self._awake and self._wake_send is not None:
-            self._awake = True
-            with contextlib.suppress(zmq.ZMQError):
-                self._wake_send.send(b"", zmq.NOBLOCK)
+        """Wake the client's thread, once until it ran: under a lock, since any thread
+        (a user's, or ours in a future's callback) may submit."""
+        if self._awake or self._wake_send is None:
+            return
+        with self._wake_lock:
+            if not self._awake:
+                self._awake = True
+                with contextlib.suppress(zmq.ZMQError):
+                    self._wake_send.send(b"", zmq.NOBLOCK)
 
     # -- the client's thread -----------------------------------------------------------------
 
@@ -328,7 +343,7 @@ class ClusterClient:
         poller.register(wake, zmq.POLLIN)
         inbox = Inbox()
         heartbeat = self.info.heartbeat
-        last_heard = last_sent = time.monotonic()
+        last_heard = last_sent = next_check = time.monotonic()
         local_pid = self.info.pid if self.info.host == socket.gethostname() else None
         try:
             while not self._closing:
@@ -347,7 +362,8 @@ class ClusterClient:
                     last_heard = time.monotonic()
                     self._receive(dealer, inbox)
                 now = time.monotonic()
-                if self._lost is None:
+                if self._lost is None and now >= next_check:
+                    next_check = now + _LIVENESS_CHECK
                     self._lost = self._head_lost(now - last_heard, heartbeat, local_pid)
                 if self._lost is not None:
                     self._welcome.set()
@@ -378,6 +394,9 @@ class ClusterClient:
             message = self._outbox.popleft()
             if type(message) is list:
                 tasks.append(message)
+                if len(tasks) == _SUBMIT_BATCH:
+                    dealer.send(Submit(tasks).encode())
+                    tasks = []
                 continue
             assert isinstance(message, Message)
             if tasks:
@@ -422,6 +441,8 @@ class ClusterClient:
 
     def _fail_all(self, error: ClusterLost) -> None:
         with self._lock:
+            if self._lost is None:
+                self._lost = error
             futures, self._futures = self._futures, {}
         for future in futures.values():
             if not future.done():
@@ -486,15 +507,6 @@ def _plain(spec: dict[str, Any]) -> dict[str, Any]:
             value = dict(value)
         out[key] = value
     return out
-
-
-def _pickle(value: Any) -> bytes:
-    try:
-        return pickle.dumps(value, 5)
-    except Exception:  # noqa: BLE001 - arguments only cloudpickle can handle
-        import cloudpickle
-
-        return cloudpickle.dumps(value)
 
 
 def _value_of(row: DoneRow, is_command: bool) -> Any:

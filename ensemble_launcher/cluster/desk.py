@@ -11,9 +11,10 @@ ours, or a message from a client that has not joined, is dropped and logged.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
-from collections.abc import Iterable
+from collections import deque
 from dataclasses import dataclass, field
 
 import zmq
@@ -37,12 +38,14 @@ from ensemble_launcher.comm.zmq_transport import ANYONE
 from ensemble_launcher.ensemble import Task
 from ensemble_launcher.ensemble.task import UnbuildableTask
 from ensemble_launcher.orchestrator.ledger import Ledger
-from ensemble_launcher.states import RunResult
+from ensemble_launcher.states import FAILED, NOT_RUN, RunResult
 
 log = logging.getLogger("ensemble_launcher")
 
 #: Done rows per message.
 _BATCH = 1024
+#: Task records taken in per loop turn.
+_PER_TURN = 4096
 #: A client silent this many heartbeats is gone; its tasks go on, their results stay in
 #: the journal.
 _LOST_AFTER = 3
@@ -68,18 +71,29 @@ class ClientDesk:
         ipc_path = str(cluster_file.socket_path) if address == "ipc" else None
         self._endpoint = ParentEndpoint(self._ctx, address, keys, ipc_path=ipc_path)
         self._cluster_file = cluster_file
+        self._keys = keys
         self._clients: dict[bytes, _Client] = {}
         self._owners: dict[str, bytes] = {}
         self._dirty: set[bytes] = set()
+        self._arrived: deque[tuple[bytes, list]] = deque()
+        """Task records received and not yet taken in (at most _PER_TURN a loop turn)."""
         self._last_beat = 0.0
         self.shutdown_requested = False
-        cluster_file.write(self._endpoint.address, keys, heartbeat)
+
+    def open(self) -> None:
+        """Let clients find us: from now on cluster.json names our address and keys."""
+        self._cluster_file.write(self._endpoint.address, self._keys, self._heartbeat)
         log.info("cluster: clients connect to %s", self._endpoint.address)
 
     # -- the loop's hooks --------------------------------------------------------------------
 
     def sockets(self) -> tuple[zmq.Socket, ...]:
         return tuple(self._endpoint.sockets())
+
+    @property
+    def has_pending(self) -> bool:
+        """Records wait to be taken in: the loop should come back at once."""
+        return bool(self._arrived)
 
     def pump(self) -> None:
         now = time.monotonic()
@@ -93,23 +107,36 @@ class ClientDesk:
             else:
                 client.last_heard = now
                 self._handle(identity, client, message)
+        self._take_in()
 
     def on_final(self, task: Task | UnbuildableTask, result: RunResult) -> None:
         """A final result: to the client that submitted the task, if it still listens."""
         identity = self._owners.pop(task.task_id, None)
         self._intake.finished(task)
         if identity is not None:
-            self._to_client(identity, DoneRow(task.task_id, *result[1:10]))
+            self._to_client(identity, DoneRow(
+                task.task_id, result.state, result.reason, result.returncode, result.signal,
+                result.value, result.exception, result.traceback, result.stdout,
+                result.stderr))
 
     def flush(self) -> None:
-        for identity in self._dirty:
+        """Send each client its results; a client whose queue is full (it stopped reading)
+        keeps them for a later turn, so that it cannot stall the loop."""
+        for identity in list(self._dirty):
             client = self._clients.get(identity)
             if client is None:
+                self._dirty.discard(identity)
                 continue
-            rows, client.outbox = client.outbox, []
-            for start in range(0, len(rows), _BATCH):
-                self._send(identity, client, Done(rows[start:start + _BATCH]))  # type: ignore[arg-type]
-        self._dirty.clear()
+            while client.outbox:
+                rows = client.outbox[:_BATCH]
+                try:
+                    if not self._send(identity, client, Done(rows), block=False):  # type: ignore[arg-type]
+                        break
+                except zmq.Again:
+                    break
+                del client.outbox[:_BATCH]
+            if not client.outbox:
+                self._dirty.discard(identity)
 
     def tick(self) -> None:
         now = time.monotonic()
@@ -122,7 +149,8 @@ class ClientDesk:
                             now - client.last_heard)
                 del self._clients[identity]
             elif now - client.last_sent >= self._heartbeat / 2:
-                self._send(identity, client, Heartbeat(time.time()))
+                with contextlib.suppress(zmq.Again):
+                    self._send(identity, client, Heartbeat(time.time()), block=False)
 
     def close(self, reason: str) -> None:
         """Tell every client we stop (their pending futures fail with ClusterLost at once),
@@ -130,7 +158,8 @@ class ClientDesk:
         self._cluster_file.remove()
         self.flush()
         for identity, client in list(self._clients.items()):
-            self._send(identity, client, Closing(reason))
+            with contextlib.suppress(zmq.Again):
+                self._send(identity, client, Closing(reason), block=False)
         self._endpoint.close()
         self._ctx.term()
 
@@ -152,7 +181,7 @@ class ClientDesk:
 
     def _handle(self, identity: bytes, client: _Client, message: Message) -> None:
         if isinstance(message, Submit):
-            self._submit(identity, client, message.tasks)
+            self._arrived.extend((identity, item) for item in message.tasks)
         elif isinstance(message, Define):
             self._intake.define(message.digest, message.blob)
         elif isinstance(message, Cancel):
@@ -168,20 +197,33 @@ class ClientDesk:
         elif not isinstance(message, Heartbeat):
             self._endpoint.inbox.drop(client.name, f"unexpected {type(message).__name__}")
 
-    def _submit(self, identity: bytes, client: _Client, records: Iterable[list]) -> None:
-        for item in records:
-            record = SubmitRecord._make(item)
-            if self._ledger.closed:
-                self._to_client(identity, _refused(record.task_id, "the cluster is stopping "
-                                                   "and takes no new task"))
-                continue
-            if not record.route and client.route:
-                record = record._replace(route=client.route)
-            problem = self._intake.submit(record, own_prefix=client.name + ".")
-            if problem is not None:
-                self._to_client(identity, _refused(record.task_id, problem))
-            else:
-                self._owners[record.task_id] = identity
+    def _take_in(self) -> None:
+        """Submit up to _PER_TURN of the records that arrived: a client's large batch is
+        taken in over several turns, so that the loop still answers heartbeats."""
+        arrived = self._arrived
+        for _ in range(min(len(arrived), _PER_TURN)):
+            identity, item = arrived.popleft()
+            client = self._clients.get(identity)
+            if client is not None:
+                self._submit(identity, client, SubmitRecord._make(item))
+
+    def _submit(self, identity: bytes, client: _Client, record: SubmitRecord) -> None:
+        if self._ledger.closed:
+            self._to_client(identity, _refused(record.task_id, "stopping", "the cluster is "
+                                               "stopping and takes no new task"))
+            return
+        if not record.route and client.route:
+            record = record._replace(route=client.route)
+        if record.route and record.route not in self._nodes:
+            self._to_client(identity, _refused(record.task_id, "invalid", f"route "
+                                               f"{record.route!r} is not a node of this "
+                                               "cluster"))
+            return
+        self._owners[record.task_id] = identity
+        problem = self._intake.submit(record, own_prefix=client.name + ".")
+        if problem is not None:
+            self._owners.pop(record.task_id, None)
+            self._to_client(identity, _refused(record.task_id, "invalid", problem))
 
     def _to_client(self, identity: bytes, row: DoneRow) -> None:
         client = self._clients.get(identity)
@@ -189,11 +231,18 @@ class ClientDesk:
             client.outbox.append(row)
             self._dirty.add(identity)
 
-    def _send(self, identity: bytes, client: _Client, message: Message) -> None:
+    def _send(self, identity: bytes, client: _Client, message: Message, *,
+              block: bool = True) -> bool:
+        """False (and the client forgotten) when it is not connected any more."""
         client.last_sent = time.monotonic()
-        if not self._endpoint.send(identity, message):
-            self._clients.pop(identity, None)
+        if self._endpoint.send(identity, message, block=block):
+            return True
+        self._clients.pop(identity, None)
+        return False
 
 
-def _refused(task_id: str, why: str) -> DoneRow:
-    return DoneRow(task_id, "failed", "invalid", None, None, None, why, None, None, "")
+def _refused(task_id: str, reason: str, why: str) -> DoneRow:
+    """A task that never entered: ``invalid`` (refused as el run refuses bad input), or
+    ``stopping`` (the cluster takes no new task)."""
+    state = NOT_RUN if reason == "stopping" else FAILED
+    return DoneRow(task_id, state, reason, None, None, None, why, None, None, "")

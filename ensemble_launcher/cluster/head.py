@@ -15,24 +15,27 @@ import contextlib
 import os
 import pickle
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ensemble_launcher.cluster.checkpoint import (
     LAUNCH_FILE,
     ClusterFile,
+    ClusterInfo,
     process_alive,
     write_private,
 )
 from ensemble_launcher.errors import ClusterLost, ConfigError, LaunchError
 from ensemble_launcher.launchers.base import log_tail
 
-#: Seconds stop() waits for a head that was told to stop and to finish its tasks, before
-#: it is sent SIGTERM (which stops running tasks after shutdown_grace).
-_TERM_AFTER_KILL = 10.0
+#: Seconds stop() waits, after SIGTERM, for the head to stop its running tasks and exit
+#: (their shutdown_grace, then kill_grace) before SIGKILL.
+_AFTER_SIGTERM = 90.0
 
 
 def start_head(checkpoint_dir: Path, inputs: dict[str, Any], timeout: float,
@@ -79,49 +82,65 @@ def _serving(cluster: ClusterFile, pid: int) -> bool:
 
 
 def _refuse_running(cluster: ClusterFile) -> None:
-    """One head per checkpoint directory; a file left by a head that died is removed."""
+    """One head per checkpoint directory; a file left by a head that died is removed. A
+    head on this host is looked up by pid, one on another host asked whether it answers."""
     try:
         info = cluster.read()
     except ClusterLost:
         return
-    if process_alive(info.pid):
+    if _head_answers(cluster, info):
         raise ConfigError(f"a cluster is already running in {cluster.dir} (pid {info.pid} on "
                           f"{info.host}); stop it with: el stop {cluster.dir}")
     cluster.remove()
 
 
+def _head_answers(cluster: ClusterFile, info: ClusterInfo) -> bool:
+    if info.host == socket.gethostname():
+        return process_alive(info.pid)
+    from ensemble_launcher.cluster.client import ClusterClient
+
+    try:
+        ClusterClient(cluster.dir, client_id="el-probe").start(3 * info.heartbeat).teardown()
+    except ClusterLost:
+        return False
+    return True
+
+
 def stop_cluster(checkpoint_dir: Path, timeout: float | None = None,
                  head: subprocess.Popen | None = None) -> None:
-    """Ask the cluster to stop once its tasks are final; after ``timeout`` seconds, SIGTERM
-    (running tasks get shutdown_grace), and SIGKILL as the last resort."""
+    """Ask the cluster to stop once its tasks are final, and wait until its head exited
+    (on this host) or stopped taking clients (on another). On this host, after
+    ``timeout`` seconds: SIGTERM (running tasks get shutdown_grace, then are stopped),
+    and SIGKILL as the last resort. A head on another host is never signalled from here."""
     from ensemble_launcher.cluster.client import ClusterClient
 
     cluster = ClusterFile(checkpoint_dir)
     info = cluster.read()
     with ClusterClient(checkpoint_dir, client_id="el-stop") as client:
         client.shutdown_cluster()
-    if not _wait_gone(info.pid, cluster, timeout, head):
+    if info.host != socket.gethostname():
+        _wait_gone(lambda: not cluster.path.exists(), timeout)
+        return
+    gone = (lambda: head.poll() is not None) if head is not None \
+        else (lambda: not process_alive(info.pid))
+    if not _wait_gone(gone, timeout):
         _signal(info.pid, signal.SIGTERM)
-        if not _wait_gone(info.pid, cluster, _TERM_AFTER_KILL + 60.0, head):
+        if not _wait_gone(gone, _AFTER_SIGTERM):
             _signal(info.pid, signal.SIGKILL)
-            _wait_gone(info.pid, cluster, 10.0, head)
+            _wait_gone(gone, 10.0)
 
 
-def _wait_gone(pid: int, cluster: ClusterFile, timeout: float | None,
-               head: subprocess.Popen | None) -> bool:
+def _wait_gone(gone: Callable[[], bool], timeout: float | None) -> bool:
     deadline = None if timeout is None else time.monotonic() + timeout
     while deadline is None or time.monotonic() < deadline:
-        if head is not None:
-            if head.poll() is not None:
-                return True
-        elif not process_alive(pid) or not cluster.path.exists():
+        if gone():
             return True
         time.sleep(0.05)
     return False
 
 
 def _signal(pid: int, sig: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, sig)
 
 

@@ -44,7 +44,7 @@ _CACHED = 4096
 class TaskIntake:
     def __init__(self, ledger: Ledger, store: RunStore, functions: FunctionTable,
                  nodes: list[NodeResources], widest: int, run_dir: Path,
-                 earlier: Container[str] = ()) -> None:
+                 earlier: Container[str] = (), ensemble_ids: Container[str] = ()) -> None:
         self._ledger = ledger
         self._store = store
         self._functions = functions
@@ -56,6 +56,7 @@ class TaskIntake:
         self._journaled: set[bytes] = set(store.functions())
         self._digests: dict[str, bytes] = {}
         self._earlier = earlier
+        self._ensemble_ids = ensemble_ids
         self._given: set[str] = set()
         """Task ids clients chose themselves (not made under their session's prefix)."""
         self._shapes: dict[tuple, str | None] = {}
@@ -65,10 +66,14 @@ class TaskIntake:
         self._blobs[digest] = blob
 
     def submit(self, record: SubmitRecord, own_prefix: str = "") -> str | None:
-        """Submit one task; what is wrong with it instead, in one line."""
-        if self._taken(record.task_id, own_prefix):
-            return f"task_id {record.task_id!r} is already a task of this cluster"
+        """Submit one task; what is wrong with it instead, in one line. Nothing a client
+        sends can raise here: every field is checked before the task is journaled."""
         try:
+            problem = record_problem(record)
+            if problem is None and self._taken(record.task_id, own_prefix):
+                problem = f"task_id {record.task_id!r} is already a task of this cluster"
+            if problem is not None:
+                return problem
             task = self._build(record)
         except Exception as exc:  # noqa: BLE001 - whatever a client sent, one line, never fatal
             return f"task {_short(record.task_id)}: {exc}"
@@ -80,20 +85,25 @@ class TaskIntake:
         self._journal(record)
         if not (own_prefix and record.task_id.startswith(own_prefix)):
             self._given.add(record.task_id)
+        self._enter(task, record)
+        return None
+
+    def _enter(self, task: Task, record: SubmitRecord) -> None:
         self._ledger.submit(Submission(task, record.priority, record.route,
                                        tuple(record.after),
                                        _substitute if record.refs else None))
-        return None
 
     def _taken(self, task_id: str, own_prefix: str) -> bool:
-        """Whether a task of this cluster has this id: one live, one a client named so
-        before, or one of an earlier life of the cluster (ids a client made under its own
-        session's prefix are new by construction)."""
+        """Whether a task of this cluster has this id: one live, one the cluster's own
+        ensemble has, one a client named so before, or one of an earlier life of the
+        cluster (ids a client made under its own session's prefix are new by
+        construction)."""
         if task_id in self._ledger.live_ids:
             return True
         if own_prefix and task_id.startswith(own_prefix):
             return False
-        return task_id in self._given or task_id in self._earlier
+        return task_id in self._given or task_id in self._earlier or \
+            task_id in self._ensemble_ids
 
     def finished(self, task: Task | UnbuildableTask) -> None:
         """A task is final: a function no live task needs any more is let go."""
@@ -106,28 +116,25 @@ class TaskIntake:
         else:
             del self._uses[digest]
             self._functions.release(digest)
-            self._blobs.pop(digest, None)
 
     def resubmit_unfinished(self) -> int:
-        """After a restart: every task submitted before and not finished, in its order."""
+        """After a restart: every task submitted before and not finished, in its order; one
+        that no longer loads (its module is gone) is recorded failed, with why."""
         n = 0
         for task_id, blob in self._store.unfinished_submissions():
-            record = SubmitRecord._make(msgpack.unpackb(blob))
-            problem = self._resubmit(record)
-            if problem is not None:
-                log.error("cluster: cannot submit %s again: %s", task_id, problem)
             n += 1
+            try:
+                record = SubmitRecord._make(msgpack.unpackb(blob))
+                problem = record_problem(record)
+                if problem is None:
+                    self._enter(self._build(record), record)
+                    continue
+            except Exception as exc:  # noqa: BLE001 - one task that no longer loads
+                problem = str(exc)
+            log.error("cluster: cannot submit %s again: %s", task_id, problem)
+            self._ledger.refuse(UnbuildableTask(task_id, None, problem),
+                                f"cannot run again after the restart: {problem}")
         return n
-
-    def _resubmit(self, record: SubmitRecord) -> str | None:
-        try:
-            task = self._build(record)
-        except Exception as exc:  # noqa: BLE001 - one task that no longer loads is reported
-            return str(exc)
-        self._ledger.submit(Submission(task, record.priority, record.route,
-                                       tuple(record.after),
-                                       _substitute if record.refs else None))
-        return None
 
     # -- building ----------------------------------------------------------------------------
 
@@ -139,21 +146,22 @@ class TaskIntake:
         args, kwargs = pickle.loads(record.args) if record.args is not None else ((), {})
         if type(args) is not tuple:
             args = tuple(args)
+        if type(kwargs) is not dict:
+            raise ConfigError("its keyword arguments are not a mapping")
         if record.digest is None:
             return Task(task_id=record.task_id, args=args, kwargs=kwargs, **spec)
         fn = self._function(record.digest)
+        task = Task(task_id=record.task_id, executable=fn, args=args, kwargs=kwargs, **spec) \
+            if spec else trusted_task(record.task_id, executable=fn, args=args, kwargs=kwargs)
         self._digests[record.task_id] = record.digest
         self._uses[record.digest] = self._uses.get(record.digest, 0) + 1
-        if spec or not record.task_id:
-            return Task(task_id=record.task_id, executable=fn, args=args, kwargs=kwargs,
-                        **spec)
-        return trusted_task(record.task_id, executable=fn, args=args, kwargs=kwargs)
+        return task
 
     def _function(self, digest: bytes) -> Callable:
         fn = self._functions.functions.get(digest)
         if fn is not None:
             return fn
-        blob = self._blobs.get(digest) or self._functions.blobs.get(digest)
+        blob = self._blobs.pop(digest, None) or self._functions.blobs.get(digest)
         if blob is None:
             blob = self._store.function(digest)
         if blob is None:
@@ -164,8 +172,7 @@ class TaskIntake:
         digest = record.digest
         if digest is not None and digest not in self._journaled:
             self._journaled.add(digest)
-            self._store.add_function(digest, self._blobs.get(digest)
-                                     or self._functions.blobs[digest])
+            self._store.add_function(digest, self._functions.blobs[digest])
         self._store.add_submitted(record.task_id, msgpack.packb(list(record),
                                                                 use_bin_type=True))
 
@@ -226,6 +233,31 @@ class TaskIntake:
             self._checked.clear()
         found = self._checked[key] = check()
         return found
+
+
+def record_problem(record: SubmitRecord) -> str | None:
+    """What is wrong with the types of a record from the network, in one line, or None.
+    The spec's values are checked by Task itself."""
+    if type(record.task_id) is not str or not record.task_id:
+        return f"task_id must be a non-empty string, got {_short(record.task_id)}"
+    label = f"task {_short(record.task_id)}"
+    if type(record.spec) is not dict or not all(type(k) is str for k in record.spec):
+        return f"{label}: its options are not a mapping of names"
+    for name in ("digest", "args"):
+        value = getattr(record, name)
+        if value is not None and type(value) is not bytes:
+            return f"{label}: {name} must be bytes, got {_short(value)}"
+    if record.digest is None and "executable" not in record.spec:
+        return f"{label}: executable is required"
+    if type(record.after) is not list or not all(type(a) is str for a in record.after):
+        return f"{label}: dependencies must be task ids, got {_short(record.after)}"
+    if type(record.refs) is not bool:
+        return f"{label}: refs must be true or false, got {_short(record.refs)}"
+    if type(record.priority) is not int or not -2**63 <= record.priority < 2**63:
+        return f"{label}: priority must be a whole number, got {_short(record.priority)}"
+    if type(record.route) is not str:
+        return f"{label}: route must be a node name, got {_short(record.route)}"
+    return None
 
 
 #: The shape of a callable with every option at its default.

@@ -125,10 +125,11 @@ class ParentEndpoint:
     def sockets(self) -> list[zmq.Socket]:
         return [s for s in (self.router, self._zap) if s is not None]
 
-    def send(self, child: bytes, message: Message) -> bool:
-        """Send to a child; False when that child is not connected (any more)."""
+    def send(self, child: bytes, message: Message, *, block: bool = True) -> bool:
+        """Send to a child; False when that child is not connected (any more). Without
+        ``block``, a peer whose queue is full raises ``zmq.Again`` instead of waiting."""
         try:
-            self.router.send_multipart([child, message.encode()])
+            self.router.send_multipart([child, message.encode()], 0 if block else zmq.NOBLOCK)
         except zmq.ZMQError as exc:
             if exc.errno == zmq.EHOSTUNREACH:
                 return False

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import pickle
 import signal
 import time
 from collections import OrderedDict, deque
@@ -150,6 +151,11 @@ class Ledger:
         task = submission.task
         entry = _Entry(task, self._attempt_of(task.task_id), priority=submission.priority,
                        route=submission.route, submitted=submission)
+        if task.task_id in submission.after:
+            self._live[task.task_id] = entry
+            self._final(entry, _failed("dependency", f"DependencyFailed: {task.task_id!r} "
+                                       "depends on itself"))
+            return
         self._live[task.task_id] = entry
         self._recorder.counts.submitted(task.ensemble)
         if not submission.after:
@@ -396,7 +402,8 @@ class Ledger:
                 final: bool = True) -> None:
         self._recorder.add(entry.task, result, host, cpus, gpus, entry.attempt, final)
         if final and entry.submitted is not None:
-            self._settle(entry.task.task_id, Settled(result.state, result.value,
+            self._settle(entry.task.task_id, Settled(result.state,
+                                                     _passed_value(entry.task, result),
                                                      result.reason))
 
     def _settle(self, task_id: str, settled: Settled) -> None:
@@ -435,7 +442,7 @@ class Ledger:
         self._record_pending(why)
         for entry in list(self.inflight.values()):
             self._running(entry, -1)
-            self._final(entry, _not_run("interrupted", why))
+            self._final(entry, _cancelled() if entry.cancelled else _not_run("interrupted", why))
         self.inflight.clear()
 
     def _record_pending(self, why: str) -> None:
@@ -447,6 +454,11 @@ class Ledger:
         for entry in pending:
             if not entry.cancelled:
                 self._final(entry, _not_run("interrupted", why))
+
+    def refuse(self, task: Task | UnbuildableTask, why: str) -> None:
+        """A task that cannot enter (one submitted before a restart that no longer loads):
+        recorded failed, so that it has its one final result."""
+        self._recorder.add(task, _failed("invalid", why), "", "", "")
 
     def _running(self, entry: _Entry, change: int) -> None:
         by = self._recorder.counts.handed_out
@@ -461,6 +473,14 @@ def runs_again(state: str, retry_failed: bool) -> bool:
     """Whether a resume runs a task whose earlier final result has ``state``: tasks not run
     do, failed ones only with ``retry_failed``, succeeded and cancelled ones never."""
     return state == NOT_RUN or (retry_failed and state not in (SUCCEEDED, CANCELLED))
+
+
+def _passed_value(task: Task, result: RunResult) -> bytes | None:
+    """What a task's dependents get for it, pickled: a callable's return value, a command's
+    stdout (with return_stdout) or else its exit status, as the client's future holds."""
+    if task.is_callable or result.state != SUCCEEDED:
+        return result.value
+    return pickle.dumps(result.stdout if result.stdout is not None else result.returncode)
 
 
 def _interrupted(result: RunResult) -> RunResult:

@@ -29,6 +29,9 @@ log = logging.getLogger("ensemble_launcher")
 class Door(Protocol):
     """What serves a cluster's clients from the root's loop (``cluster.desk.ClientDesk``)."""
 
+    @property
+    def has_pending(self) -> bool: ...
+
     def sockets(self) -> tuple[zmq.Socket, ...]: ...
 
     def pump(self) -> None: ...
@@ -40,6 +43,8 @@ class Door(Protocol):
 
 class _Closed:
     """The door of ``el run``: no clients."""
+
+    has_pending = False
 
     def sockets(self) -> tuple[zmq.Socket, ...]:
         return ()
@@ -85,6 +90,10 @@ class _RootFeed(LocalFeed):
     @property
     def exhausted(self) -> bool:
         return self._ledger.exhausted
+
+    @property
+    def has_pending(self) -> bool:  # type: ignore[override]
+        return self._control.door.has_pending
 
     def sockets(self) -> tuple[zmq.Socket, ...]:
         return self._control.door.sockets()

@@ -97,7 +97,7 @@ def task_to_wire(key: int, task: Task, functions: FunctionTable, priority: int =
                  route: str = "") -> WireTask:
     if task.is_callable:
         command, digest = None, functions.digest_of(task.executable)  # type: ignore[arg-type]
-        args_blob = _pickle((task.args, dict(task.kwargs))) if task.args or task.kwargs \
+        args_blob = pickle_any((task.args, dict(task.kwargs))) if task.args or task.kwargs \
             else None
     else:
         command, digest, args_blob = command_line(task.executable, task.args), None, None
@@ -119,7 +119,9 @@ def task_from_wire(item: WireTask, functions: FunctionTable) -> tuple[int, Task]
                                   item.ensemble)
 
 
-def _pickle(value: Any) -> bytes:
+def pickle_any(value: Any) -> bytes:
+    """``value`` pickled, by cloudpickle when plain pickle refuses it (a lambda among the
+    arguments)."""
     try:
         return pickle.dumps(value, 5)
     except Exception:  # noqa: BLE001 - arguments only cloudpickle can handle

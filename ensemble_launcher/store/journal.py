@@ -211,6 +211,7 @@ class RunStore:
         self.failure: StoreError | None = None
         self._submitted: list[tuple[str, bytes]] = []
         self._functions: list[tuple[bytes, bytes]] = []
+        self._indexed = False
 
     def __enter__(self) -> RunStore:
         return self
@@ -313,18 +314,22 @@ class RunStore:
 
     def final_outcome(self, task_id: str) -> tuple[str, bytes | None, str | None] | None:
         """(state, value, reason) of the task's final result, None if it has none; rows not
-        flushed yet included. Without the index (built when the run ends) this reads the
-        table through: for the rare dependency on a task finished long ago."""
+        flushed yet included. The first call builds the index on task_id that a run
+        otherwise builds when it ends (a cluster asks only for a dependency finished long
+        ago, rarely)."""
         for row in reversed(self._buffer):
             if row[0] == task_id:
                 return row[3], row[6], row[4]
+        if not self._indexed:
+            self._indexed = True
+            self._one(_INDEX, None)
         row = self._one("SELECT state, value, reason FROM results WHERE task_id = ?", task_id)
         return None if row is None else (row[0], row[1], row[2])
 
     def _one(self, query: str, key: Any) -> tuple | None:
         conn = self._require_open()
         try:
-            return conn.execute(query, (key,)).fetchone()
+            return conn.execute(query, () if key is None else (key,)).fetchone()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read {self.path}: {exc}") from exc
 

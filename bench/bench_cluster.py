@@ -55,6 +55,7 @@ from bench_core import (
     median_rates,
     noop,
     print_summary,
+    run_benchmarks,
     say,
     scratch_dir,
     timed,
@@ -414,14 +415,8 @@ def main(argv: list[str]) -> int:
     sizes = sizes_from(args)
     say(f"ensemble_launcher cluster benchmarks: {POOL_WORKERS} cores, Python "
         f"{sys.version.split()[0]}{', quick' if args.quick else ''}")
-    rows: list[Row] = []
     started = time.perf_counter()
-    for name in args.only or BENCHMARKS:
-        try:
-            rows.extend(RUNNERS[name](sizes))
-        except Exception as exc:  # noqa: BLE001 - one broken benchmark must not hide the rest
-            say(f"[{name}] ERROR: {type(exc).__name__}: {exc}")
-            rows.append(Row(name, "error", "-", None, "-", False))
+    rows = run_benchmarks(args.only or BENCHMARKS, RUNNERS, sizes)
     print_summary(rows)
     say(f"\ntotal {time.perf_counter() - started:.0f} s; benchmarks report, they do not gate")
     return 0

@@ -47,10 +47,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from ensemble_launcher import EnsembleLauncher, Task
 
@@ -403,6 +404,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def run_benchmarks(names: Sequence[str], runners: dict[str, Callable[[Any], list[Row]]],
+                   sizes: Any) -> list[Row]:
+    """Every named benchmark's rows; one that breaks is an error row, not the end."""
+    rows: list[Row] = []
+    for name in names:
+        try:
+            rows.extend(runners[name](sizes))
+        except Exception as exc:  # noqa: BLE001 - one broken benchmark must not hide the rest
+            say(f"[{name}] ERROR: {type(exc).__name__}: {exc}")
+            rows.append(Row(name, "error", "-", None, "-", False))
+    return rows
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     if args.child_callables:
@@ -415,14 +429,8 @@ def main(argv: list[str]) -> int:
     sizes = QUICK if args.quick else Sizes()
     say(f"ensemble_launcher core benchmarks: {NCORES} cores, Python "
         f"{sys.version.split()[0]}{', quick' if args.quick else ''}")
-    rows: list[Row] = []
     started = time.perf_counter()
-    for name in args.only or BENCHMARKS:
-        try:
-            rows.extend(RUNNERS[name](sizes))
-        except Exception as exc:  # noqa: BLE001 - one broken benchmark must not hide the rest
-            say(f"[{name}] ERROR: {type(exc).__name__}: {exc}")
-            rows.append(Row(name, "error", "-", None, "-", False))
+    rows = run_benchmarks(args.only or BENCHMARKS, RUNNERS, sizes)
     print_summary(rows)
     say(f"\ntotal {time.perf_counter() - started:.0f} s; benchmarks report, they do not gate")
     return 0

@@ -36,6 +36,7 @@ from pathlib import Path
 
 from ensemble_launcher import EnsembleLauncher, Task
 from ensemble_launcher.config import LauncherConfig, SystemConfig
+from ensemble_launcher.orchestrator.feeds import LocalFeed
 
 BENCHMARKS = ("levels", "scale", "latency")
 
@@ -216,7 +217,7 @@ def tree_round_trips(count: int) -> list[float]:
     return upstream.trips[10:]
 
 
-class OneAtATime:
+class OneAtATime(LocalFeed):
     """An upstream for a root Master that releases the next task only when the previous
     result is back."""
 
@@ -245,15 +246,6 @@ class OneAtATime:
     def record_rows(self, rows) -> None:
         self.trips.append(time.perf_counter() - self._sent_at)
         self._sent_at = None
-
-    def want(self, n: int) -> None:
-        pass
-
-    def sockets(self):
-        return ()
-
-    def pump(self) -> None:
-        pass
 
     def node_lost(self, *args) -> None:
         raise RuntimeError(f"the worker was lost: {args}")

@@ -10,6 +10,7 @@ the tail of its log, which pytest shows when the test fails.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import signal
@@ -167,7 +168,7 @@ def journal_result(directory: Path, task_id: str, timeout: float = 30.0) -> Task
     """A task's final result, once the head has written it to the journal."""
     def read() -> TaskResult | None:
         with closing(Results(directory)) as results:
-            return results[task_id] if task_id in results else None
+            return results.get(task_id)
     return wait_for(read, f"the result of {task_id} in {directory}", timeout)
 
 
@@ -188,12 +189,32 @@ def gone(pid: int) -> bool:
     return not process_alive(pid)
 
 
+def lock_free(directory: Path) -> bool:
+    """Whether no launcher holds the run directory's lock (the kernel drops a killed
+    holder's lock a moment after it is a zombie)."""
+    fd = os.open(directory / "lock", os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def kill_head(directory: Path) -> None:
+    """kill -9 of the cluster's head; returns once it is gone and its lock dropped."""
+    pid = ClusterFile(directory).read().pid
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: gone(pid) and lock_free(directory), "the killed head to be gone", 10)
+
+
 def el_command() -> list[str]:
     script = Path(sys.executable).with_name("el")
     return [str(script)] if script.exists() else [sys.executable, "-m", "ensemble_launcher.cli"]
 
 
-def el(*args: Any, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+def run_el(*args: Any, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
     return subprocess.run([*el_command(), *map(str, args)], capture_output=True, text=True,
                           cwd=cwd, env=env, timeout=90)
 
@@ -217,8 +238,8 @@ class Clusters:
         self.gates = tmp_path / "gates"
         self.gates.mkdir()
         self.dirs: list[Path] = []
-        self._heads: list[subprocess.Popen] = []
         self._launchers: list[EnsembleLauncher] = []
+        self._heads: list[subprocess.Popen] = []
 
     def config(self, directory: Path, **options: Any) -> LauncherConfig:
         options.setdefault("nlevels", 0)
@@ -252,6 +273,11 @@ class Clusters:
     def open(self, name: str) -> None:
         Path(self.gate(name)).touch()
 
+    def wait_started(self, name: str) -> None:
+        """Until the task behind gate ``name`` runs (it wrote ``name.started``)."""
+        started = Path(self.gate(f"{name}.started"))
+        wait_for(started.exists, f"the task behind gate {name} to start")
+
     def close(self) -> None:
         (self.gates / "ALL").touch()
         for launcher in self._launchers:
@@ -269,7 +295,7 @@ class Clusters:
 
     @staticmethod
     def _kill_stray_head(directory: Path) -> None:
-        """A head started by el start (not our child) that is still up."""
+        """A head that did not stop (or one el start started) is killed."""
         try:
             info = ClusterFile(directory).read()
         except ClusterLost:
@@ -289,9 +315,14 @@ def clusters(tmp_path: Path) -> Iterator[Clusters]:
 
 
 @pytest.fixture
-def cluster(clusters: Clusters) -> EnsembleLauncher:
-    """A running cluster on 2 cores, nlevels=0."""
-    return clusters.start()
+def cluster(clusters: Clusters, request: pytest.FixtureRequest) -> EnsembleLauncher:
+    """A running cluster on 2 cores, at nlevels=0 unless the test is parametrized with
+    ``at_depths``."""
+    return clusters.start(nlevels=getattr(request, "param", 0))
+
+
+at_depths = pytest.mark.parametrize("cluster", [0, 1], indirect=True,
+                                    ids=["nlevels0", "nlevels1"])
 
 
 @pytest.fixture
@@ -306,8 +337,7 @@ def block_both_cores(client: ClusterClient, clusters: Clusters,
     futures = [client.submit(wait_for_gate, clusters.gate(name),
                              clusters.gate(f"{name}.started")) for name in names]
     for name in names:
-        wait_for(lambda name=name: Path(clusters.gate(f"{name}.started")).exists(),
-                 f"blocker {name} to start")
+        clusters.wait_started(name)
     return futures
 
 
@@ -378,7 +408,7 @@ def test_cli_start_submit_status_stop(tmp_path, clusters):
     (tmp_path / "submit_tasks.py").write_text(SUBMIT_SCRIPT)
     env = {**os.environ, "XDG_STATE_HOME": str(tmp_path / "state")}
 
-    started = el("start", "my_ensemble.json", "--launcher-config-file",
+    started = run_el("start", "my_ensemble.json", "--launcher-config-file",
                  "launcher_cluster.json", cwd=tmp_path, env=env)
     assert started.returncode == 0, started.stderr
     assert started.stdout.strip() == str(checkpoint_dir.resolve())
@@ -386,10 +416,13 @@ def test_cli_start_submit_status_stop(tmp_path, clusters):
                                capture_output=True, text=True, cwd=tmp_path, env=env, timeout=90)
     assert submitted.returncode == 0, submitted.stderr
     assert json.loads(submitted.stdout) == {f"sq-{i}": i * i for i in range(5)}
-    status = el("status", checkpoint_dir, cwd=tmp_path, env=env)
-    assert status.returncode == 0, status.stderr
-    assert "greet" in status.stdout, status.stdout
-    stopped = el("stop", cwd=tmp_path, env=env)
+    def status() -> str | None:
+        shown = run_el("status", checkpoint_dir, cwd=tmp_path, env=env)
+        assert shown.returncode == 0, shown.stderr
+        return shown.stdout if "greet: 3/3 finished" in shown.stdout else None
+    live = wait_for(status, "el status to show the ensemble finished", 15)
+    assert "running" in live.splitlines()[0], live
+    stopped = run_el("stop", cwd=tmp_path, env=env)
     assert stopped.returncode == 0, stopped.stderr
     assert not (checkpoint_dir / "cluster.json").exists()
 
@@ -402,14 +435,14 @@ def test_cli_start_submit_status_stop(tmp_path, clusters):
 def test_a_non_empty_ensemble_runs_first_and_el_stop_dir_stops_it(tmp_path, clusters):
     tasks = {f"first-{i}": Task(task_id=f"first-{i}", executable=double, args=(i,))
              for i in range(4)}
-    el_ = clusters.start(tasks)
+    launcher = clusters.start(tasks)
     for task_id in tasks:
-        assert journal_result(el_.run_dir, task_id).value == 2 * int(task_id.split("-")[1])
-    with ClusterClient(el_.run_dir) as client:
+        assert journal_result(launcher.run_dir, task_id).value == 2 * int(task_id.split("-")[1])
+    with ClusterClient(launcher.run_dir) as client:
         assert client.submit(double, 21).result(timeout=60) == 42
-    stopped = el("stop", el_.run_dir, cwd=tmp_path, env=dict(os.environ))
+    stopped = run_el("stop", launcher.run_dir, cwd=tmp_path, env=dict(os.environ))
     assert stopped.returncode == 0, stopped.stderr
-    assert all(r.ok for r in all_results(el_.run_dir).values())
+    assert all(r.ok for r in all_results(launcher.run_dir).values())
 
 
 def test_submit_batch_map_wait_and_as_completed(client):
@@ -441,16 +474,77 @@ def test_stop_drains_work_of_a_client_that_left(cluster, tmp_path):
     assert results["link-4"].ok and results["link-4"].value == 5
 
 
+@pytest.mark.parametrize(("nlevels", "node_id"), [(1, "main.w0"), (2, "main.m0"),
+                                                (2, "main.m0.w0"), (1, "main")])
+def test_a_client_routed_to_a_subtree_gets_its_results(clusters, nlevels, node_id):
+    launcher = clusters.start(nlevels=nlevels)
+    with ClusterClient(checkpoint_dir=launcher.run_dir, node_id=node_id) as client:
+        futures = [client.submit(Task(task_id=f"routed-{i}", executable=double, args=(i,)))
+                   for i in range(6)]
+        futures.append(client.submit("true"))
+        assert [f.result(timeout=60) for f in futures] == [0, 2, 4, 6, 8, 10, 0]
+
+
+@pytest.mark.parametrize("how", ["el stop", "kill -9"])
+def test_stop_of_a_cluster_already_gone_returns_and_reaps_the_head(clusters, tmp_path, how):
+    """el stop from a shell (or a head that died) before the script's own stop(), as at
+    the end of a with block: stop() has nothing left to do, and leaves no zombie."""
+    launcher = clusters.start()
+    head = launcher._head
+    assert head is not None
+    if how == "el stop":
+        stopped = run_el("stop", launcher.run_dir, cwd=tmp_path, env=dict(os.environ))
+        assert stopped.returncode == 0, stopped.stderr
+    else:
+        head.send_signal(signal.SIGKILL)
+    launcher.stop(timeout=10)
+    assert head.poll() is not None, "stop() returned with the head still running"
+
+
+def _dead_pid() -> int:
+    child = subprocess.Popen(["true"])
+    child.wait()
+    return child.pid
+
+
+@pytest.mark.parametrize("head", ["alive", "dead"])
+def test_start_raises_when_no_head_answers(tmp_path, head):
+    """A cluster.json left behind, or naming a head that never answers (hung, or its pid
+    reused): start() raises ClusterLost, never hands back a client that is already lost."""
+    directory = tmp_path / "ck"
+    directory.mkdir(mode=0o700)
+    pid = os.getpid() if head == "alive" else _dead_pid()
+    (directory / "cluster.json").write_text(json.dumps({
+        "address": f"ipc://{directory}/cluster.sock", "pid": pid, "host": os.uname().nodename,
+        "heartbeat": HEARTBEAT}))
+    client = ClusterClient(directory)
+    try:
+        with pytest.raises(ClusterLost):
+            client.start(timeout=5)
+    finally:
+        client.teardown()
+
+
+def test_tasks_submitted_before_shutdown_still_run(cluster):
+    """shutdown_cluster() (what el stop sends) right after submits: those tasks were
+    submitted first, so they run, and then the head stops."""
+    with ClusterClient(cluster.run_dir) as client:
+        futures = [client.submit(double, i) for i in range(5)]
+        client.shutdown_cluster()
+        assert [f.result(timeout=60) for f in futures] == [0, 2, 4, 6, 8]
+    wait_for(lambda: not (cluster.run_dir / "cluster.json").exists(), "the head to stop", 30)
+
+
 def test_a_client_for_an_unknown_node_is_refused(cluster):
     with pytest.raises(ClusterLost, match="main.nowhere"):
         ClusterClient(cluster.run_dir, node_id="main.nowhere").start(timeout=10)
 
 
 def test_el_run_is_refused_in_cluster_mode(clusters, tmp_path):
-    el_ = EnsembleLauncher(ensemble_file={}, system_config=system(),
+    launcher = EnsembleLauncher(ensemble_file={}, system_config=system(),
                            launcher_config=clusters.config(tmp_path / "never"))
     with pytest.raises(ConfigError, match="start"):
-        el_.run()
+        launcher.run()
     assert not (tmp_path / "never").exists()
 
 
@@ -469,8 +563,8 @@ def test_a_command_future_holds_exit_code_zero(client):
 
 
 def test_a_command_future_holds_stdout_with_return_stdout(clusters):
-    el_ = clusters.start(return_stdout=True)
-    with ClusterClient(el_.run_dir) as client:
+    launcher = clusters.start(return_stdout=True)
+    with ClusterClient(launcher.run_dir) as client:
         assert client.submit("echo", "hello", "world").result(timeout=60) == "hello world\n"
         assert client.submit(Task(task_id="cmd", executable="echo from-a-task")).result(
             timeout=60) == "from-a-task\n"
@@ -564,39 +658,68 @@ def test_a_failing_dependency_fails_its_dependents_which_never_run(cluster, clie
 # -- 4. cancel ------------------------------------------------------------------------------
 
 
+@at_depths
 def test_cancel_of_a_pending_task_it_never_runs(cluster, clusters, client, tmp_path):
+    """The first pending task may already wait in a worker's queue, the last is still in
+    the head's: cancelled, neither runs, and a task that takes the first's value fails."""
     blockers = block_both_cores(client, clusters)
-    marker = tmp_path / "pending-ran"
-    pending = client.submit(touch, str(marker))
-    dependent = client.submit(inc, pending)
-    assert pending.cancel() is True
-    with pytest.raises(CancelledError):
-        pending.result(timeout=10)
+    pending = [client.submit(touch, str(tmp_path / f"pending-{i}")) for i in range(8)]
+    dependent = client.submit(inc, pending[0])
+    wait_for(lambda: submitted_count(cluster.run_dir, [f.task_id for f in pending]) == 8,
+             "the head to have the pending tasks")
+    cancelled = (pending[0], pending[-1])
+    assert [future.cancel() for future in cancelled] == [True, True]
+    for future in cancelled:
+        with pytest.raises(CancelledError):
+            future.result(timeout=10)
+    clusters.open("a")
+    clusters.open("b")
     with pytest.raises(DependencyFailed, match="cancelled"):
         dependent.result(timeout=30)
+    for blocker in blockers:
+        blocker.result(timeout=30)
+    for future in pending[1:-1]:
+        future.result(timeout=30)
+    for future in cancelled:
+        assert journal_result(cluster.run_dir, future.task_id).state == "cancelled"
+    ran = sorted(path.name for path in tmp_path.glob("pending-*"))
+    assert ran == [f"pending-{i}" for i in range(1, 7)]
+
+
+@at_depths
+def test_cancel_right_after_submit_is_not_lost(cluster, clusters, client, tmp_path):
+    """The cancel may reach the head in the same turn as the task: it still never runs."""
+    blockers = block_both_cores(client, clusters)
+    marker = tmp_path / "ran"
+    future = client.submit(touch, str(marker))
+    dependent = client.submit(inc, future)
+    assert future.cancel() is True
     clusters.open("a")
     clusters.open("b")
     for blocker in blockers:
         blocker.result(timeout=30)
-    assert client.submit(inc, 1).result(timeout=30) == 2
-    assert journal_result(cluster.run_dir, pending.task_id).state == "cancelled"
+    with pytest.raises(DependencyFailed, match="cancelled"):
+        dependent.result(timeout=30)
+    assert journal_result(cluster.run_dir, future.task_id).state == "cancelled"
     assert not marker.exists()
 
 
+@at_depths
 @pytest.mark.parametrize("kind", ["command", "callable"])
-def test_cancel_of_a_running_task_stops_its_process(cluster, client, tmp_path, kind):
-    pid_file = tmp_path / "pid"
+def test_cancel_of_a_running_task_stops_its_processes(cluster, client, tmp_path, kind):
+    pid_file = tmp_path / "pids"
     if kind == "command":
-        running = client.submit(["sh", "-c", f"echo $$ > {pid_file}.tmp; "
-                                 f"mv {pid_file}.tmp {pid_file}; exec sleep 60"])
+        running = client.submit(["sh", "-c", f"sleep 60 & echo $$ $! > {pid_file}.tmp; "
+                                 f"mv {pid_file}.tmp {pid_file}; wait"])
     else:
         running = client.submit(wait_for_gate, str(tmp_path / "never"), str(pid_file))
-    pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text().strip(),
-                       "the task to start"))
+    pids = wait_for(lambda: pid_file.exists() and pid_file.read_text().split(),
+                    "the task to start")
     assert running.cancel() is True
     with pytest.raises(CancelledError):
         running.result(timeout=1)
-    wait_for(lambda: gone(pid), f"the task's process {pid} to be stopped", 15)
+    for pid in map(int, pids):
+        wait_for(lambda pid=pid: gone(pid), f"the task's process {pid} to be stopped", 15)
     assert journal_result(cluster.run_dir, running.task_id).state == "cancelled"
     assert [client.submit(inc, n).result(timeout=30) for n in range(3)] == [1, 2, 3]
 
@@ -609,6 +732,7 @@ def test_cancel_returns_false_for_a_finished_task(client):
     assert not future.cancelled()
 
 
+@at_depths
 def test_cancel_tag_cancels_every_task_with_the_tag(cluster, clusters, client, tmp_path):
     blockers = block_both_cores(client, clusters)
     tagged = [client.submit(Task(task_id=f"tagged-{i}", executable=touch,
@@ -636,15 +760,15 @@ def test_cancel_tag_cancels_every_task_with_the_tag(cluster, clusters, client, t
 
 @pytest.mark.parametrize("nlevels", [0, 1])
 def test_a_high_priority_task_starts_before_pending_low_ones(clusters, nlevels):
-    el_ = clusters.start(nlevels=nlevels)
-    with ClusterClient(el_.run_dir) as client:
+    launcher = clusters.start(nlevels=nlevels)
+    with ClusterClient(launcher.run_dir) as client:
         blockers = block_both_cores(client, clusters)
         low = [client.submit(Task(task_id=f"low-{i}", executable=inc, args=(i,)))
                for i in range(20)]
-        wait_for(lambda: submitted_count(el_.run_dir, [f.task_id for f in low]) == 20,
+        wait_for(lambda: submitted_count(launcher.run_dir, [f.task_id for f in low]) == 20,
                  "the head to have the low-priority tasks")
         high = client.submit(Task(task_id="high", executable=inc, args=(0,)), priority=10)
-        wait_for(lambda: submitted_count(el_.run_dir, ["high"]) == 1,
+        wait_for(lambda: submitted_count(launcher.run_dir, ["high"]) == 1,
                  "the head to have the high-priority task")
         clusters.open("a")
         for future in [high, *low]:
@@ -652,7 +776,7 @@ def test_a_high_priority_task_starts_before_pending_low_ones(clusters, nlevels):
         clusters.open("b")
         for blocker in blockers:
             blocker.result(timeout=30)
-    results = all_results(el_.run_dir)
+    results = all_results(launcher.run_dir)
     low_starts = [results[f"low-{i}"].start_time for i in range(20)]
     order = sorted(["high", *(f"low-{i}" for i in range(20))],
                    key=lambda task_id: results[task_id].start_time)
@@ -662,8 +786,8 @@ def test_a_high_priority_task_starts_before_pending_low_ones(clusters, nlevels):
 
 def test_submit_of_a_task_takes_priority_from_the_keyword(clusters):
     """The keyword also applies to submit(Task): a Task has no priority field of its own."""
-    el_ = clusters.start()
-    with ClusterClient(el_.run_dir) as client:
+    launcher = clusters.start()
+    with ClusterClient(launcher.run_dir) as client:
         assert client.submit(Task(task_id="p", executable=inc, args=(1,)),
                              priority=5).result(timeout=60) == 2
 
@@ -708,7 +832,6 @@ def test_two_clients_at_once_each_get_their_own_results(cluster, tmp_path):
             twos = [second.submit(add, i, 200) for i in range(30)]
             assert [f.result(timeout=60) for f in ones] == [100 + i for i in range(30)]
             assert [f.result(timeout=60) for f in twos] == [200 + i for i in range(30)]
-            assert not first._futures and not second._futures
         out, err = other.communicate(timeout=90)
     finally:
         if other.poll() is None:
@@ -716,6 +839,19 @@ def test_two_clients_at_once_each_get_their_own_results(cluster, tmp_path):
             other.wait()
     assert other.returncode == 0, err
     assert json.loads(out) == [1000 + i for i in range(30)]
+
+
+def test_a_task_id_another_client_holds_is_refused_to_the_second(cluster, clusters):
+    with ClusterClient(cluster.run_dir) as first, ClusterClient(cluster.run_dir) as second:
+        mine = first.submit(Task(task_id="shared-id", executable=wait_for_gate,
+                                 args=(clusters.gate("shared"),)))
+        wait_for(lambda: submitted_count(cluster.run_dir, ["shared-id"]) == 1,
+                 "the head to have the first task")
+        theirs = second.submit(Task(task_id="shared-id", executable=inc, args=(1,)))
+        with pytest.raises(InvalidTask, match="already a task"):
+            theirs.result(timeout=30)
+        clusters.open("shared")
+        assert mine.result(timeout=30) == clusters.gate("shared")
 
 
 def _copy_with_keys(source: Path, target: Path, **keys: str) -> Path:
@@ -827,20 +963,20 @@ def _raw_dealer(ctx: zmq.Context, directory: Path) -> zmq.Socket:
 @pytest.mark.parametrize("transport", ["tcp", "ipc"])
 def test_garbage_frames_do_not_crash_the_head(clusters, transport):
     options = {"cluster_address": "127.0.0.1"} if transport == "tcp" else {}
-    el_ = clusters.start(name=transport, **options)
-    assert ClusterFile(el_.run_dir).read().address.startswith(f"{transport}://")
-    pid = ClusterFile(el_.run_dir).read().pid
+    launcher = clusters.start(name=transport, **options)
+    assert ClusterFile(launcher.run_dir).read().address.startswith(f"{transport}://")
+    pid = ClusterFile(launcher.run_dir).read().pid
     ctx = zmq.Context()
     try:
-        dealer = _raw_dealer(ctx, el_.run_dir)
+        dealer = _raw_dealer(ctx, launcher.run_dir)
         for frames in _garbage_messages():
             dealer.send_multipart(frames)
         stranger = ctx.socket(zmq.DEALER)
         stranger.setsockopt(zmq.LINGER, 0)
-        stranger.connect(ClusterFile(el_.run_dir).read().address)
+        stranger.connect(ClusterFile(launcher.run_dir).read().address)
         for frames in GARBAGE:
             stranger.send_multipart(frames)
-        with ClusterClient(el_.run_dir) as good:
+        with ClusterClient(launcher.run_dir) as good:
             assert good.submit(inc, 1).result(timeout=60) == 2
             for frames in GARBAGE:
                 dealer.send_multipart(frames)
@@ -850,7 +986,7 @@ def test_garbage_frames_do_not_crash_the_head(clusters, transport):
     finally:
         ctx.term()
     assert process_alive(pid)
-    assert "dropped a bad frame" in log_tail(el_.run_dir, 400)
+    assert "dropped a bad frame" in log_tail(launcher.run_dir, 400)
 
 
 def test_checkpoint_dir_is_0700_and_cluster_json_0600(tcp_cluster):
@@ -858,6 +994,12 @@ def test_checkpoint_dir_is_0700_and_cluster_json_0600(tcp_cluster):
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
     assert stat.S_IMODE((directory / "cluster.json").stat().st_mode) == 0o600
     assert stat.S_IMODE((directory / "head.pkl").stat().st_mode) == 0o600
+    with ClusterClient(directory) as client:
+        assert client.submit(inc, 1).result(timeout=60) == 2
+    secret = json.loads((directory / "cluster.json").read_text())["client_secret"].encode()
+    holding = [path for path in directory.rglob("*") if path.is_file()
+               and path.name != "cluster.json" and secret in path.read_bytes()]
+    assert not holding, f"the client's secret key is also in {holding}"
 
 
 def _secrets_of(directory: Path) -> list[str]:
@@ -876,10 +1018,10 @@ def _assert_no_key_material(env: dict[str, str], secrets: list[str]) -> None:
 
 @pytest.mark.parametrize("nlevels", [0, 1])
 def test_a_task_environment_holds_no_key_material(clusters, nlevels):
-    el_ = clusters.start(cluster_address="127.0.0.1", bind_address="127.0.0.1",
+    launcher = clusters.start(cluster_address="127.0.0.1", bind_address="127.0.0.1",
                          nlevels=nlevels, return_stdout=True)
-    secrets = _secrets_of(el_.run_dir)
-    with ClusterClient(el_.run_dir) as client:
+    secrets = _secrets_of(launcher.run_dir)
+    with ClusterClient(launcher.run_dir) as client:
         from_callable = client.submit(environment).result(timeout=60)
         printed = client.submit(["env", "-0"]).result(timeout=60)
     from_command = dict(line.split("=", 1) for line in printed.split("\0") if "=" in line)
@@ -901,12 +1043,13 @@ def _within_three_heartbeats(futures: list, since: float) -> float:
     return time.monotonic() - since
 
 
+@pytest.mark.parametrize("nlevels", [0, 1])
 def test_a_killed_head_fails_pending_futures_and_a_restart_reruns_only_unfinished(
-        clusters, tmp_path):
+        clusters, tmp_path, nlevels):
     counters = tmp_path / "counters"
     counters.mkdir()
-    el_ = clusters.start()
-    directory = el_.run_dir
+    launcher = clusters.start(nlevels=nlevels)
+    directory = launcher.run_dir
     head_pid = ClusterFile(directory).read().pid
     with ClusterClient(directory) as client:
         quick = [client.submit(Task(task_id=f"quick-{i}", executable=count_run,
@@ -918,8 +1061,7 @@ def test_a_killed_head_fails_pending_futures_and_a_restart_reruns_only_unfinishe
                                             str(counters / f"long-{name}"))))
                    for name in ("a", "b")]
         for name in ("a", "b"):
-            wait_for(lambda name=name: Path(clusters.gate(f"{name}.started")).exists(),
-                     f"long-{name} to start")
+            clusters.wait_started(name)
         pending = [client.submit(Task(task_id=f"pending-{i}", executable=count_run,
                                       args=(str(counters / f"pending-{i}"),)))
                    for i in range(2)]
@@ -933,12 +1075,12 @@ def test_a_killed_head_fails_pending_futures_and_a_restart_reruns_only_unfinishe
             os.kill(head_pid, signal.SIGKILL)
             elapsed = _within_three_heartbeats([*running, *pending, theirs], killed_at)
     assert elapsed <= 3 * HEARTBEAT + 2.0, f"futures failed {elapsed:.1f} s after the kill"
-    wait_for(lambda: gone(head_pid), "the killed head to be gone", 10)
+    wait_for(lambda: gone(head_pid) and lock_free(directory), "the killed head to be gone", 10)
 
     clusters.open("a")
     clusters.open("b")
     again = EnsembleLauncher(ensemble_file={}, system_config=system(),
-                             launcher_config=clusters.config(directory))
+                             launcher_config=clusters.config(directory, nlevels=nlevels))
     clusters.started(again.start())
     again.stop(timeout=60)
 
@@ -949,12 +1091,81 @@ def test_a_killed_head_fails_pending_futures_and_a_restart_reruns_only_unfinishe
     assert {tid: r.state for tid, r in results.items()} == dict.fromkeys(runs, "succeeded")
 
 
+def test_a_restart_keeps_the_dependencies_of_unfinished_tasks(clusters, tmp_path):
+    """Tasks pending behind busy cores at the kill, which wait for a finished task's value
+    and for each other, run after the restart with the values from the journal."""
+    launcher = clusters.start()
+    directory = launcher.run_dir
+    with ClusterClient(directory) as client:
+        base = client.submit(Task(task_id="base", executable=inc, args=(41,)))
+        assert base.result(timeout=60) == 42
+        block_both_cores(client, clusters)
+        step = client.submit(Task(task_id="step", executable=inc, args=(base,)))
+        last = client.submit(Task(task_id="last", executable=add, args=(step, base)))
+        wait_for(lambda: submitted_count(directory, ["step", "last"]) == 2,
+                 "the head to have the pending tasks")
+        kill_head(directory)
+        for future in (step, last):
+            with pytest.raises(ClusterLost):
+                future.result(timeout=10)
+    clusters.open("a")
+    clusters.open("b")
+    again = EnsembleLauncher(ensemble_file={}, system_config=system(),
+                             launcher_config=clusters.config(directory))
+    clusters.started(again.start())
+    again.stop(timeout=60)
+    results = all_results(directory)
+    assert (results["step"].value, results["last"].value) == (43, 85)
+
+
+def test_a_cancelled_pending_task_does_not_run_after_a_restart(clusters, tmp_path):
+    """The cancel is final at once (in the journal), not when a core would have been free
+    for the task: a head killed meanwhile does not run it when it starts again."""
+    launcher = clusters.start()
+    directory = launcher.run_dir
+    with ClusterClient(directory) as client:
+        block_both_cores(client, clusters)
+        never = [client.submit(Task(task_id=f"cancelled-{i}", executable=touch,
+                                    args=(str(tmp_path / f"cancelled-{i}-ran"),)))
+                 for i in range(3)]
+        wait_for(lambda: submitted_count(directory, [f.task_id for f in never]) == 3,
+                 "the head to have the pending tasks")
+        assert all(future.cancel() for future in never)
+        for future in never:
+            assert journal_result(directory, future.task_id, 10).state == "cancelled"
+        kill_head(directory)
+    clusters.open("a")
+    clusters.open("b")
+    again = EnsembleLauncher(ensemble_file={}, system_config=system(),
+                             launcher_config=clusters.config(directory))
+    clusters.started(again.start())
+    again.stop(timeout=60)
+    assert {f"cancelled-{i}": "cancelled" for i in range(3)} == {
+        task_id: r.state for task_id, r in all_results(directory).items()
+        if task_id.startswith("cancelled")}
+    assert not list(tmp_path.glob("cancelled-*-ran"))
+
+
+def test_a_restart_right_after_the_head_died_is_not_refused(clusters):
+    """A supervisor that starts the cluster again as soon as its head is gone (its pid a
+    zombie or reaped) must not be told the directory is in use by that dead head; the
+    kernel drops the dead head's lock only a moment later, so we try a few times."""
+    directory = clusters.start().run_dir
+    for _ in range(5):
+        pid = ClusterFile(directory).read().pid
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda pid=pid: gone(pid), "the killed head to be gone", 10)
+        again = EnsembleLauncher(ensemble_file={}, system_config=system(),
+                                 launcher_config=clusters.config(directory))
+        clusters.started(again.start())
+
+
 def test_a_frozen_head_fails_pending_futures_within_three_heartbeats(clusters):
     """A head that is there but silent (stopped, or on a host we cannot see) is found
     by the heartbeats, not by its pid."""
-    el_ = clusters.start()
-    head_pid = ClusterFile(el_.run_dir).read().pid
-    with ClusterClient(el_.run_dir) as client:
+    launcher = clusters.start()
+    head_pid = ClusterFile(launcher.run_dir).read().pid
+    with ClusterClient(launcher.run_dir) as client:
         long_ones = block_both_cores(client, clusters)
         queued = client.submit(inc, 1)
         frozen_at = time.monotonic()
@@ -994,8 +1205,8 @@ def test_a_bad_task_fails_its_own_future_with_the_el_run_message(client, tmp_pat
 
 @pytest.mark.parametrize("nlevels", [0, 1, 2])
 def test_smoke_at_every_depth(clusters, nlevels):
-    el_ = clusters.start(nlevels=nlevels, return_stdout=True)
-    with ClusterClient(el_.run_dir) as client:
+    launcher = clusters.start(nlevels=nlevels, return_stdout=True)
+    with ClusterClient(launcher.run_dir) as client:
         squares = [client.submit(double, i) for i in range(50)]
         commands = [client.submit("echo", f"cmd-{i}") for i in range(5)]
         summed = client.submit(total, squares)
@@ -1003,6 +1214,6 @@ def test_smoke_at_every_depth(clusters, nlevels):
         assert summed.result(timeout=60) == sum(2 * i for i in range(50))
         assert [f.result(timeout=60) for f in commands] == [f"cmd-{i}\n" for i in range(5)]
         assert after.result(timeout=60)
-    el_.stop()
-    assert all_results(el_.run_dir).__len__() == 57
-    assert all(r.ok for r in all_results(el_.run_dir).values())
+    launcher.stop()
+    assert all_results(launcher.run_dir).__len__() == 57
+    assert all(r.ok for r in all_results(launcher.run_dir).values())

@@ -64,6 +64,7 @@ class ClientDesk:
     def __init__(self, ledger: Ledger, intake: TaskIntake, address: str, keys: CurveKeys | None,
                  cluster_file: ClusterFile, nodes: list[str], heartbeat: float) -> None:
         self._ledger = ledger
+        ledger.await_unknown = _LOST_AFTER * heartbeat
         self._intake = intake
         self._nodes = nodes
         self._heartbeat = heartbeat
@@ -139,6 +140,7 @@ class ClientDesk:
                 self._dirty.discard(identity)
 
     def tick(self) -> None:
+        self._ledger.expire_awaited()
         now = time.monotonic()
         if now - self._last_beat < self._heartbeat / 2:
             return

@@ -226,8 +226,9 @@ class LauncherConfig(_Strict):
         """The original project's executor and comm names mean ours."""
         if isinstance(data, dict):
             for key, names in _ORIGINAL_NAMES.items():
-                if data.get(key) in names:
-                    data = {**data, key: names[data[key]]}
+                value = data.get(key)
+                if isinstance(value, str) and value in names:
+                    data = {**data, key: names[value]}
         return data
 
     @model_validator(mode="after")

@@ -19,7 +19,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import pickle
-import signal
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
@@ -29,7 +28,11 @@ from ensemble_launcher.ensemble import Task
 from ensemble_launcher.ensemble.task import UnbuildableTask
 from ensemble_launcher.monitor.profiles import BasicProfile
 from ensemble_launcher.orchestrator.recording import Recorder
-from ensemble_launcher.orchestrator.signals import GracefulShutdown
+from ensemble_launcher.orchestrator.signals import (
+    GracefulShutdown,
+    died_of_stop_signal,
+    interrupted,
+)
 from ensemble_launcher.states import (
     CANCELLED,
     FAILED,
@@ -40,10 +43,6 @@ from ensemble_launcher.states import (
     never_ran,
 )
 
-#: How a task reads when it died of the signal that stops the run (Slurm signals every
-#: process of the job at walltime): killed by it, or a shell's exit status for it.
-_SHUTDOWN_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
-_SHUTDOWN_EXIT_CODES = frozenset(128 + s for s in _SHUTDOWN_SIGNALS)
 #: Final submitted tasks remembered in memory; far more than one loop turn finishes, so
 #: any older one is in the journal already.
 _SETTLED_IN_MEMORY = 4096
@@ -137,6 +136,10 @@ class Ledger:
         """The last final submitted tasks, for tasks submitted later that depend on them
         (older ones are read from the journal, which holds them once flushed)."""
         self._cancels: list[int] = []
+        self.await_unknown = 0.0
+        """Seconds a dependency that is not (yet) a task waits to be submitted: another
+        client's Submit may arrive after the one that names it. 0: it fails at once."""
+        self._awaited: dict[str, float] = {}
         self.inflight: dict[int, _Entry] = {}
         self._next_key = 0
         self._stream_done = False
@@ -151,6 +154,7 @@ class Ledger:
         task = submission.task
         entry = _Entry(task, self._attempt_of(task.task_id), priority=submission.priority,
                        route=submission.route, submitted=submission)
+        self._awaited.pop(task.task_id, None)
         if task.task_id in submission.after:
             self._live[task.task_id] = entry
             self._final(entry, _failed("dependency", f"DependencyFailed: {task.task_id!r} "
@@ -168,9 +172,13 @@ class Ledger:
                 self._dependents.setdefault(name, []).append(task.task_id)
                 continue
             settled = self._settled(name)
+            if settled is None and self.await_unknown > 0:
+                self._awaited.setdefault(name, time.monotonic() + self.await_unknown)
+                waiting.missing.add(name)
+                self._dependents.setdefault(name, []).append(task.task_id)
+                continue
             if settled is None:
-                self._final(entry, _failed("dependency", f"DependencyFailed: dependency "
-                                           f"{name!r} is not a task of this cluster"))
+                self._final(entry, _unknown_dependency(name))
                 return
             if settled.state != SUCCEEDED:
                 self._final(entry, _dependency_failed(name, settled))
@@ -215,6 +223,18 @@ class Ledger:
                                            f"the values of its dependencies: {exc}"))
                 return
         heapq.heappush(self._queue, (-entry.priority, next(self._order), entry))
+
+    def expire_awaited(self) -> None:
+        """Dependencies awaited past their time fail the tasks that wait on them."""
+        if not self._awaited:
+            return
+        now = time.monotonic()
+        for name in [n for n, deadline in self._awaited.items() if deadline <= now]:
+            del self._awaited[name]
+            for dependent in self._dependents.pop(name, ()):
+                waiting = self._waiting.pop(dependent, None)
+                if waiting is not None:
+                    self._final(waiting.entry, _unknown_dependency(name))
 
     def close(self) -> None:
         """No task enters any more: once everything in the ledger is final, it is
@@ -340,7 +360,7 @@ class Ledger:
         elif result.state == LOST:
             self._lost(entry, result, host, cpus, gpus)
         elif self._stopped_by_shutdown(result):
-            self._record(entry, _interrupted(result), host, cpus, gpus)
+            self._record(entry, interrupted(result), host, cpus, gpus)
         elif result.state not in (SUCCEEDED, CANCELLED) and \
                 self._may_retry(entry, result.reason):
             self._record(entry, result, host, cpus, gpus, final=False)
@@ -356,10 +376,7 @@ class Ledger:
     def _stopped_by_shutdown(self, result: RunResult) -> bool:
         """A task that died of the signal stopping the run did not fail: it was not let
         finish, and resume runs it."""
-        if result.state != FAILED or not self._shutting_down:
-            return False
-        return (result.reason == "signal" and result.signal in _SHUTDOWN_SIGNALS) or \
-            (result.reason == "exit_code" and result.returncode in _SHUTDOWN_EXIT_CODES)
+        return self._shutting_down and died_of_stop_signal(result)
 
     @property
     def _shutting_down(self) -> bool:
@@ -385,7 +402,7 @@ class Ledger:
         """A task lost with its node (or its runner) runs again up to node_loss_retries
         times; while the run is stopping it is recorded as not run, for resume."""
         if self._shutting_down:
-            self._record(entry, _interrupted(result), host, cpus, gpus)
+            self._record(entry, interrupted(result), host, cpus, gpus)
         elif entry.losses < self._policy.node_loss_retries:
             self._record(entry, result, host, cpus, gpus, final=False)
             self._retry.appendleft(self._again(entry, lost=True))
@@ -416,6 +433,12 @@ class Ledger:
         for name in self._dependents.pop(task_id, ()):
             waiting = self._waiting.get(name)
             if waiting is None:
+                continue
+            if settled.state == NOT_RUN:
+                del self._waiting[name]
+                self._final(waiting.entry, _not_run(
+                    "interrupted", f"not run: its dependency {task_id!r} was not run to its "
+                                   "end"))
                 continue
             if settled.state != SUCCEEDED:
                 del self._waiting[name]
@@ -483,18 +506,16 @@ def _passed_value(task: Task, result: RunResult) -> bytes | None:
     return pickle.dumps(result.stdout if result.stdout is not None else result.returncode)
 
 
-def _interrupted(result: RunResult) -> RunResult:
-    """``result`` of a task the stopping run did not let finish, recorded as not run."""
-    return result._replace(state=NOT_RUN, reason="interrupted", value=None,
-                           exception=f"not run to its end: the run was stopping "
-                                     f"({result.exception})", traceback=None)
-
-
 def _cancelled(result: RunResult | None = None) -> RunResult:
     if result is None:
         return never_ran(CANCELLED, "cancelled", "cancelled by a client", time.time())
     return result._replace(state=CANCELLED, reason="cancelled", value=None,
                            exception="cancelled by a client while it ran", traceback=None)
+
+
+def _unknown_dependency(name: str) -> RunResult:
+    return _failed("dependency", f"DependencyFailed: dependency {name!r} is not a task of "
+                                 "this cluster")
 
 
 def _dependency_failed(name: str, settled: Settled) -> RunResult:

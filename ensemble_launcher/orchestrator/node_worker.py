@@ -35,6 +35,11 @@ from ensemble_launcher.executors.mpi import MpiLaunch, split_per_rank
 from ensemble_launcher.executors.pool import DeadLane
 from ensemble_launcher.monitor.profiles import NoTimeline, Timeline
 from ensemble_launcher.orchestrator.feeds import CANCELLED_MESSAGE, Feed
+from ensemble_launcher.orchestrator.signals import (
+    died_of_stop_signal,
+    interrupted,
+    stop_signal_seen,
+)
 from ensemble_launcher.resources import NodeResources, check_requirements
 from ensemble_launcher.scheduler import NodeSlots, Placement, needs_exclusive
 from ensemble_launcher.states import CANCELLED, FAILED, LOST, TIMED_OUT, RunResult, never_ran
@@ -410,13 +415,20 @@ class NodeWorker:
     def _record(self, key: int, task: Task, placement: Placement, result: RunResult) -> None:
         if key in self._cancelled:
             result = self._as_cancelled(key, result)
+        elif stop_signal_seen() and died_of_stop_signal(result):
+            result = interrupted(result)
         self._sink.record(key, task, result, placement.cpus_text, placement.gpus_text)
 
     def _learn_duration(self, seconds: float) -> None:
+        """Size the lanes' queues from the mean task duration: every 32 results, and at
+        once after a task longer than the queued work we aim for. Never from one result:
+        a first no-op would make this node ask for hundreds of tasks, long ones among
+        them, that other nodes then never get."""
         mean = self._mean_duration
         self._mean_duration = seconds if mean is None else 0.9 * mean + 0.1 * seconds
         self._results_seen += 1
-        if self._results_seen % 32 == 1:
+        if self._results_seen % 32 == 0 or (seconds > _QUEUED_WORK_SECONDS
+                                            and self._slots.depth > 1):
             target = _QUEUED_WORK_SECONDS / max(self._mean_duration, 1e-6)
             depth = 1
             while depth * 2 <= min(target, _MAX_DEPTH):

@@ -21,6 +21,7 @@ from types import FrameType
 from typing import Any
 
 from ensemble_launcher.executors.runner import CANCEL_SIGNAL
+from ensemble_launcher.states import FAILED, NOT_RUN, RunResult
 
 
 class GraceExpired(KeyboardInterrupt):
@@ -84,7 +85,39 @@ class left_to_parent:  # noqa: N801 - a context manager, named like contextlib's
             signal.signal(sig, handler)
 
 
+#: The signals that stop a run (Slurm signals every process of the job at walltime), and
+#: a shell's exit status for them.
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
+STOP_EXIT_CODES = frozenset(128 + s for s in STOP_SIGNALS)
+_stop_signal_seen = False
+
+
+def stop_signal_seen() -> bool:
+    """Whether this child of the tree was sent a stop signal (its parent then drains it)."""
+    return _stop_signal_seen
+
+
+def died_of_stop_signal(result: RunResult) -> bool:
+    """Whether a task failed because a stop signal killed it (or its shell said so)."""
+    if result.state != FAILED:
+        return False
+    return (result.reason == "signal" and result.signal in STOP_SIGNALS) or \
+        (result.reason == "exit_code" and result.returncode in STOP_EXIT_CODES)
+
+
+def interrupted(result: RunResult) -> RunResult:
+    """``result`` of a task the stopping run did not let finish, recorded as not run (and
+    run by a resume or a restart)."""
+    return result._replace(state=NOT_RUN, reason="interrupted", value=None,
+                           exception=f"not run to its end: the run was stopping "
+                                     f"({result.exception})", traceback=None)
+
+
 def _note_signal(signum: int, frame: FrameType | None) -> None:
+    """A stop signal for the whole job reached a child: its tasks that die of it were not
+    let finish, whether or not the root has seen its own signal yet."""
+    global _stop_signal_seen
+    _stop_signal_seen = True
     logging.getLogger("ensemble_launcher").info(
         "%s ignored: our parent stops us", signal.Signals(signum).name)
 

@@ -103,7 +103,8 @@ class TaskError(EnsembleLauncherError):
     def __init__(self, task_id: str, message: str, *, state: str = "failed",
                  reason: str | None = None, exception_type: str | None = None,
                  remote_traceback: str | None = None, stderr: str = "") -> None:
-        super().__init__(f"task {task_id!r}: {message}")
+        named = message.startswith(f"task {task_id!r}")
+        super().__init__(message if named else f"task {task_id!r}: {message}")
         self.task_id = task_id
         self.state = state
         self.reason = reason

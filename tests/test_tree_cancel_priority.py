@@ -164,12 +164,15 @@ def test_a_reservation_released_before_it_was_placed_is_never_placed(link):
 
 class _Feed(LocalFeed):
     """The tasks of a node, and cancels handed out once a condition holds (as a client
-    would send them, after seeing a task start)."""
+    would send them, after seeing a task start). As a real feed (a parent link, the
+    ledger) does, it answers itself for a cancelled task it still holds."""
 
     def __init__(self, tasks: list[Task],
-                 cancels: list[tuple[Callable[[], bool], list[int]]]) -> None:
+                 cancels: list[tuple[Callable[[], bool], list[int]]],
+                 sink: _Sink | None = None) -> None:
         self._tasks = deque(enumerate(tasks, 1))
         self._cancels = cancels
+        self._sink = sink
         self.halted = False
 
     def take(self) -> tuple[int, Task] | None:
@@ -182,7 +185,15 @@ class _Feed(LocalFeed):
     def take_cancels(self) -> list[int]:
         due = [keys for condition, keys in self._cancels if condition()]
         self._cancels = [(c, keys) for c, keys in self._cancels if keys not in due]
-        return [key for keys in due for key in keys]
+        keys = {key for batch in due for key in batch}
+        held = [(key, task) for key, task in self._tasks if key in keys]
+        if held and self._sink is not None:
+            self._tasks = deque((k, t) for k, t in self._tasks if k not in keys)
+            for key, task in held:
+                self._sink.record(key, task, RunResult(key, CANCELLED, "cancelled", None, None,
+                                                       None, CANCELLED_MESSAGE, None, None, "",
+                                                       0.0, 0.0), "", "")
+        return sorted(keys - {key for key, _ in held})
 
 
 class _Sink:
@@ -213,7 +224,8 @@ class _Sink:
 def _run_node(tasks: list[Task], cancels: list, depth: int = 1) -> _Sink:
     sink = _Sink()
     with WarmPool([0], pin=False, tail_bytes=4096, kill_grace=2.0) as pool:
-        worker = NodeWorker(_Feed(tasks, cancels), sink, NodeResources(HERE, (0,), ()), pool,
+        worker = NodeWorker(_Feed(tasks, cancels, sink), sink, NodeResources(HERE, (0,), ()),
+                            pool,
                             gpu_selector="CUDA_VISIBLE_DEVICES", capture_stdout=True,
                             pin=False, kill_grace=2.0)
         worker._slots.depth = depth
@@ -241,7 +253,7 @@ def test_a_node_cancels_a_running_command_a_waiting_task_and_a_running_callable(
     assert all(_is_cancelled(sink.results[k]) for k in (1, 2, 3))
     assert "on my way" in sink.results[1].stderr
     assert not never.exists()
-    assert sink.results[2].start == sink.results[2].end
+    assert sink.results[2].start == sink.results[2].end, "the waiting task never started"
     assert (sink.results[4].state, sink.results[4].stdout) == (SUCCEEDED, "still here\n")
 
 

@@ -174,8 +174,10 @@ class ClusterClient:
                                         name=f"el-{self.client_id}", daemon=True)
         self._post(Join(self._session, self.node_id, os.getpid(), socket.gethostname()))
         self._thread.start()
-        if not self._welcome.wait(timeout) or self._refused is not None:
-            why = self._refused or (f"the cluster in {self.checkpoint_dir} did not answer "
+        if not self._welcome.wait(timeout) or self._refused is not None or \
+                self._lost is not None:
+            why = self._refused or (str(self._lost) if self._lost is not None else
+                                    f"the cluster in {self.checkpoint_dir} did not answer "
                                     f"within {timeout:.0f} s")
             self.teardown()
             raise ClusterLost(why)
@@ -346,8 +348,9 @@ class ClusterClient:
         last_heard = last_sent = next_check = time.monotonic()
         local_pid = self.info.pid if self.info.host == socket.gethostname() else None
         try:
+            stuck = False
             while not self._closing:
-                ready = dict(poller.poll(int(heartbeat * 500)))
+                ready = dict(poller.poll(10 if stuck else int(heartbeat * 500)))
                 if wake in ready:
                     while True:
                         try:
@@ -356,7 +359,7 @@ class ClusterClient:
                             break
                 self._awake = False
                 if self._outbox:
-                    self._send_outbox(dealer)
+                    stuck = not self._send_outbox(dealer)
                     last_sent = time.monotonic()
                 if dealer in ready:
                     last_heard = time.monotonic()
@@ -370,7 +373,7 @@ class ClusterClient:
                     self._fail_all(self._lost)
                     break
                 if now - last_sent >= heartbeat / 2:
-                    dealer.send(Heartbeat(time.time()).encode())
+                    _send(dealer, Heartbeat(time.time()))
                     last_sent = now
             if self._outbox and self._lost is None:
                 self._send_outbox(dealer)
@@ -379,7 +382,7 @@ class ClusterClient:
             wake.close(0)
 
     def _head_lost(self, silent: float, heartbeat: float,
-                     local_pid: int | None) -> ClusterLost | None:
+                   local_pid: int | None) -> ClusterLost | None:
         if local_pid is not None and not process_alive(local_pid):
             return ClusterLost(f"the cluster's head (pid {local_pid}) is gone")
         if silent > 3 * heartbeat:
@@ -387,24 +390,25 @@ class ClusterClient:
                                f"{silent:.1f} s (3 heartbeats)")
         return None
 
-    def _send_outbox(self, dealer: zmq.Socket) -> None:
-        """Everything waiting, with consecutive Submits merged into one message."""
-        tasks: list[list[Any]] = []
+    def _send_outbox(self, dealer: zmq.Socket) -> bool:
+        """Everything waiting, consecutive task records in one Submit (up to
+        _SUBMIT_BATCH). Never blocks: while the head does not take them (no connection
+        yet, or a full queue), they stay in the outbox, in order; False then."""
         while self._outbox:
-            message = self._outbox.popleft()
-            if type(message) is list:
-                tasks.append(message)
-                if len(tasks) == _SUBMIT_BATCH:
-                    dealer.send(Submit(tasks).encode())
-                    tasks = []
+            first = self._outbox.popleft()
+            if type(first) is not list:
+                if not _send(dealer, first):  # type: ignore[arg-type]
+                    self._outbox.appendleft(first)
+                    return False
                 continue
-            assert isinstance(message, Message)
-            if tasks:
-                dealer.send(Submit(tasks).encode())
-                tasks = []
-            dealer.send(message.encode())
-        if tasks:
-            dealer.send(Submit(tasks).encode())
+            tasks = [first]
+            while self._outbox and type(self._outbox[0]) is list and \
+                    len(tasks) < _SUBMIT_BATCH:
+                tasks.append(self._outbox.popleft())  # type: ignore[arg-type]
+            if not _send(dealer, Submit(tasks)):
+                self._outbox.extendleft(reversed(tasks))
+                return False
+        return True
 
     def _receive(self, dealer: zmq.Socket, inbox: Inbox) -> None:
         while True:
@@ -459,6 +463,15 @@ def _default(option: Any) -> Any:
 
 
 _DEFAULTS = {option.name: _default(option) for option in fields(Task)}
+
+
+def _send(dealer: zmq.Socket, message: Message) -> bool:
+    """False when the head does not take it now (we keep it, and come back)."""
+    try:
+        dealer.send(message.encode(), zmq.NOBLOCK)
+    except zmq.Again:
+        return False
+    return True
 
 
 def _task_id_of(future: Any) -> str:

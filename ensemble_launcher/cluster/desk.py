@@ -76,10 +76,11 @@ class ClientDesk:
         self._clients: dict[bytes, _Client] = {}
         self._owners: dict[str, bytes] = {}
         self._dirty: set[bytes] = set()
-        self._arrived: deque[tuple[bytes, list]] = deque()
-        """Task records received and not yet taken in (at most _PER_TURN a loop turn)."""
+        self._arrived: deque[tuple[bytes, list | Cancel | Shutdown]] = deque()
+        """Task records received and not yet taken in (at most _PER_TURN a loop turn), with
+        the Cancels and Shutdowns among them, which take effect in the order they came."""
         self._last_beat = 0.0
-        self.shutdown_requested = False
+        self._hidden = False
 
     def open(self) -> None:
         """Let clients find us: from now on cluster.json names our address and keys."""
@@ -141,6 +142,8 @@ class ClientDesk:
 
     def tick(self) -> None:
         self._ledger.expire_awaited()
+        if self._ledger.halted and not self._hidden:
+            self._hide()
         now = time.monotonic()
         if now - self._last_beat < self._heartbeat / 2:
             return
@@ -154,10 +157,16 @@ class ClientDesk:
                 with contextlib.suppress(zmq.Again):
                     self._send(identity, client, Heartbeat(time.time()), block=False)
 
+    def _hide(self) -> None:
+        """No new client finds us: the cluster is stopping (a batch system's SIGTERM may be
+        followed by SIGKILL before close() runs). Clients already here are still served."""
+        self._hidden = True
+        self._cluster_file.remove()
+
     def close(self, reason: str) -> None:
         """Tell every client we stop (their pending futures fail with ClusterLost at once),
         and take the door down: no client finds a cluster here any more."""
-        self._cluster_file.remove()
+        self._hide()
         self.flush()
         for identity, client in list(self._clients.items()):
             with contextlib.suppress(zmq.Again):
@@ -184,18 +193,10 @@ class ClientDesk:
     def _handle(self, identity: bytes, client: _Client, message: Message) -> None:
         if isinstance(message, Submit):
             self._arrived.extend((identity, item) for item in message.tasks)
+        elif isinstance(message, (Cancel, Shutdown)):
+            self._arrived.append((identity, message))
         elif isinstance(message, Define):
             self._intake.define(message.digest, message.blob)
-        elif isinstance(message, Cancel):
-            for task_id in message.task_ids:
-                self._ledger.cancel(task_id)
-            if message.tag is not None:
-                self._ledger.cancel_tag(message.tag)
-        elif isinstance(message, Shutdown):
-            log.info("cluster: %s asked to stop: no new task is taken; the rest finish",
-                     client.name)
-            self.shutdown_requested = True
-            self._ledger.close()
         elif not isinstance(message, Heartbeat):
             self._endpoint.inbox.drop(client.name, f"unexpected {type(message).__name__}")
 
@@ -206,7 +207,18 @@ class ClientDesk:
         for _ in range(min(len(arrived), _PER_TURN)):
             identity, item = arrived.popleft()
             client = self._clients.get(identity)
-            if client is not None:
+            if client is None:
+                continue
+            if isinstance(item, Cancel):
+                for task_id in item.task_ids:
+                    self._ledger.cancel(task_id)
+                if item.tag is not None:
+                    self._ledger.cancel_tag(item.tag)
+            elif isinstance(item, Shutdown):
+                log.info("cluster: %s asked to stop: no new task is taken; the rest finish",
+                         client.name)
+                self._ledger.close()
+            else:
                 self._submit(identity, client, SubmitRecord._make(item))
 
     def _submit(self, identity: bytes, client: _Client, record: SubmitRecord) -> None:
@@ -221,10 +233,14 @@ class ClientDesk:
                                                f"{record.route!r} is not a node of this "
                                                "cluster"))
             return
+        earlier = self._owners.get(record.task_id)
         self._owners[record.task_id] = identity
         problem = self._intake.submit(record, own_prefix=client.name + ".")
         if problem is not None:
-            self._owners.pop(record.task_id, None)
+            if earlier is None:
+                self._owners.pop(record.task_id, None)
+            else:
+                self._owners[record.task_id] = earlier
             self._to_client(identity, _refused(record.task_id, "invalid", problem))
 
     def _to_client(self, identity: bytes, row: DoneRow) -> None:

@@ -115,9 +115,15 @@ def stop_cluster(checkpoint_dir: Path, timeout: float | None = None,
     from ensemble_launcher.cluster.client import ClusterClient
 
     cluster = ClusterFile(checkpoint_dir)
-    info = cluster.read()
-    with ClusterClient(checkpoint_dir, client_id="el-stop") as client:
-        client.shutdown_cluster()
+    try:
+        info = cluster.read()
+        with ClusterClient(checkpoint_dir, client_id="el-stop") as client:
+            client.shutdown_cluster()
+    except ClusterLost:
+        if head is None:
+            raise
+        head.wait()
+        return
     if info.host != socket.gethostname():
         _wait_gone(lambda: not cluster.path.exists(), timeout)
         return

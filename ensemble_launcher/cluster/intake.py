@@ -59,7 +59,8 @@ class TaskIntake:
         self._ensemble_ids = ensemble_ids
         self._given: set[str] = set()
         """Task ids clients chose themselves (not made under their session's prefix)."""
-        self._shapes: dict[tuple, str | None] = {}
+        self._shapes: dict[tuple, bool] = {}
+        """Whether a task of that shape fits a node."""
         self._checked: dict[tuple, str | None] = {}
 
     def define(self, digest: bytes, blob: bytes) -> None:
@@ -115,6 +116,8 @@ class TaskIntake:
             self._uses[digest] = left
         else:
             del self._uses[digest]
+            if digest not in self._journaled:
+                self._blobs[digest] = self._functions.blobs[digest]
             self._functions.release(digest)
 
     def resubmit_unfinished(self) -> int:
@@ -181,21 +184,23 @@ class TaskIntake:
     def _plain_callable_problem(self, task: Task) -> str | None:
         """A callable with every option at its default (what ``map`` sends): one check
         serves them all."""
-        problem = self._shapes.get(_PLAIN, "")
-        if problem == "":
-            problem = self._shapes[_PLAIN] = self._resource_problem(task)
-        return None if problem is None else f"task {task.task_id!r}: {problem}"
+        fits = self._shapes.get(_PLAIN)
+        if fits is None:
+            fits = self._shapes[_PLAIN] = self._resource_problem(task) is None
+        return None if fits else self._resource_problem(task)
 
     def _problem(self, task: Task) -> str | None:
         label = f"task {task.task_id!r}"
         shape = (task.nnodes, task.ncpus, task.ngpus, tuple(task.cpu_affinity),
                  tuple(task.gpu_affinity), task.is_callable)
-        problem = self._shapes.get(shape, "")
-        if problem == "":
+        fits = self._shapes.get(shape)
+        if fits is None:
             problem = self._resource_problem(task)
-            self._shapes[shape] = problem
-        if problem is not None:
-            return f"{label}: {problem}"
+            self._shapes[shape] = problem is None
+            if problem is not None:
+                return problem
+        elif not fits:
+            return self._resource_problem(task)
         for key in PATH_OPTIONS:
             if getattr(task, key) is not None:
                 found = self._cached((key, getattr(task, key), task.run_dir),
@@ -217,11 +222,13 @@ class TaskIntake:
         return None if big is None else f"{label}: {big.key}: {big.text}"
 
     def _resource_problem(self, task: Task) -> str | None:
+        """What el run says of a task no node can ever run, naming it."""
+        label = f"task {task.task_id!r}"
         if task.nnodes > self._widest:
-            return (f"nnodes={task.nnodes}, but the widest group of workers under one master "
-                    f"has {self._widest} nodes")
+            return (f"{label} can never run: nnodes={task.nnodes}, but the widest group of "
+                    f"workers under one master has {self._widest} nodes")
         try:
-            check_requirements([requirement_of(task, "this task")], self._nodes)
+            check_requirements([requirement_of(task, label)], self._nodes)
         except ResourceError as exc:
             return str(exc)
         return None

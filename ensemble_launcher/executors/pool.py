@@ -42,6 +42,7 @@ from ensemble_launcher.executors.runner import (
     DEFINE,
     RUN,
     STOP,
+    LaneState,
     runner_main,
 )
 from ensemble_launcher.states import RunResult
@@ -54,12 +55,12 @@ class _Lane:
     conn: Connection | None = None
     pending: list = field(default_factory=list)
     known: set = field(default_factory=set)
-    group: Any = None
+    state: LaneState | None = None
 
     @property
     def running_group(self) -> int:
         """The process group of the command the runner runs now, 0 when none."""
-        return self.group.value if self.group is not None else 0
+        return self.state.group.value if self.state is not None else 0
 
 
 @dataclass(slots=True)
@@ -70,6 +71,8 @@ class DeadLane:
     lane: int
     exitcode: int | None
     stopped_command: bool
+    running_key: int = -1
+    """The task it was running when it died, -1 when none (or unknown)."""
 
 
 @dataclass(slots=True)
@@ -111,10 +114,10 @@ class WarmPool:
     def _spawn(self, index: int) -> None:
         lane = self._lanes[index]
         parent, child = self._ctx.Pipe(duplex=True)
-        lane.group = self._ctx.RawValue("i", 0)
+        lane.state = LaneState(self._ctx)
         proc = self._ctx.Process(target=runner_main, name=f"el-runner-{index}", daemon=True,
                                  args=(child, lane.cpu, self._tail_bytes, self._kill_grace,
-                                       lane.group))
+                                       lane.state))
         try:
             proc.start()
         except OSError as exc:
@@ -213,7 +216,8 @@ class WarmPool:
         self._poller = None
         lane.conn.close()  # type: ignore[union-attr]
         lane.pending = []
-        return DeadLane(index, lane.process.exitcode, self._stop_orphan(lane))
+        running = lane.state.running.value if lane.state is not None else -1
+        return DeadLane(index, lane.process.exitcode, self._stop_orphan(lane), running)
 
     def _stop_orphan(self, lane: _Lane) -> bool:
         """Start stopping the command a dead runner left running (SIGTERM now, SIGKILL
@@ -221,9 +225,20 @@ class WarmPool:
         pgid = lane.running_group
         if not pgid:
             return False
-        lane.group.value = 0
+        lane.state.group.value = 0  # type: ignore[union-attr]
         self._stopping.append(begin_stop(pgid, self._kill_grace))
         return True
+
+    def running_key(self, index: int) -> int:
+        """The key of the task lane ``index``'s runner runs now, -1 when none."""
+        state = self._lanes[index].state
+        return state.running.value if state is not None else -1
+
+    def cancel_queued(self, index: int, key: int) -> None:
+        """Lane ``index``'s runner skips task ``key`` if it has not started it."""
+        state = self._lanes[index].state
+        if state is not None:
+            state.cancel(key)
 
     def stop_command(self, index: int) -> bool:
         """Start stopping the command lane ``index`` runs now (SIGTERM, kill_grace,

@@ -30,7 +30,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ensemble_launcher.executors.command import run_command, stop_all_groups
-from ensemble_launcher.states import FAILED, LOST, SUCCEEDED, TIMED_OUT, RunResult
+from ensemble_launcher.states import CANCELLED, FAILED, LOST, SUCCEEDED, TIMED_OUT, RunResult
 
 DEFINE, CALL, RUN, STOP = 0, 1, 2, 3
 
@@ -45,7 +45,7 @@ CANCEL_SIGNAL = signal.SIGRTMIN + 1
 _MAX_ALARM_SECONDS = 1e9
 
 __all__ = ["CALL", "CANCEL_SIGNAL", "DEFINE", "FAILED", "LOST", "RUN", "STOP", "SUCCEEDED",
-           "TIMED_OUT", "runner_main"]
+           "TIMED_OUT", "LaneState", "runner_main"]
 
 _FLUSH_EVERY = 0.002
 _FLUSH_COUNT = 64
@@ -59,12 +59,35 @@ def _on_alarm(signum: int, frame: Any) -> None:
     raise _TaskTimeout
 
 
+class LaneState:
+    """What a runner shares with its pool, in shared memory: the process group of the
+    command it runs (0 when none), so that the pool can stop it if this runner dies; the
+    key of the task it runs (-1 when none), so that a cancel stops the right one; and the
+    last keys cancelled, which the runner skips if they have not started."""
+
+    SLOTS = 64
+
+    def __init__(self, ctx: Any) -> None:
+        self.group = ctx.RawValue("i", 0)
+        self.running = ctx.RawValue("q", -1)
+        self.cancel_count = ctx.RawValue("q", 0)
+        self.cancels = ctx.RawArray("q", self.SLOTS)
+
+    def cancel(self, key: int) -> None:
+        """Skip task ``key`` if it has not started (the runner looks before each task)."""
+        self.cancels[self.cancel_count.value % self.SLOTS] = key
+        self.cancel_count.value += 1
+
+    def cancelled_keys(self) -> frozenset[int]:
+        return frozenset(self.cancels[:min(self.cancel_count.value, self.SLOTS)])
+
+
 def runner_main(conn: Connection, cpu: int | None, tail_bytes: int, kill_grace: float,
-                group: Any = None) -> None:
-    """Serve batches until STOP or until the pipe closes. ``group`` (a shared integer)
-    holds the process group of the command running now, 0 when none, so that the pool can
-    stop the command if this runner dies."""
+                state: LaneState | None = None) -> None:
+    """Serve batches until STOP or until the pipe closes, publishing what runs in
+    ``state``."""
     _ignore_group_signals()
+    group = None if state is None else state.group
 
     def on_cancel(signum: int, frame: Any) -> None:
         stop_all_groups(kill_grace)
@@ -81,6 +104,9 @@ def runner_main(conn: Connection, cpu: int | None, tail_bytes: int, kill_grace: 
     functions: dict[bytes, Any] = {}
     announce = None if group is None else partial(setattr, group, "value")
     recv, send = conn.recv_bytes, conn.send_bytes
+    running = None if state is None else state.running
+    seen_cancels = 0
+    cancelled: frozenset[int] = frozenset()
     while True:
         try:
             batch = pickle.loads(recv())
@@ -90,10 +116,19 @@ def runner_main(conn: Connection, cpu: int | None, tail_bytes: int, kill_grace: 
         last_send = time.monotonic()
         for item in batch:
             op = item[0]
-            if op == CALL:
-                out.append(_call(item, functions))
-            elif op == RUN:
-                out.append(_run(item, own_affinity, tail_bytes, kill_grace, announce))
+            if op in (CALL, RUN):
+                if state is not None and state.cancel_count.value != seen_cancels:
+                    seen_cancels = state.cancel_count.value
+                    cancelled = state.cancelled_keys()
+                if item[1] in cancelled:
+                    out.append(_skipped(item[1]))
+                    continue
+                if running is not None:
+                    running.value = item[1]
+                out.append(_call(item, functions) if op == CALL else
+                           _run(item, own_affinity, tail_bytes, kill_grace, announce))
+                if running is not None:
+                    running.value = -1
             elif op == DEFINE:
                 functions[item[1]] = pickle.loads(item[2])
                 continue
@@ -108,6 +143,12 @@ def runner_main(conn: Connection, cpu: int | None, tail_bytes: int, kill_grace: 
                 last_send = now
         if out:
             send(pickle.dumps(out, 5))
+
+
+def _skipped(key: int) -> RunResult:
+    now = time.time()
+    return RunResult(key, CANCELLED, "cancelled", None, None, None, "cancelled by a client",
+                     None, None, "", now, now)
 
 
 def _ignore_group_signals() -> None:

@@ -123,6 +123,8 @@ class NodeWorker:
         self._mpi: MpiLaunch | None = None
         self._held: dict[int, Placement] = {}
         self._cancelled: set[int] = set()
+        self._skip_posted: set[int] = set()
+        """Cancelled keys their runner was told to skip."""
         """Keys cancelled while in a lane: their results are reported cancelled."""
         self._stopping: set[int] = set()
         """Of those, the ones whose stop was started (signal sent or runner killed)."""
@@ -202,7 +204,8 @@ class NodeWorker:
                 self._backlog.append(waiting)
             else:
                 self._dispatch(key, task, placement)
-        while len(self._backlog) < _MAX_BACKLOG and not self._starving():
+        while len(self._backlog) < _MAX_BACKLOG and not self._starving() and \
+                self._slots.has_room():
             item = self._source.take()
             if item is None:
                 break
@@ -217,7 +220,14 @@ class NodeWorker:
             else:
                 self._dispatch(key, task, placement)
         self._pool.flush()
-        self._source.want(self._slots.room() + self._slots.capacity() - len(self._backlog))
+        self._source.want(self._slots.room() + self._prefetch() - len(self._backlog))
+
+    def _prefetch(self) -> int:
+        """Tasks to hold beyond the free room: enough to hide the parent's round trip
+        behind short tasks; none once tasks are long (depth 1), where that trip is nothing
+        next to a task, and a task held here could not be overtaken by one of a higher
+        priority that the parent gets later."""
+        return self._slots.capacity() if self._slots.depth > 1 else 0
 
     def _starving(self) -> bool:
         """True once a waiting task has waited long enough that new work must not overtake
@@ -321,18 +331,19 @@ class NodeWorker:
         return None
 
     def _stop_cancelled(self) -> None:
-        """Stop each cancelled task that heads its lane (it runs, or is about to). A
-        command alone in its lane: its process group is stopped and the runner stays. A
-        callable, or a command with tasks behind it (the runner may have gone on to the
-        next one while its result was on the way): the runner is killed, which stops its
-        command; _lane_died reports the task and puts those behind it back."""
+        """Each cancelled task in a lane: its runner is told to skip it, which it does if
+        it has not started it (and reports it cancelled); once the runner says it runs
+        that task, a command's process group is stopped (the runner stays), a callable's
+        runner is killed (_lane_died reports it and puts the tasks behind it back)."""
         for key in self._cancelled - self._stopping:
             entry = self._inflight[key]
             lane = entry.placement.lane
-            keys = self._lanes[lane]
-            if keys[0] != key:
+            if key not in self._skip_posted:
+                self._skip_posted.add(key)
+                self._pool.cancel_queued(lane, key)
+            if self._pool.running_key(lane) != key:
                 continue
-            if entry.task.is_callable or len(keys) > 1:
+            if entry.task.is_callable:
                 self._pool.kill(lane)
                 self._stopping.add(key)
             elif self._pool.stop_command(lane):
@@ -341,6 +352,7 @@ class NodeWorker:
     def _as_cancelled(self, key: int, result: RunResult) -> RunResult:
         self._cancelled.discard(key)
         self._stopping.discard(key)
+        self._skip_posted.discard(key)
         return result._replace(state=CANCELLED, reason="cancelled", value=None,
                                exception=CANCELLED_MESSAGE)
 
@@ -371,6 +383,10 @@ class NodeWorker:
         again under node_loss_retries. Tasks queued behind it never started: they go back
         to the front of the backlog, in their order."""
         keys = self._lanes.pop(dead.lane, deque())
+        running = dead.running_key
+        if running in keys:
+            while keys[0] != running:
+                keys.rotate(-1)
         entries = [(key, self._inflight.pop(key)) for key in keys]
         for _, entry in entries:
             self._slots.release(entry.placement)

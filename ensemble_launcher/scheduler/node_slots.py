@@ -112,6 +112,19 @@ class NodeSlots:
         tasks are long)."""
         return self._depth * len(self.cpus)
 
+    def has_room(self) -> bool:
+        """Whether a lane would queue one more one-core task now. A node takes work only
+        then: what it cannot start yet waits in its source, in priority order, where a
+        task of a higher priority that comes later still overtakes it."""
+        open_lanes = self._open
+        while open_lanes:
+            lane = open_lanes[0]
+            if not self._held[lane] and self.queued[lane] < self._depth:
+                return True
+            open_lanes.popleft()
+            self._in_open[lane] = False
+        return False
+
     def place(self, task: Task) -> Placement | None:
         if needs_exclusive(task):
             return self._place_exclusive(task)

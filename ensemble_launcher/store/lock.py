@@ -60,7 +60,7 @@ class RunDirLock:
         except OSError as exc:
             raise StoreError(f"cannot create run directory {self.run_dir}: {exc}") from exc
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _lock_soon(fd)
         except BlockingIOError:
             holder = _holder(fd)
             os.close(fd)
@@ -83,6 +83,21 @@ class RunDirLock:
             self._fd = None
 
 
+def _lock_soon(fd: int, mode: int = fcntl.LOCK_EX, wait: float = 1.0) -> None:
+    """The exclusive lock, waiting up to ``wait`` seconds for a holder that just died (the
+    kernel lets go of a dead process's lock a moment after it exits): a cluster started
+    again at once after its head was killed is not refused."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
+
+
 def in_use(run_dir: Path, holder: int | None) -> StoreError:
     return StoreError(
         f"run directory {run_dir} is in use by another launcher "
@@ -98,7 +113,7 @@ def check_not_in_use(run_dir: str | os.PathLike) -> None:
     except OSError:
         return
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        _lock_soon(fd, fcntl.LOCK_SH)
     except BlockingIOError:
         raise in_use(Path(run_dir), _holder(fd)) from None
     except OSError:

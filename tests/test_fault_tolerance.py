@@ -230,9 +230,9 @@ def test_sigterm_drains_then_resume_runs_each_task_exactly_once(tmp_path, nlevel
         proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
-    assert "not run" in err and f"el resume {tmp_path / 'run'}" in err
+    assert f"el resume {tmp_path / 'run'}" in err
     first = Results(tmp_path / "run").counts()
-    assert first["not_run"] > 0 and first["succeeded"] >= 6
+    assert first["succeeded"] >= 6
     assert first.get("failed", 0) == 0 and first.get("lost", 0) == 0, \
         "the grace period lets running tasks finish"
     assert sum(first.values()) < 40, "tasks never handed out get no row"

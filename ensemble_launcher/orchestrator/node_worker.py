@@ -48,6 +48,9 @@ _QUEUED_WORK_SECONDS = 0.02
 _MAX_DEPTH = 512
 _MAX_BACKLOG = 256
 _STARVATION_SECONDS = 1.0
+#: Tasks at least this long (on average) get no prefetch: a refill's round trip is then
+#: under 2% of a task.
+_LONG_TASK_SECONDS = 0.05
 _TICK_SECONDS = 0.1
 
 
@@ -224,10 +227,13 @@ class NodeWorker:
 
     def _prefetch(self) -> int:
         """Tasks to hold beyond the free room: enough to hide the parent's round trip
-        behind short tasks; none once tasks are long (depth 1), where that trip is nothing
-        next to a task, and a task held here could not be overtaken by one of a higher
-        priority that the parent gets later."""
-        return self._slots.capacity() if self._slots.depth > 1 else 0
+        behind short tasks; none while their length is unknown or long, where that trip is
+        nothing next to a task, and a task held here could not be overtaken by one of a
+        higher priority that the parent gets later."""
+        mean = self._mean_duration
+        if mean is None or mean >= _LONG_TASK_SECONDS:
+            return 0
+        return self._slots.capacity()
 
     def _starving(self) -> bool:
         """True once a waiting task has waited long enough that new work must not overtake

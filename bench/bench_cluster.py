@@ -54,7 +54,6 @@ from bench_core import (
     launcher_seconds,
     median_rates,
     noop,
-    print_summary,
     run_benchmarks,
     say,
     scratch_dir,
@@ -412,14 +411,8 @@ def sizes_from(args: argparse.Namespace) -> Sizes:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    sizes = sizes_from(args)
-    say(f"ensemble_launcher cluster benchmarks: {POOL_WORKERS} cores, Python "
-        f"{sys.version.split()[0]}{', quick' if args.quick else ''}")
-    started = time.perf_counter()
-    rows = run_benchmarks(args.only or BENCHMARKS, RUNNERS, sizes)
-    print_summary(rows)
-    say(f"\ntotal {time.perf_counter() - started:.0f} s; benchmarks report, they do not gate")
-    return 0
+    return run_benchmarks("cluster", args.only or BENCHMARKS, RUNNERS, sizes_from(args),
+                          args.quick)
 
 
 if __name__ == "__main__":

@@ -404,9 +404,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def run_benchmarks(names: Sequence[str], runners: dict[str, Callable[[Any], list[Row]]],
-                   sizes: Any) -> list[Row]:
-    """Every named benchmark's rows; one that breaks is an error row, not the end."""
+def run_benchmarks(kind: str, names: Sequence[str],
+                   runners: dict[str, Callable[[Any], list[Row]]], sizes: Any,
+                   quick: bool) -> int:
+    """Run every named benchmark and print the summary; one that breaks is an error row,
+    not the end. The exit status: 0 (benchmarks report, they do not gate)."""
+    say(f"ensemble_launcher {kind} benchmarks: {NCORES} cores, Python "
+        f"{sys.version.split()[0]}{', quick' if quick else ''}")
+    started = time.perf_counter()
     rows: list[Row] = []
     for name in names:
         try:
@@ -414,7 +419,9 @@ def run_benchmarks(names: Sequence[str], runners: dict[str, Callable[[Any], list
         except Exception as exc:  # noqa: BLE001 - one broken benchmark must not hide the rest
             say(f"[{name}] ERROR: {type(exc).__name__}: {exc}")
             rows.append(Row(name, "error", "-", None, "-", False))
-    return rows
+    print_summary(rows)
+    say(f"\ntotal {time.perf_counter() - started:.0f} s; benchmarks report, they do not gate")
+    return 0
 
 
 def main(argv: list[str]) -> int:
@@ -427,13 +434,7 @@ def main(argv: list[str]) -> int:
         print(json.dumps(child_lazy(args.child_lazy)))
         return 0
     sizes = QUICK if args.quick else Sizes()
-    say(f"ensemble_launcher core benchmarks: {NCORES} cores, Python "
-        f"{sys.version.split()[0]}{', quick' if args.quick else ''}")
-    started = time.perf_counter()
-    rows = run_benchmarks(args.only or BENCHMARKS, RUNNERS, sizes)
-    print_summary(rows)
-    say(f"\ntotal {time.perf_counter() - started:.0f} s; benchmarks report, they do not gate")
-    return 0
+    return run_benchmarks("core", args.only or BENCHMARKS, RUNNERS, sizes, args.quick)
 
 
 if __name__ == "__main__":

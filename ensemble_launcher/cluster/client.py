@@ -23,7 +23,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import CancelledError, Future
+from concurrent.futures import CancelledError, Future, wait
 from concurrent.futures.process import _RemoteTraceback  # type: ignore[attr-defined]
 from dataclasses import MISSING, fields
 from pathlib import Path
@@ -67,6 +67,9 @@ log = logging.getLogger("ensemble_launcher")
 
 #: How long start() waits for the head's Welcome.
 JOIN_TIMEOUT = 30.0
+#: Seconds cancel() waits for the cluster to say how the task ended (a running command
+#: is given kill_grace to stop).
+_CANCEL_WAIT = 30.0
 #: Task records per Submit message.
 _SUBMIT_BATCH = 2048
 #: Distinct callables a client keeps pickled (a new lambda per task would otherwise pin
@@ -94,10 +97,9 @@ class ClusterFuture(Future):
         self._is_command = is_command
 
     def cancel(self) -> bool:
-        if self.done():
-            return self.cancelled()
-        self._client._cancel([self.task_id])
-        return super().cancel()
+        """Cancel the task, and return once the cluster says how it ended: True if it was
+        cancelled (it never ran, or was stopped), False if it had finished."""
+        return self._client._cancel_and_wait([self])
 
     def result(self, timeout: float | None = None) -> Any:
         try:
@@ -287,8 +289,8 @@ class ClusterClient:
                 left = None if end is None else max(0.0, end - time.monotonic())
                 yield pending.popleft().result(left)
         finally:
-            for future in pending:
-                future.cancel()
+            if pending:
+                self._cancel_and_wait(list(pending))
 
     def cancel_tag(self, tag: str) -> None:
         """Cancel every task of the cluster with this ``tag`` that has not finished."""
@@ -300,9 +302,21 @@ class ClusterClient:
         self._check_open()
         self._post(Shutdown())
 
-    def _cancel(self, task_ids: list[str]) -> None:
-        if self._thread is not None and self._lost is None:
-            self._post(Cancel(task_ids, None))
+    def _cancel_and_wait(self, futures: list[ClusterFuture]) -> bool:
+        """Cancel tasks and wait (at most _CANCEL_WAIT) for their final results, so that a
+        True answer means the task never runs on: a Cancel may be still on its way down
+        the tree when a task there was about to start. From our own thread (a callback)
+        we cannot wait; the futures are then cancelled here at once. True if the first
+        future ended cancelled."""
+        live = [f for f in futures if not f.done()]
+        if live and self._thread is not None and self._lost is None:
+            self._post(Cancel([f.task_id for f in live], None))
+            if threading.current_thread() is not self._thread:
+                wait(live, timeout=_CANCEL_WAIT)
+        for future in live:
+            if not future.done():
+                _cancelled_here(future)
+        return futures[0].cancelled()
 
     def _digest(self, fn: Callable[..., Any]) -> bytes:
         with self._lock:
@@ -433,7 +447,7 @@ class ClusterClient:
         if future is None or future.done():
             return
         if row.state == CANCELLED:
-            future.cancel()
+            _cancelled_here(future)
             return
         try:
             if row.state == SUCCEEDED:
@@ -463,6 +477,16 @@ def _default(option: Any) -> Any:
 
 
 _DEFAULTS = {option.name: _default(option) for option in fields(Task)}
+
+
+def _cancelled_here(future: Future) -> None:
+    """Mark a future cancelled and tell whoever waits on it: ``Future.cancel`` alone does
+    not wake ``concurrent.futures.wait`` and ``as_completed`` (an executor does that when
+    the future would have run: ``set_running_or_notify_cancel``, which refuses a future
+    told so before)."""
+    if Future.cancel(future):
+        with contextlib.suppress(RuntimeError):
+            future.set_running_or_notify_cancel()
 
 
 def _send(dealer: zmq.Socket, message: Message) -> bool:

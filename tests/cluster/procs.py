@@ -166,8 +166,21 @@ def pids_with_env(name: str, value: str) -> set[int]:
 
 
 def kill_namespace_members(inodes: Iterable[int], timeout: float = 10.0) -> None:
-    """SIGKILL every process in the namespaces, repeatedly, since members may still fork."""
+    """SIGKILL every process in the namespaces, repeatedly, since members may still fork.
+
+    A crashed host stops all at once; signalling its processes one by one would not: a
+    task killed first would let its runner and worker live long enough to report it
+    "killed by SIGKILL" before they die too. So every member is frozen (SIGSTOP, until no
+    new one appears) before any is killed."""
     inodes = set(inodes)
+    frozen: set[int] = set()
+    for _ in range(20):
+        members = pids_in_namespaces(inodes) - frozen
+        if not members:
+            break
+        for pid in members:
+            send_signal(pid, signal.SIGSTOP)
+        frozen |= members
 
     def all_gone() -> bool:
         members = pids_in_namespaces(inodes)

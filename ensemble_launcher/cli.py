@@ -290,21 +290,19 @@ def status(run_dir: Path, as_json: bool) -> None:
               help="Where the PNG plots go (default: RUN_DIR/report).")
 def report(run_dir: Path, out_dir: Path | None) -> None:
     """Plot where the time of a run went (PNG) and print a summary."""
-    import sqlite3
-
-    from ensemble_launcher.errors import EnsembleLauncherError
+    from ensemble_launcher.errors import EnsembleLauncherError, StoreError
     from ensemble_launcher.store.journal import check_journal
 
     try:
-        journal = check_journal(run_dir, read_all=True)
+        check_journal(run_dir, read_all=True)
     except EnsembleLauncherError as exc:
         _bad_input(exc)
     from ensemble_launcher.monitor.report import write_report
 
     try:
         paths, lines = write_report(run_dir, out_dir)
-    except sqlite3.Error as exc:
-        _bad_input(f"cannot read {journal}: {exc}")
+    except StoreError as exc:
+        _bad_input(exc)
     click.echo("\n".join(lines))
     for path in paths:
         click.echo(f"wrote {path}")

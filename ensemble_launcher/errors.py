@@ -181,6 +181,6 @@ def _short(value: Any, limit: int = 80) -> str:
     line."""
     try:
         text = _SHORT_REPR.repr(value)
-    except Exception:  # a user object whose __repr__ fails still gets a message
+    except Exception:  # noqa: BLE001 - a user object whose __repr__ fails still gets a message
         text = f"<{type(value).__name__}>"
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -31,8 +31,7 @@ from ensemble_launcher.errors import (
     RunAbortedError,
     StoreError,
 )
-from ensemble_launcher.executors import executor_for, make_pool
-from ensemble_launcher.executors.mpi import mpi_launch_factory
+from ensemble_launcher.executors import executor_for
 from ensemble_launcher.logfiles import open_log_file
 from ensemble_launcher.monitor import Counts, LogReporter, MultiReporter, Reporter
 from ensemble_launcher.monitor.profiles import (
@@ -46,9 +45,9 @@ from ensemble_launcher.monitor.status import StatusFileReporter
 from ensemble_launcher.orchestrator.boot import Settings
 from ensemble_launcher.orchestrator.ledger import Ledger, RetryPolicy, runs_again
 from ensemble_launcher.orchestrator.master import Master
-from ensemble_launcher.orchestrator.node_worker import NodeWorker
 from ensemble_launcher.orchestrator.placement import tree_settings
 from ensemble_launcher.orchestrator.recording import Recorder
+from ensemble_launcher.orchestrator.roles import run_node
 from ensemble_launcher.orchestrator.root import LocalSink, LocalSource, RootControl, RootUpstream
 from ensemble_launcher.orchestrator.signals import GracefulShutdown, left_to_parent
 from ensemble_launcher.orchestrator.tree import plan_tree
@@ -410,18 +409,11 @@ class EnsembleLauncher:
 
     def _run_here(self, control: RootControl, recorder: Recorder,
                   timeline: Timeline | NoTimeline) -> None:
-        config, node = self.launcher_config, self.nodes[0]
-        with make_pool(config.task_executor_name, node.cpus, pin=self.pin_resources,
-                       tail_bytes=config.stderr_tail_bytes, kill_grace=config.kill_grace) as pool:
-            sink = LocalSink(control, recorder, node.host)
-            NodeWorker(LocalSource(control), sink, node, pool,
-                                gpu_selector=config.gpu_selector,
-                                capture_stdout=self.return_stdout, pin=self.pin_resources,
-                                kill_grace=config.kill_grace,
-                                check_each_task=self.tasks.total is None,
-                                timeline=timeline, mpi=mpi_launch_factory(
-                                    config.mpi_launcher, config.mpi_flavor, config.mpi_args,
-                                    config.gpu_selector)).run()
+        node = self.nodes[0]
+        run_node(LocalSource(control), LocalSink(control, recorder, node.host), node,
+                 self.launcher_config, pin=self.pin_resources,
+                 capture_stdout=self.return_stdout, check_each_task=self.tasks.total is None,
+                 timeline=timeline)
 
     def _open_desk(self, ledger: Ledger, recorder: Recorder, store: RunStore,
                    functions: FunctionTable, earlier: dict[str, Any]) -> ClientDesk:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import json
 import os
 import socket
@@ -30,12 +32,71 @@ def test_public_surface_is_pinned():
         "write_results_to_json",
     }
     assert all(getattr(ensemble_launcher, name) is not None for name in ensemble_launcher.__all__)
-    from ensemble_launcher.config import LauncherConfig as LC
-    from ensemble_launcher.config import SystemConfig as SC
-    from ensemble_launcher.ensemble import Task as T
+    top_level = (ensemble_launcher.LauncherConfig, ensemble_launcher.SystemConfig,
+                 ensemble_launcher.Task)
+    assert top_level == (LauncherConfig, SystemConfig, Task)
 
-    assert (LauncherConfig, SystemConfig, Task) == (LC, SC, T)
 
+
+def _shape(fn) -> str:
+    """A signature as callers rely on it: names, kinds and defaults, not annotations."""
+    sig = inspect.signature(fn)
+    params = [p.replace(annotation=inspect.Parameter.empty) for p in sig.parameters.values()]
+    return str(sig.replace(parameters=params, return_annotation=inspect.Signature.empty))
+
+
+PINNED_SIGNATURES = {
+    "EnsembleLauncher": ("(ensemble_file, system_config=None, launcher_config=None, "
+                         "Nodes=None, pin_resources=True, return_stdout=False, *, out_dir=None, "
+                         "reporter=None, resume=False, retry_failed=False)"),
+    "EnsembleLauncher.run": "(self)",
+    "EnsembleLauncher.start": "(self, timeout=120.0, *, detach=True)",
+    "EnsembleLauncher.stop": "(self, timeout=None)",
+    "EnsembleLauncher.wait": "(self)",
+    "write_results_to_json": "(results, path)",
+    "Results": "(run_dir)",
+    "Results.counts": "(self)",
+    "Results.attempts": "(self, task_id)",
+    "Results.failed": "(self)",
+    "Results.meta": "(self)",
+    "ClusterClient": "(checkpoint_dir, node_id='global', client_id=None)",
+    "ClusterClient.start": "(self, timeout=30.0)",
+    "ClusterClient.teardown": "(self)",
+    "ClusterClient.submit": ("(self, task, *args, nnodes=1, ppn=1, ngpus_per_process=0, "
+                             "dependencies=None, priority=0, timeout=None, **kwargs)"),
+    "ClusterClient.submit_batch": "(self, tasks)",
+    "ClusterClient.map": ("(self, fn, *iterables, timeout=None, window=8192, nnodes=1, ppn=1, "
+                          "ngpus_per_process=0, dependencies=None, priority=0, "
+                          "task_timeout=None, **kwargs)"),
+    "ClusterClient.cancel_tag": "(self, tag)",
+    "ClusterClient.shutdown_cluster": "(self)",
+}
+
+
+def test_public_signatures_are_pinned():
+    from ensemble_launcher.orchestrator import ClusterClient
+
+    owners = {"EnsembleLauncher": EnsembleLauncher, "Results": ensemble_launcher.Results,
+              "ClusterClient": ClusterClient, "write_results_to_json": write_results_to_json}
+    shapes = {}
+    for name in PINNED_SIGNATURES:
+        owner, _, method = name.partition(".")
+        shapes[name] = _shape(getattr(owners[owner], method) if method else owners[owner])
+    assert shapes == PINNED_SIGNATURES
+
+
+def test_task_and_task_result_fields_are_pinned():
+    assert [f.name for f in dataclasses.fields(ensemble_launcher.TaskResult)] == [
+        "task_id", "state", "ensemble", "attempt", "reason", "returncode", "signal",
+        "value_blob", "exception", "traceback", "stdout", "stderr", "start_time", "end_time",
+        "host", "cpus", "gpus"]
+    readable = {"value", "duration", "ok"}
+    assert readable <= {n for n in dir(ensemble_launcher.TaskResult) if not n.startswith("_")}
+    assert _shape(Task) == (
+        "(task_id, nnodes=1, ppn=1, executable=None, args=(), kwargs=<factory>, "
+        "env=<factory>, ngpus_per_process=0, cpu_affinity=<factory>, gpu_affinity=<factory>, "
+        "run_dir=None, timeout=None, stdout_file=None, stderr_file=None, "
+        "estimated_runtime=0.0, tag=None, ensemble=None, retries=None)")
 
 def test_seed_config_defaults():
     system = SystemConfig(name="local")

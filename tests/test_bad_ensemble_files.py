@@ -311,6 +311,7 @@ PLACEHOLDERS = [
     misspelt("echo {a[0]}", "'{a[0]}'", "lookups"),
     misspelt("echo { a }", "'{ a }'", "no spaces"),
     misspelt("echo {a:{w}}", "'{a:{w}'", "format spec", w=[3]),
+    misspelt("echo {{a}}", "'{{a}}'", "doubled braces"),
     Bad("ppnn", {"cmd_template": "true", "ppnn": 2}, key="ppnn", values=(2,),
         also=("did you mean 'ppn'",)),
 ]

@@ -13,6 +13,7 @@ import asyncio
 import fcntl
 import json
 import os
+import pickle
 import signal
 import sqlite3
 import stat
@@ -30,6 +31,7 @@ import zmq
 
 from ensemble_launcher import EnsembleLauncher
 from ensemble_launcher.cluster.checkpoint import ClusterFile, process_alive
+from ensemble_launcher.cluster.protocol import SubmitMap, SubmitRecord
 from ensemble_launcher.comm.zmq_transport import KEY_ENV
 from ensemble_launcher.config import LauncherConfig, SystemConfig
 from ensemble_launcher.ensemble import Task
@@ -136,6 +138,21 @@ def wait_for_gate(gate: str, started: str | None = None, counter: str | None = N
             raise TimeoutError(f"gate {gate} never opened")
         time.sleep(0.01)
     return gate
+
+
+def count_then_wait(counter: str, gate: str | None, started: str | None) -> str:
+    count_run(counter)
+    if gate is not None:
+        wait_for_gate(gate, started)
+    return counter
+
+
+def sleep_unless_zero(tenths: int) -> float:
+    """Sleeps ``tenths`` tenths of a second; 0 raises ZeroDivisionError."""
+    if tenths == 0:
+        raise ZeroDivisionError("zero tenths of a second")
+    time.sleep(tenths / 10)
+    return tenths / 10
 
 
 def environment() -> dict[str, str]:
@@ -454,6 +471,81 @@ def test_submit_batch_map_wait_and_as_completed(client):
     assert sorted(f.result() for f in as_completed(singles, timeout=60)) == list(range(1, 9))
     assert list(client.map(add, range(100), range(100), window=16)) == \
         [2 * i for i in range(100)]
+
+
+def test_map_passes_futures_among_its_items_and_raises_a_failure_in_its_place(client):
+    """An item holding a future waits for its value; the results come in input order;
+    the first failure raises the task's own exception where its result would be, and
+    leaving the loop there cancels the tasks still in flight (their results are final)."""
+    base = client.submit(inc, 41)
+    assert list(client.map(add, [1, base, 3], [10, 20, 30])) == [11, 62, 33]
+    results = client.map(sleep_unless_zero, [1, 1, 0, 600, 600, 600], window=6)
+    assert [next(results), next(results)] == [0.1, 0.1]
+    with pytest.raises(ZeroDivisionError):
+        next(results)
+    results.close()
+    ids = [f"{client._session}.{n}" for n in range(4, 10)]
+    states = {task_id: journal_result(client.checkpoint_dir, task_id).state for task_id in ids}
+    assert [states[task_id] for task_id in ids] == \
+        ["succeeded", "succeeded", "failed", "cancelled", "cancelled", "cancelled"]
+    assert list(client.map(inc, range(3), task_timeout=30)) == [1, 2, 3]
+
+
+def test_map_takes_keyword_arguments_dependencies_and_commands(client):
+    """Keyword arguments go to every call; a failed dependency fails every task of the map
+    with DependencyFailed (and the cluster goes on); a command is mapped as submit() runs
+    one, each input's items appended."""
+    assert list(client.map(add, range(3), b=10)) == [10, 11, 12]
+    bad = client.submit(raise_value_error)
+    with pytest.raises(DependencyFailed, match=bad.task_id):
+        list(client.map(inc, range(3), dependencies=[bad]))
+    assert list(client.map("true", ["a", "b"])) == [0, 0]
+    assert client.submit(inc, 1).result(timeout=60) == 2
+
+
+def test_a_client_sending_its_own_task_ids_again_is_refused(cluster):
+    """A task id a client made itself names one task: sent again (a bug, or a replay of
+    its messages), alone or in a map chunk, it is refused, never run twice; the cluster
+    stops cleanly afterwards, with one result for it."""
+    with ClusterClient(cluster.run_dir) as client:
+        assert list(client.map(inc, [1])) == [2]
+        first = f"{client._session}.0"
+        with pytest.raises(InvalidTask, match="submitted before"):
+            client.submit(Task(task_id=first, executable=inc, args=(5,))).result(timeout=60)
+        template = SubmitRecord("", {}, client._digest(inc), None, [], False, 0, "")
+        client._post(SubmitMap(list(template), 0, [pickle.dumps(((7,), {}))]))
+        assert client.submit(inc, 2).result(timeout=60) == 3
+    cluster.stop(timeout=60)
+    assert journal_result(cluster.run_dir, first).value == 2
+
+
+def test_a_restart_reruns_only_the_unfinished_tasks_of_a_map(clusters, tmp_path):
+    """A map's chunk is journaled as one row: after a kill -9, a restart runs the tasks of
+    it that had not finished (those that were running, and those still pending), each
+    once more, and not the ones that had."""
+    counters = tmp_path / "counters"
+    counters.mkdir()
+    launcher = clusters.start()
+    directory = launcher.run_dir
+    items = [(str(counters / f"item-{i}"), None if i < 2 else clusters.gate(f"g{i}"),
+              None if i < 2 else clusters.gate(f"g{i}.started")) for i in range(8)]
+    with ClusterClient(directory) as client:
+        mapped = client.map(count_then_wait, *zip(*items, strict=True))
+        assert [next(mapped), next(mapped)] == [items[0][0], items[1][0]]
+        clusters.wait_started("g2")
+        clusters.wait_started("g3")
+        kill_head(directory)
+        with pytest.raises(ClusterLost):
+            next(mapped)
+    clusters.close()
+    again = EnsembleLauncher(ensemble_file={}, system_config=system(),
+                             launcher_config=clusters.config(directory))
+    clusters.started(again.start())
+    again.stop(timeout=60)
+    runs = {path.name: path.read_text().count("ran") for path in counters.iterdir()}
+    assert runs == {"item-0": 1, "item-1": 1, "item-2": 2, "item-3": 2,
+                    **{f"item-{i}": 1 for i in range(4, 8)}}
+    assert all(result.ok for result in all_results(directory).values())
 
 
 def test_stop_drains_work_of_a_client_that_left(cluster, tmp_path):

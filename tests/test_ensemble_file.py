@@ -200,6 +200,14 @@ def test_shell_variables_are_left_for_the_shell(tmp_path):
     assert cmds == ["echo ${HOME}/out-1 $USER"]
 
 
+def test_a_doubled_brace_is_a_literal_brace_as_in_str_format(tmp_path):
+    cmds = commands(tmp_path, {"cmd_template": "awk 'BEGIN {{print {a}}}'", "a": [1, 2]})
+    assert cmds == ["awk 'BEGIN {print 1}'", "awk 'BEGIN {print 2}'"]
+    assert subprocess.run(cmds[0], shell=True, capture_output=True, text=True).stdout == "1\n"
+    assert commands(tmp_path, {"cmd_template": "echo {{a}} {{{a}}} {a}}} {} {", "a": [7]}) == \
+        ["echo {a} {7} 7} {} {"]
+
+
 # -- relations -----------------------------------------------------------------------------
 
 

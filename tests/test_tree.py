@@ -431,7 +431,7 @@ def test_a_worker_drops_garbage_from_its_parent_and_goes_on(tmp_path):
     messages are dropped and logged, and the task that follows runs."""
     import msgpack
 
-    from ensemble_launcher.comm import Bye, Drain, Hello, Results, Tasks
+    from ensemble_launcher.comm import Bye, Drain, Hello, ResultBatch, Tasks
     from ensemble_launcher.orchestrator.wire import FunctionTable, task_to_wire
 
     with _TestParent(tmp_path) as parent:
@@ -447,7 +447,7 @@ def test_a_worker_drops_garbage_from_its_parent_and_goes_on(tmp_path):
         parent.endpoint.send(b"main.w0", Tasks([task_to_wire(1, task, FunctionTable())]))
         parent.endpoint.send(b"main.w0", Drain())
         assert parent.receive_until(Bye)
-        rows = [row for m in parent.got if isinstance(m, Results) for row in m.rows]
+        rows = [row for m in parent.got if isinstance(m, ResultBatch) for row in m.rows]
         assert [(row[0], row[1]) for row in rows] == [(1, "succeeded")]
         assert worker.wait(timeout=30) == 0
     drops = [line for line in (tmp_path / "logs" / "worker-main.w0.log").read_text()
@@ -518,7 +518,7 @@ def test_bad_result_rows_from_a_known_child_are_dropped_and_every_task_recorded_
     _in_every_child(tmp_path, monkeypatch,
         "import os\n"
         "if os.environ.get('EL_TREE'):\n"
-        "    from ensemble_launcher.comm import Results\n"
+        "    from ensemble_launcher.comm import ResultBatch\n"
         "    from ensemble_launcher.orchestrator.parent_link import ParentLink\n"
         "    BAD = {'bad-signal': (4, [15]), 'bad-reason': (2, {'why': 1}),\n"
         "           'bad-value': (5, {'v': 1})}\n"
@@ -529,7 +529,7 @@ def test_bad_result_rows_from_a_known_child_are_dropped_and_every_task_recorded_
         "            row = [*result, self._host, cpus, gpus]\n"
         "            row[1:5] = ['failed', 'signal', -15, 15]\n"
         "            row[field] = value\n"
-        "            self._send(Results([row]))\n"
+        "            self._send(ResultBatch([row]))\n"
         "        record(self, key, task, result, cpus, gpus)\n"
         "    ParentLink.record = record_after_a_bad_row\n")
     bad = ["bad-signal", "bad-reason", "bad-value"]
@@ -540,7 +540,7 @@ def test_bad_result_rows_from_a_known_child_are_dropped_and_every_task_recorded_
     assert all(len(r.attempts(t)) == 1 and r[t].signal is None for t in bad)
     drops = [line for line in (tmp_path / "run" / "logs" / "master-main.log").read_text()
              .splitlines() if "dropped a bad frame from main.w0" in line]
-    assert len(drops) == 3 and all("Results.rows" in d and "row 0 is not" in d for d in drops)
+    assert len(drops) == 3 and all("ResultBatch.rows" in d and "row 0 is not" in d for d in drops)
 
 
 def test_a_child_waits_for_a_start_up_file_that_shows_late(tmp_path):

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import zmq
 
-from ensemble_launcher.comm import Cancel, Drain, ParentEndpoint, Results, Tasks, terminate
+from ensemble_launcher.comm import Cancel, Drain, ParentEndpoint, ResultBatch, Tasks, terminate
 from ensemble_launcher.config import LauncherConfig, SystemConfig
 from ensemble_launcher.ensemble import Task
 from ensemble_launcher.executors import WarmPool
@@ -82,7 +82,7 @@ class _LinkUnderTest:
         def pumped() -> bool:
             self.link.pump()
             for _, message in self.parent.receive({b"main.w0"}):
-                if isinstance(message, Results):
+                if isinstance(message, ResultBatch):
                     self.rows.extend(message.rows)
             return condition()
 
@@ -208,16 +208,16 @@ class _Sink:
     def held(self, key: int, cpus: list[int], gpus: list[str]) -> None:
         raise AssertionError("no reservation on one node")
 
-    def turn(self) -> None:
+    def after_turn(self) -> None:
         pass
 
-    def tick(self) -> None:
+    def every_tick(self) -> None:
         pass
 
     def report_running(self, by_ensemble: dict[str, int]) -> None:
         pass
 
-    def flush(self) -> None:
+    def final_flush(self) -> None:
         pass
 
 

@@ -51,16 +51,7 @@ class ClusterFile:
         return len(str(self.socket_path)) <= _MAX_SOCKET_PATH
 
     def prepare(self) -> None:
-        """Make the directory, or make sure it is ours and only ours (0700)."""
-        try:
-            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-            info = self.dir.stat()
-        except OSError as exc:
-            raise ConfigError(f"checkpoint_dir {self.dir}: {exc.strerror}") from exc
-        if info.st_uid != os.getuid():
-            raise ConfigError(f"checkpoint_dir {self.dir} belongs to another user")
-        if stat.S_IMODE(info.st_mode) != 0o700:
-            os.chmod(self.dir, 0o700)
+        private_directory(self.dir, "checkpoint_dir")
 
     def write(self, address: str, keys: CurveKeys | None, heartbeat: float) -> None:
         record = {"address": address, "pid": os.getpid(), "host": socket.gethostname(),
@@ -105,6 +96,20 @@ def process_alive(pid: int) -> bool:
             return stat_file.read().rsplit(b")", 1)[1].split()[0] != b"Z"
     except (OSError, IndexError):
         return True
+
+
+def private_directory(directory: Path, key: str) -> None:
+    """Make ``directory``, or make sure it is ours and only ours (0700); a ConfigError
+    names it as ``key``."""
+    try:
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+        info = directory.stat()
+    except OSError as exc:
+        raise ConfigError(f"{key} {directory}: {exc.strerror}") from exc
+    if info.st_uid != os.getuid():
+        raise ConfigError(f"{key} {directory} belongs to another user")
+    if stat.S_IMODE(info.st_mode) != 0o700:
+        os.chmod(directory, 0o700)
 
 
 def write_private(path: Path, data: bytes) -> None:

@@ -17,6 +17,7 @@ import itertools
 import logging
 import os
 import pickle
+import select
 import socket
 import threading
 import time
@@ -27,7 +28,7 @@ from concurrent.futures import CancelledError, Future, wait
 from concurrent.futures.process import _RemoteTraceback  # type: ignore[attr-defined]
 from dataclasses import MISSING, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, cast
 
 import zmq
 
@@ -42,6 +43,7 @@ from ensemble_launcher.cluster.protocol import (
     Refused,
     Shutdown,
     Submit,
+    SubmitMap,
     SubmitRecord,
     Welcome,
 )
@@ -60,7 +62,8 @@ from ensemble_launcher.errors import (
     TaskNotRun,
     TaskTimedOut,
 )
-from ensemble_launcher.orchestrator.wire import FunctionTable, pickle_any
+from ensemble_launcher.executors.pickling import pickle_any
+from ensemble_launcher.orchestrator.wire import FunctionTable
 from ensemble_launcher.states import CANCELLED, LOST, NOT_RUN, SUCCEEDED, TIMED_OUT
 
 log = logging.getLogger("ensemble_launcher")
@@ -75,6 +78,9 @@ _SUBMIT_BATCH = 2048
 #: Distinct callables a client keeps pickled (a new lambda per task would otherwise pin
 #: them all); past this it starts afresh, and sends a callable again if it comes again.
 _FUNCTIONS_KEPT = 1024
+#: A task submitted this soon after the last one sent at once is left to our thread,
+#: which batches a burst of submits into few messages.
+_BURST_GAP = 0.0005
 #: Seconds between two looks at whether the head is alive (its pid, its heartbeats).
 _LIVENESS_CHECK = 0.05
 #: Futures ``map`` keeps in flight: enough to keep a large cluster busy, few enough that
@@ -120,6 +126,55 @@ class ClusterFuture(Future):
         raise TypeError("a ClusterFuture cannot be pickled; pass it to submit() instead")
 
 
+class _MapResults:
+    """The results of one ``map``'s tasks in flight, by task id, until the map takes them
+    (in order). The client's thread puts them; the map's thread waits for the one it
+    needs next."""
+
+    __slots__ = ("_rows", "_ready", "_wanted", "_error")
+
+    def __init__(self) -> None:
+        self._rows: dict[str, DoneRow] = {}
+        self._ready = threading.Condition(threading.Lock())
+        self._wanted: str | None = None
+        self._error: ClusterLost | None = None
+
+    def put(self, row: DoneRow) -> None:
+        with self._ready:
+            self._rows[row.task_id] = row
+            if row.task_id == self._wanted:
+                self._ready.notify()
+
+    def fail(self, error: ClusterLost) -> None:
+        with self._ready:
+            if self._error is None:
+                self._error = ClusterLost(str(error))
+            self._ready.notify()
+
+    def take(self, task_id: str, timeout: float | None) -> DoneRow:
+        end = None if timeout is None else time.monotonic() + timeout
+        with self._ready:
+            while task_id not in self._rows:
+                if self._error is not None:
+                    raise self._error
+                left = None if end is None else end - time.monotonic()
+                if left is not None and left <= 0:
+                    raise TimeoutError(f"map: no result for {task_id} within the timeout")
+                self._wanted = task_id
+                self._ready.wait(left)
+            self._wanted = None
+            return self._rows.pop(task_id)
+
+    def wait_for(self, task_ids: Iterable[str], timeout: float) -> None:
+        """Wait until every one of ``task_ids`` has its result (or the cluster is lost)."""
+        end = time.monotonic() + timeout
+        for task_id in task_ids:
+            try:
+                self.take(task_id, max(0.0, end - time.monotonic()))
+            except (ClusterLost, TimeoutError):
+                return
+
+
 class ClusterClient:
     """A connection to the cluster whose checkpoint directory is ``checkpoint_dir``.
 
@@ -133,10 +188,12 @@ class ClusterClient:
         self.node_id = node_id
         self.client_id = client_id or f"client-{uuid.uuid4().hex[:8]}"
         self._session = f"{self.client_id}-{uuid.uuid4().hex[:6]}"
-        self._ids = itertools.count()
+        self._next_number = 0
+        """The number of the next task id this client makes (``<session>.<number>``)."""
         self._outbox: deque[Message | list[Any]] = deque()
         """Messages, and task records (lists) that go out together as one Submit."""
-        self._futures: dict[str, ClusterFuture] = {}
+        self._futures: dict[str, ClusterFuture | _MapResults] = {}
+        """What waits for each task's result: its future, or the map it belongs to."""
         self._functions = FunctionTable()
         self._defined: set[bytes] = set()
         self._lock = threading.Lock()
@@ -144,7 +201,11 @@ class ClusterClient:
         self._awake = False
         self._thread: threading.Thread | None = None
         self._ctx: zmq.Context | None = None
-        self._wake_send: zmq.Socket | None = None
+        self._dealer: zmq.Socket | None = None
+        self._socket_lock = threading.Lock()
+        """Held by whoever uses the socket: our thread, or a user's sending a task at once."""
+        self._last_direct = 0.0
+        self._wake_fds: tuple[int, int] | None = None
         self._lost: ClusterLost | None = None
         self._closing = False
         self._welcome = threading.Event()
@@ -166,13 +227,16 @@ class ClusterClient:
             return self
         self.info = ClusterFile(self.checkpoint_dir).read()
         self._ctx = zmq.Context()
-        wake_address = f"inproc://el-client-{id(self)}"
-        wake_recv = self._ctx.socket(zmq.PULL)
-        wake_recv.bind(wake_address)
-        self._wake_send = self._ctx.socket(zmq.PUSH)
-        self._wake_send.connect(wake_address)
-        dealer = self._connect(self.info)
-        self._thread = threading.Thread(target=self._serve, args=(dealer, wake_recv),
+        self._wake_fds = os.pipe()
+        for fd in self._wake_fds:
+            os.set_blocking(fd, False)
+        try:
+            self._dealer = dealer = self._connect(self.info)
+        except BaseException:
+            self._close_wake_pipe()
+            self._ctx.term()
+            raise
+        self._thread = threading.Thread(target=self._serve, args=(dealer, self._wake_fds[0]),
                                         name=f"el-{self.client_id}", daemon=True)
         self._post(Join(self._session, self.node_id, os.getpid(), socket.gethostname()))
         self._thread.start()
@@ -187,12 +251,13 @@ class ClusterClient:
 
     def _connect(self, info: ClusterInfo) -> zmq.Socket:
         assert self._ctx is not None
+        if info.address.startswith("tcp://") and info.keys is None:
+            raise ClusterLost(f"{self.checkpoint_dir}: a TCP cluster without keys")
         dealer = self._ctx.socket(zmq.DEALER)
         dealer.setsockopt(zmq.IDENTITY, self._session.encode())
         dealer.setsockopt(zmq.LINGER, 1000)
         if info.address.startswith("tcp://"):
-            if info.keys is None:
-                raise ClusterLost(f"{self.checkpoint_dir}: a TCP cluster without keys")
+            assert info.keys is not None
             dealer.setsockopt(zmq.IPV6, int(info.address.startswith("tcp://[")))
             dealer.setsockopt(zmq.CURVE_SERVERKEY, info.keys.server_public)
             dealer.setsockopt(zmq.CURVE_PUBLICKEY, info.keys.client_public)
@@ -210,10 +275,15 @@ class ClusterClient:
         self._wake()
         thread.join()
         self._fail_all(ClusterLost(f"the client {self.client_id} was torn down"))
-        if self._wake_send is not None:
-            self._wake_send.close(0)
+        self._close_wake_pipe()
         if self._ctx is not None:
             self._ctx.term()
+
+    def _close_wake_pipe(self) -> None:
+        with self._wake_lock:
+            fds, self._wake_fds = self._wake_fds, None
+        for fd in fds or ():
+            os.close(fd)
 
     # -- submitting --------------------------------------------------------------------------
 
@@ -235,11 +305,8 @@ class ClusterClient:
             task_id, executable = task.task_id, task.executable
             args, kwargs = task.args, dict(task.kwargs)
         else:
-            task_id, executable = f"{self._session}.{next(self._ids)}", task
-            spec = {} if nnodes == 1 and ppn == 1 and not ngpus_per_process and \
-                timeout is None else {k: v for k, v in (
-                    ("nnodes", nnodes), ("ppn", ppn), ("ngpus_per_process", ngpus_per_process),
-                    ("timeout", timeout)) if v != _DEFAULTS[k]}
+            task_id, executable = f"{self._session}.{self._numbers(1)}", task
+            spec = _spec_of(nnodes, ppn, ngpus_per_process, timeout)
         after = [_task_id_of(f) for f in dependencies or ()]
         refs: list[str] = []
         if callable(executable):
@@ -263,34 +330,139 @@ class ClusterClient:
             if task_id in self._futures:
                 raise ValueError(f"task_id {task_id!r} was already submitted by this client")
             self._futures[task_id] = future
-        self._outbox.append(list(record))
-        self._wake()
+        self._send_task(list(record))
         return future
+
+    def _send_task(self, record: list[Any]) -> None:
+        """Send a task record from this thread when nothing waits before it and no burst
+        of submits is on: a task submitted alone then does not wait for our thread to
+        wake. Otherwise our thread sends it, batched with the others."""
+        now = time.monotonic()
+        if not self._outbox and now - self._last_direct >= _BURST_GAP and \
+                self._socket_lock.acquire(blocking=False):
+            try:
+                dealer = self._dealer
+                if dealer is not None and not self._outbox and not self._closing:
+                    self._last_direct = now
+                    if _send(dealer, Submit([record])):
+                        if _message_waits(dealer):
+                            self._wake()
+                        return
+            finally:
+                self._socket_lock.release()
+        self._outbox.append(record)
+        self._wake()
 
     def submit_batch(self, tasks: Iterable[Task]) -> list[ClusterFuture]:
         return [self.submit(task) for task in tasks]
 
-    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any],
-            timeout: float | None = None, window: int = MAP_WINDOW,
-            **options: Any) -> Iterator[Any]:
-        """``fn`` over the inputs, results in order, as ``Executor.map``; at most ``window``
-        tasks are in flight, so inputs and futures are never all in memory."""
+    def map(self, fn: Callable[..., Any] | str | Sequence[str], *iterables: Iterable[Any],
+            timeout: float | None = None, window: int = MAP_WINDOW, nnodes: int = 1,
+            ppn: int = 1, ngpus_per_process: int | float = 0,
+            dependencies: Iterable[Future] | None = None, priority: int = 0,
+            task_timeout: float | None = None, **kwargs: Any) -> Iterator[Any]:
+        """``fn`` over the inputs, results in order, as ``Executor.map`` (``timeout``
+        bounds the whole map; ``task_timeout`` each task; ``kwargs`` go to every call).
+        ``fn`` may be a command, as for ``submit``: each input's items are appended. At
+        most ``window`` tasks are in flight, so inputs and results are never all in
+        memory. Callables' tasks have no futures of their own: a map of a million of them
+        costs the client a fraction of a million ``submit()`` calls. Leaving the loop early
+        cancels the tasks still in flight."""
+        self._check_open()
         end = None if timeout is None else time.monotonic() + timeout
         inputs = zip(*iterables, strict=False)
+        refs: list[str] = []
+        kwargs = _with_refs(kwargs, refs)
+        if not callable(fn) or refs:
+            after = list(dependencies or ())
+
+            def submit(item: tuple) -> ClusterFuture:
+                return self.submit(fn, *item, nnodes=nnodes, ppn=ppn,  # type: ignore[arg-type]
+                                   ngpus_per_process=ngpus_per_process, dependencies=after,
+                                   priority=priority, timeout=task_timeout, **kwargs)
+            return self._map_futures(submit, inputs, end, window)
+        template = SubmitRecord("", _spec_of(nnodes, ppn, ngpus_per_process, task_timeout),
+                                self._digest(fn), None,
+                                [_task_id_of(f) for f in dependencies or ()], False,
+                                int(priority), "")
+        return self._map_chunks(template, kwargs, inputs, end, window)
+
+    def _map_chunks(self, template: SubmitRecord, kwargs: dict[str, Any],
+                    inputs: Iterator[tuple], end: float | None,
+                    window: int) -> Iterator[Any]:
+        results = _MapResults()
+        in_flight: deque[str] = deque()
+        refill = max(1, window // 16)
+        try:
+            while True:
+                if len(in_flight) <= window - refill:
+                    self._submit_items(template, kwargs, itertools.islice(
+                        inputs, window - len(in_flight)), results, in_flight)
+                if not in_flight:
+                    return
+                left = None if end is None else max(0.0, end - time.monotonic())
+                row = results.take(in_flight[0], left)
+                in_flight.popleft()
+                yield self._outcome(row, False)
+        finally:
+            if in_flight:
+                self._cancel_map(results, in_flight)
+
+    def _map_futures(self, submit: Callable[[tuple], ClusterFuture], inputs: Iterator[tuple],
+                     end: float | None, window: int) -> Iterator[Any]:
+        """A map through ``submit()``, a future per task: for commands, and for keyword
+        arguments holding futures."""
         pending: deque[ClusterFuture] = deque()
         refill = max(1, window // 16)
         try:
             while True:
                 if len(pending) <= window - refill:
-                    for item in itertools.islice(inputs, window - len(pending)):
-                        pending.append(self.submit(fn, *item, **options))
+                    pending.extend(submit(item) for item in
+                                   itertools.islice(inputs, window - len(pending)))
                 if not pending:
                     return
                 left = None if end is None else max(0.0, end - time.monotonic())
-                yield pending.popleft().result(left)
+                yield pending[0].result(left)
+                pending.popleft()
         finally:
             if pending:
                 self._cancel_and_wait(list(pending))
+
+    def _submit_items(self, template: SubmitRecord, kwargs: dict[str, Any],
+                      items: Iterable[tuple], results: _MapResults,
+                      in_flight: deque[str]) -> None:
+        """The items' tasks, sent in one go: runs of plain items as map chunks (the
+        template and their arguments), an item holding a future as a record of its own.
+        Their results go to ``results``."""
+        batch = [_with_refs_of(item, kwargs) for item in items]
+        if not batch:
+            return
+        first = self._numbers(len(batch))
+        task_ids = [f"{self._session}.{first + place}" for place in range(len(batch))]
+        with self._lock:
+            if self._lost is not None:
+                raise ClusterLost(str(self._lost))
+            for task_id in task_ids:
+                self._futures[task_id] = results
+        in_flight.extend(task_ids)
+        self._outbox.extend(_map_messages(template, first, task_ids, batch))
+        self._wake()
+
+    def _numbers(self, count: int) -> int:
+        """The first of ``count`` consecutive numbers for this client's task ids."""
+        with self._lock:
+            first = self._next_number
+            self._next_number += count
+        return first
+
+    def _cancel_map(self, results: _MapResults, in_flight: deque[str]) -> None:
+        """Cancel a map's tasks in flight and wait (at most _CANCEL_WAIT) until the
+        cluster says how each ended, as ``cancel()`` does."""
+        if self._thread is None or self._lost is not None:
+            return
+        self._post(Cancel(list(in_flight), None))
+        if threading.current_thread() is not self._thread:
+            results.wait_for(in_flight, _CANCEL_WAIT)
 
     def cancel_tag(self, tag: str) -> None:
         """Cancel every task of the cluster with this ``tag`` that has not finished."""
@@ -342,21 +514,24 @@ class ClusterClient:
     def _wake(self) -> None:
         """Wake the client's thread, once until it ran: under a lock, since any thread
         (a user's, or ours in a future's callback) may submit."""
-        if self._awake or self._wake_send is None:
+        if self._awake or self._wake_fds is None:
             return
         with self._wake_lock:
-            if not self._awake:
+            if not self._awake and self._wake_fds is not None:
                 self._awake = True
-                with contextlib.suppress(zmq.ZMQError):
-                    self._wake_send.send(b"", zmq.NOBLOCK)
+                with contextlib.suppress(OSError):
+                    os.write(self._wake_fds[1], b"\0")
 
     # -- the client's thread -----------------------------------------------------------------
 
-    def _serve(self, dealer: zmq.Socket, wake: zmq.Socket) -> None:
+    def _serve(self, dealer: zmq.Socket, wake: int) -> None:
+        """Our thread's loop. It waits on the socket's file descriptor (not on the socket,
+        which a user's thread may be sending on meanwhile) and on the wake pipe; every use
+        of the socket is under ``_socket_lock``."""
         assert self.info is not None
-        poller = zmq.Poller()
-        poller.register(dealer, zmq.POLLIN)
-        poller.register(wake, zmq.POLLIN)
+        poller = select.poll()
+        poller.register(cast(int, dealer.getsockopt(zmq.FD)), select.POLLIN)
+        poller.register(wake, select.POLLIN)
         inbox = Inbox()
         heartbeat = self.info.heartbeat
         last_heard = last_sent = next_check = time.monotonic()
@@ -364,20 +539,18 @@ class ClusterClient:
         try:
             stuck = False
             while not self._closing:
-                ready = dict(poller.poll(10 if stuck else int(heartbeat * 500)))
-                if wake in ready:
-                    while True:
-                        try:
-                            wake.recv(zmq.NOBLOCK)
-                        except zmq.Again:
-                            break
+                if not self._readable(dealer) and (stuck or not self._outbox):
+                    poller.poll(10 if stuck else int(heartbeat * 500))
+                _drain(wake)
                 self._awake = False
-                if self._outbox:
-                    stuck = not self._send_outbox(dealer)
-                    last_sent = time.monotonic()
-                if dealer in ready:
+                with self._socket_lock:
+                    if self._outbox:
+                        stuck = not self._send_outbox(dealer)
+                        last_sent = time.monotonic()
+                    frames = _received(dealer)
+                if frames:
                     last_heard = time.monotonic()
-                    self._receive(dealer, inbox)
+                    self._receive(frames, inbox)
                 now = time.monotonic()
                 if self._lost is None and now >= next_check:
                     next_check = now + _LIVENESS_CHECK
@@ -386,14 +559,23 @@ class ClusterClient:
                     self._welcome.set()
                     self._fail_all(self._lost)
                     break
-                if now - last_sent >= heartbeat / 2:
-                    _send(dealer, Heartbeat(time.time()))
+                if now - max(last_sent, self._last_direct) >= heartbeat / 2:
+                    with self._socket_lock:
+                        _send(dealer, Heartbeat(time.time()))
                     last_sent = now
             if self._outbox and self._lost is None:
-                self._send_outbox(dealer)
+                with self._socket_lock:
+                    self._send_outbox(dealer)
         finally:
-            dealer.close(linger=1000 if self._lost is None else 0)
-            wake.close(0)
+            with self._socket_lock:
+                self._dealer = None
+                dealer.close(linger=1000 if self._lost is None else 0)
+
+    def _readable(self, dealer: zmq.Socket) -> bool:
+        """Whether a message waits; also re-arms the socket's descriptor (ZMQ signals it
+        by edge), so that a poll on it then wakes for the next one."""
+        with self._socket_lock:
+            return _message_waits(dealer)
 
     def _head_lost(self, silent: float, heartbeat: float,
                    local_pid: int | None) -> ClusterLost | None:
@@ -424,13 +606,9 @@ class ClusterClient:
                 return False
         return True
 
-    def _receive(self, dealer: zmq.Socket, inbox: Inbox) -> None:
-        while True:
-            try:
-                frames = dealer.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            message = inbox.decode("the cluster", frames[-1])
+    def _receive(self, frames: list[bytes], inbox: Inbox) -> None:
+        for frame in frames:
+            message = inbox.decode("the cluster", frame)
             if isinstance(message, Done):
                 for row in message.rows:
                     self._settle(DoneRow._make(row))
@@ -444,6 +622,9 @@ class ClusterClient:
 
     def _settle(self, row: DoneRow) -> None:
         future = self._futures.pop(row.task_id, None)
+        if isinstance(future, _MapResults):
+            future.put(row)
+            return
         if future is None or future.done():
             return
         if row.state == CANCELLED:
@@ -457,13 +638,24 @@ class ClusterClient:
         except Exception:  # noqa: BLE001 - a future cancelled meanwhile takes no result
             pass
 
+    @staticmethod
+    def _outcome(row: DoneRow, is_command: bool) -> Any:
+        """A map's result from its row: the value, or the error raised."""
+        if row.state == SUCCEEDED:
+            return _value_of(row, is_command)
+        if row.state == CANCELLED:
+            raise TaskCancelled(row.task_id, "cancelled", state=CANCELLED, reason="cancelled")
+        raise _error_of(row, is_command)
+
     def _fail_all(self, error: ClusterLost) -> None:
         with self._lock:
             if self._lost is None:
                 self._lost = error
             futures, self._futures = self._futures, {}
         for future in futures.values():
-            if not future.done():
+            if isinstance(future, _MapResults):
+                future.fail(error)
+            elif not future.done():
                 with contextlib.suppress(Exception):
                     future.set_exception(ClusterLost(str(error)))
 
@@ -479,6 +671,16 @@ def _default(option: Any) -> Any:
 _DEFAULTS = {option.name: _default(option) for option in fields(Task)}
 
 
+def _spec_of(nnodes: int, ppn: int, ngpus_per_process: int | float,
+             timeout: float | None) -> dict[str, Any]:
+    """The options of a callable or command that differ from a Task's defaults."""
+    if nnodes == 1 and ppn == 1 and not ngpus_per_process and timeout is None:
+        return {}
+    return {key: value for key, value in (
+        ("nnodes", nnodes), ("ppn", ppn), ("ngpus_per_process", ngpus_per_process),
+        ("timeout", timeout)) if value != _DEFAULTS[key]}
+
+
 def _cancelled_here(future: Future) -> None:
     """Mark a future cancelled and tell whoever waits on it: ``Future.cancel`` alone does
     not wake ``concurrent.futures.wait`` and ``as_completed`` (an executor does that when
@@ -487,6 +689,26 @@ def _cancelled_here(future: Future) -> None:
     if Future.cancel(future):
         with contextlib.suppress(RuntimeError):
             future.set_running_or_notify_cancel()
+
+
+def _received(dealer: zmq.Socket) -> list[bytes]:
+    """The last frame of every message waiting on the socket."""
+    frames = []
+    while True:
+        try:
+            frames.append(dealer.recv_multipart(zmq.NOBLOCK)[-1])
+        except zmq.Again:
+            return frames
+
+
+def _message_waits(dealer: zmq.Socket) -> bool:
+    return bool(cast(int, dealer.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
+
+
+def _drain(fd: int) -> None:
+    with contextlib.suppress(BlockingIOError):
+        while os.read(fd, 4096):
+            pass
 
 
 def _send(dealer: zmq.Socket, message: Message) -> bool:
@@ -526,6 +748,36 @@ def _with_refs(value: Any, refs: list[str]) -> Any:
             return value
         return {key: _with_refs(item, refs) for key, item in value.items()}
     return value
+
+
+class _Item(NamedTuple):
+    """One input of a map: its arguments pickled, and the tasks of futures among them."""
+
+    args: bytes | None
+    refs: list[str]
+
+
+def _with_refs_of(item: tuple, kwargs: dict[str, Any]) -> _Item:
+    refs: list[str] = []
+    args = _with_refs(item, refs)
+    return _Item(pickle_any((args, kwargs)) if args or kwargs else None, refs)
+
+
+def _map_messages(template: SubmitRecord, first: int, task_ids: list[str],
+                  items: list[_Item]) -> Iterator[Message | list[Any]]:
+    """What sends a map's items: a SubmitMap for each run of items without futures, a
+    task record for each item with some (it waits for them)."""
+    start = 0
+    for place, item in enumerate(items):
+        if not item.refs:
+            continue
+        if place > start:
+            yield SubmitMap(list(template), first + start, [i.args for i in items[start:place]])
+        yield [task_ids[place], template.spec, template.digest, item.args,
+               list(dict.fromkeys(template.after + item.refs)), True, template.priority, ""]
+        start = place + 1
+    if start < len(items):
+        yield SubmitMap(list(template), first + start, [i.args for i in items[start:]])
 
 
 def _command_with(command: str | list[str], args: Sequence[Any]) -> str | list[str]:

@@ -11,11 +11,13 @@ ours, or a message from a client that has not joined, is dropped and logged.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import zmq
 
@@ -30,6 +32,7 @@ from ensemble_launcher.cluster.protocol import (
     Refused,
     Shutdown,
     Submit,
+    SubmitMap,
     SubmitRecord,
     Welcome,
 )
@@ -37,6 +40,7 @@ from ensemble_launcher.comm import CurveKeys, Define, Heartbeat, Message, Parent
 from ensemble_launcher.comm.zmq_transport import ANYONE
 from ensemble_launcher.ensemble import Task
 from ensemble_launcher.ensemble.task import UnbuildableTask
+from ensemble_launcher.errors import _short
 from ensemble_launcher.orchestrator.ledger import Ledger
 from ensemble_launcher.states import FAILED, NOT_RUN, RunResult
 
@@ -51,6 +55,38 @@ _PER_TURN = 4096
 _LOST_AFTER = 3
 
 
+class _Numbers:
+    """The numbers of the task ids a client made itself (``<client>.<number>``), as
+    intervals: a client that sends one again (a bug, or a replay) is refused instead of
+    running a task twice under one id."""
+
+    __slots__ = ("_starts", "_ends")
+
+    def __init__(self) -> None:
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+
+    def claim(self, first: int, count: int) -> bool:
+        """Take ``first`` .. ``first + count - 1``; False (nothing taken) if any was."""
+        end = first + count
+        if first < 0 or count < 1:
+            return False
+        at = bisect.bisect_right(self._starts, first)
+        if (at and self._ends[at - 1] > first) or \
+                (at < len(self._starts) and self._starts[at] < end):
+            return False
+        if at and self._ends[at - 1] == first:
+            at -= 1
+            self._ends[at] = end
+        else:
+            self._starts.insert(at, first)
+            self._ends.insert(at, end)
+        if at + 1 < len(self._starts) and self._starts[at + 1] == end:
+            self._ends[at] = self._ends.pop(at + 1)
+            del self._starts[at + 1]
+        return True
+
+
 @dataclass(slots=True)
 class _Client:
     name: str
@@ -58,6 +94,12 @@ class _Client:
     last_heard: float = field(default_factory=time.monotonic)
     last_sent: float = 0.0
     outbox: list[DoneRow] = field(default_factory=list)
+    prefix: str = field(init=False)
+    """The prefix of the task ids this client makes itself (its session's name)."""
+    numbers: _Numbers = field(default_factory=_Numbers)
+
+    def __post_init__(self) -> None:
+        self.prefix = self.name + "."
 
 
 class ClientDesk:
@@ -76,9 +118,13 @@ class ClientDesk:
         self._clients: dict[bytes, _Client] = {}
         self._owners: dict[str, bytes] = {}
         self._dirty: set[bytes] = set()
-        self._arrived: deque[tuple[bytes, list | Cancel | Shutdown]] = deque()
-        """Task records received and not yet taken in (at most _PER_TURN a loop turn), with
-        the Cancels and Shutdowns among them, which take effect in the order they came."""
+        self._arrived: deque[tuple[bytes, list[list] | SubmitMap | Cancel | Shutdown]] = \
+            deque()
+        """Submits (their lists of task records) and map chunks received and not yet taken
+        in (at most _PER_TURN tasks a loop turn), with the Cancels and Shutdowns among
+        them, which take effect in the order they came."""
+        self._taken = 0
+        """Tasks of the first Submit or map chunk in ``_arrived`` already taken in."""
         self._last_beat = 0.0
         self._hidden = False
 
@@ -116,10 +162,7 @@ class ClientDesk:
         identity = self._owners.pop(task.task_id, None)
         self._intake.finished(task)
         if identity is not None:
-            self._to_client(identity, DoneRow(
-                task.task_id, result.state, result.reason, result.returncode, result.signal,
-                result.value, result.exception, result.traceback, result.stdout,
-                result.stderr))
+            self._to_client(identity, _done_row(task.task_id, result))
 
     def flush(self) -> None:
         """Send each client its results; a client whose queue is full (it stopped reading)
@@ -191,8 +234,9 @@ class ClientDesk:
                                              str(self._intake.run_dir)))
 
     def _handle(self, identity: bytes, client: _Client, message: Message) -> None:
-        if isinstance(message, Submit):
-            self._arrived.extend((identity, item) for item in message.tasks)
+        if isinstance(message, (Submit, SubmitMap)):
+            self._arrived.append((identity, message.tasks if isinstance(message, Submit)
+                                  else message))
         elif isinstance(message, (Cancel, Shutdown)):
             self._arrived.append((identity, message))
         elif isinstance(message, Define):
@@ -203,45 +247,94 @@ class ClientDesk:
     def _take_in(self) -> None:
         """Submit up to _PER_TURN of the records that arrived: a client's large batch is
         taken in over several turns, so that the loop still answers heartbeats."""
-        arrived = self._arrived
-        for _ in range(min(len(arrived), _PER_TURN)):
-            identity, item = arrived.popleft()
+        arrived, budget = self._arrived, _PER_TURN
+        while arrived and budget > 0:
+            identity, item = arrived[0]
             client = self._clients.get(identity)
-            if client is None:
-                continue
-            if isinstance(item, Cancel):
-                for task_id in item.task_ids:
-                    self._ledger.cancel(task_id)
-                if item.tag is not None:
-                    self._ledger.cancel_tag(item.tag)
-            elif isinstance(item, Shutdown):
-                log.info("cluster: %s asked to stop: no new task is taken; the rest finish",
-                         client.name)
-                self._ledger.close()
-            else:
-                self._submit(identity, client, SubmitRecord._make(item))
+            if type(item) is list or type(item) is SubmitMap:
+                tasks = item if type(item) is list else item.args  # type: ignore[union-attr]
+                start = self._taken
+                end = min(len(tasks), start + budget)
+                budget -= end - start
+                if client is not None and type(item) is list:
+                    for index in range(start, end):
+                        self._submit(identity, client, SubmitRecord._make(item[index]))
+                elif client is not None:
+                    self._submit_map(identity, client, item, start, end)  # type: ignore[arg-type]
+                if end < len(tasks):
+                    self._taken = end
+                    return
+                self._taken = 0
+            elif client is not None:
+                budget -= 1
+                self._order(client, item)  # type: ignore[arg-type]
+            arrived.popleft()
+
+    def _order(self, client: _Client, order: Cancel | Shutdown) -> None:
+        if isinstance(order, Cancel):
+            for task_id in order.task_ids:
+                self._ledger.cancel(task_id)
+            if order.tag is not None:
+                self._ledger.cancel_tag(order.tag)
+        else:
+            log.info("cluster: %s asked to stop: no new task is taken; the rest finish",
+                     client.name)
+            self._ledger.close()
 
     def _submit(self, identity: bytes, client: _Client, record: SubmitRecord) -> None:
-        if self._ledger.closed:
-            self._to_client(identity, _refused(record.task_id, "stopping", "the cluster is "
-                                               "stopping and takes no new task"))
-            return
         if not record.route and client.route:
             record = record._replace(route=client.route)
-        if record.route and record.route not in self._nodes:
-            self._to_client(identity, _refused(record.task_id, "invalid", f"route "
-                                               f"{record.route!r} is not a node of this "
-                                               "cluster"))
+        why = self._refusal(record.route)
+        if why is not None:
+            self._to_client(identity, _refused(record.task_id, *why))
+            return
+        own = _own_number(record.task_id, client.prefix)
+        if own is not None and not client.numbers.claim(own, 1):
+            self._to_client(identity, _refused(record.task_id, "invalid", f"task_id "
+                                               f"{record.task_id!r} was submitted before"))
             return
         earlier = self._owners.get(record.task_id)
         self._owners[record.task_id] = identity
-        problem = self._intake.submit(record, own_prefix=client.name + ".")
+        problem = self._intake.submit(record, own_prefix=client.prefix if own is not None
+                                      else "")
         if problem is not None:
             if earlier is None:
                 self._owners.pop(record.task_id, None)
             else:
                 self._owners[record.task_id] = earlier
             self._to_client(identity, _refused(record.task_id, "invalid", problem))
+
+    def _submit_map(self, identity: bytes, client: _Client, chunk: SubmitMap, start: int,
+                    end: int) -> None:
+        """Tasks ``start:end`` of a map chunk; their ids are ``<client>.<first + place>``."""
+        task_ids = [f"{client.prefix}{chunk.first + place}" for place in range(start, end)]
+        template = SubmitRecord._make(chunk.template)
+        if not template.route and client.route:
+            template = template._replace(route=client.route)
+        why = self._refusal(template.route)
+        if why is None and start == 0 and not client.numbers.claim(chunk.first,
+                                                                  len(chunk.args)):
+            why = ("invalid", f"the task ids {task_ids[0]!r} and on were sent before (or "
+                              f"first={_short(chunk.first)} is no id number)")
+        if why is not None:
+            for task_id in task_ids:
+                self._to_client(identity, _refused(task_id, *why))
+            return
+        owners = self._owners
+        for task_id in task_ids:
+            owners[task_id] = identity
+        refused = self._intake.submit_map(template, task_ids, chunk.args[start:end])
+        for task_id, problem in refused.items():
+            owners.pop(task_id, None)
+            self._to_client(identity, _refused(task_id, "invalid", problem))
+
+    def _refusal(self, route: str) -> tuple[str, str] | None:
+        """Why no task of this route is taken now: (reason, text) for its result row."""
+        if self._ledger.closed:
+            return "stopping", "the cluster is stopping and takes no new task"
+        if route and route not in self._nodes:
+            return "invalid", f"route {route!r} is not a node of this cluster"
+        return None
 
     def _to_client(self, identity: bytes, row: DoneRow) -> None:
         client = self._clients.get(identity)
@@ -257,6 +350,24 @@ class ClientDesk:
             return True
         self._clients.pop(identity, None)
         return False
+
+
+def _own_number(task_id: Any, prefix: str) -> int | None:
+    """The number of a task id a client made itself (``<prefix><digits>``), else None."""
+    if type(task_id) is not str or not task_id.startswith(prefix):
+        return None
+    number = task_id[len(prefix):]
+    return int(number) if number.isascii() and number.isdigit() else None
+
+
+def _done_row(task_id: str, result: RunResult) -> DoneRow:
+    """The row of a final result: the RunResult's fields from ``state`` to ``stderr``."""
+    return tuple.__new__(DoneRow, (task_id, *result[1:_DONE_END]))
+
+
+#: Where DoneRow's fields (after task_id) end in a RunResult.
+_DONE_END = RunResult._fields.index("stderr") + 1
+assert RunResult._fields[1:_DONE_END] == DoneRow._fields[1:]
 
 
 def _refused(task_id: str, reason: str, why: str) -> DoneRow:

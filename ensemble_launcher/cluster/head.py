@@ -32,6 +32,7 @@ from ensemble_launcher.cluster.checkpoint import (
 )
 from ensemble_launcher.errors import ClusterLost, ConfigError, LaunchError
 from ensemble_launcher.launchers.base import log_tail
+from ensemble_launcher.orchestrator.boot import adopt_sys_path
 
 #: Seconds stop() waits, after SIGTERM, for the head to stop its running tasks and exit
 #: (their shutdown_grace, then kill_grace) before SIGKILL.
@@ -51,7 +52,7 @@ def start_head(checkpoint_dir: Path, inputs: dict[str, Any], timeout: float,
         launch = {"sys_path": [os.path.abspath(p) for p in sys.path if p],
                   "inputs": cloudpickle.dumps(inputs)}
         write_private(cluster.dir / LAUNCH_FILE, pickle.dumps(launch))
-    except Exception as exc:  # noqa: BLE001 - whatever cannot be pickled, one clear error
+    except Exception as exc:  # whatever cannot be pickled, one clear error
         raise ConfigError(f"cannot hand the ensemble and configs to the cluster's head: "
                           f"{exc}") from exc
     log_path = cluster.dir / "logs" / "head.log"
@@ -150,14 +151,6 @@ def _signal(pid: int, sig: int) -> None:
         os.kill(pid, sig)
 
 
-def _adopt_sys_path(paths: list[str]) -> None:
-    """Import what the user's process could: its sys.path, in its order, added once we
-    started (as PYTHONPATH, a user's directory would shadow the standard library)."""
-    for path in reversed(paths):
-        if path not in sys.path:
-            sys.path.insert(0, path)
-
-
 def main(argv: list[str]) -> int:
     import logging
 
@@ -167,7 +160,7 @@ def main(argv: list[str]) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     directory = Path(argv[0])
     launch = pickle.loads((directory / LAUNCH_FILE).read_bytes())
-    _adopt_sys_path(launch["sys_path"])
+    adopt_sys_path(launch["sys_path"])
     launcher = EnsembleLauncher(**pickle.loads(launch["inputs"]))
     try:
         launcher.serve()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import pickle
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Iterator
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from ensemble_launcher.errors import ConfigError, ResourceError, _short
 from ensemble_launcher.orchestrator.ledger import Ledger, Submission
 from ensemble_launcher.orchestrator.wire import FunctionTable
 from ensemble_launcher.resources import NodeResources, check_requirements
+from ensemble_launcher.states import NOT_RUN
 from ensemble_launcher.store import RunStore
 
 log = logging.getLogger("ensemble_launcher")
@@ -62,6 +63,7 @@ class TaskIntake:
         self._shapes: dict[tuple, bool] = {}
         """Whether a task of that shape fits a node."""
         self._checked: dict[tuple, str | None] = {}
+        self._pack = msgpack.Packer(use_bin_type=True).pack
 
     def define(self, digest: bytes, blob: bytes) -> None:
         self._blobs[digest] = blob
@@ -69,40 +71,74 @@ class TaskIntake:
     def submit(self, record: SubmitRecord, own_prefix: str = "") -> str | None:
         """Submit one task; what is wrong with it instead, in one line. Nothing a client
         sends can raise here: every field is checked before the task is journaled."""
+        task_id = record.task_id
         try:
             problem = record_problem(record)
-            if problem is None and self._taken(record.task_id, own_prefix):
-                problem = f"task_id {record.task_id!r} is already a task of this cluster"
             if problem is not None:
                 return problem
+            own = bool(own_prefix) and task_id.startswith(own_prefix)
+            if task_id in self._ledger.live_ids or (not own and self._earlier_id(task_id)):
+                return f"task_id {task_id!r} is already a task of this cluster"
             task = self._build(record)
         except Exception as exc:  # noqa: BLE001 - whatever a client sent, one line, never fatal
-            return f"task {_short(record.task_id)}: {exc}"
+            return f"task {_short(task_id)}: {exc}"
         problem = self._plain_callable_problem(task) if _plain_callable(record) \
             else self._problem(task)
         if problem is not None:
             self.finished(task)
             return problem
         self._journal(record)
-        if not (own_prefix and record.task_id.startswith(own_prefix)):
-            self._given.add(record.task_id)
+        if not own:
+            self._given.add(task_id)
         self._enter(task, record)
         return None
+
+    def submit_map(self, template: SubmitRecord, task_ids: list[str],
+                   blobs: list[Any]) -> dict[str, str]:
+        """The tasks of one map chunk: ``template`` with each one's id (under the client's
+        own prefix, new by construction) and args. The template is checked once, as one
+        record; what is wrong with any task, by task id (every one, when the template is
+        wrong). The chunk is journaled as one row."""
+        problem = record_problem(template._replace(task_id=task_ids[0]))
+        if problem is None and (template.refs or template.digest is None or
+                                template.args is not None or len(blobs) != len(task_ids)):
+            problem = "a map's template names a callable, and each task has its own arguments"
+        if problem is not None:
+            return dict.fromkeys(task_ids, problem)
+        refused: dict[str, str] = {}
+        spec, digest = template.spec, template.digest
+        check = self._problem if spec else self._plain_callable_problem
+        accepted: list[Task] = []
+        for task_id, blob in zip(task_ids, blobs, strict=True):
+            try:
+                task = self._build_task(task_id, spec, digest, blob)
+            except Exception as exc:  # noqa: BLE001 - whatever a client sent, one line
+                refused[task_id] = f"task {_short(task_id)}: {exc}"
+                continue
+            problem = check(task)
+            if problem is not None:
+                self.finished(task)
+                refused[task_id] = problem
+                continue
+            accepted.append(task)
+        if accepted:
+            self._journal_map(template, [task.task_id for task in accepted],
+                              blobs if not refused else
+                              [b for t, b in zip(task_ids, blobs, strict=True)
+                               if t not in refused])
+        for task in accepted:
+            self._enter(task, template)
+        return refused
 
     def _enter(self, task: Task, record: SubmitRecord) -> None:
         self._ledger.submit(Submission(task, record.priority, record.route,
                                        tuple(record.after),
                                        _substitute if record.refs else None))
 
-    def _taken(self, task_id: str, own_prefix: str) -> bool:
-        """Whether a task of this cluster has this id: one live, one the cluster's own
-        ensemble has, one a client named so before, or one of an earlier life of the
-        cluster (ids a client made under its own session's prefix are new by
-        construction)."""
-        if task_id in self._ledger.live_ids:
-            return True
-        if own_prefix and task_id.startswith(own_prefix):
-            return False
+    def _earlier_id(self, task_id: str) -> bool:
+        """Whether a task not live now had this id: one the cluster's own ensemble has,
+        one a client named so before, or one of an earlier life of the cluster (ids a
+        client makes under its own session's prefix are new by construction)."""
         return task_id in self._given or task_id in self._earlier or \
             task_id in self._ensemble_ids
 
@@ -124,11 +160,10 @@ class TaskIntake:
         """After a restart: every task submitted before and not finished, in its order; one
         that no longer loads (its module is gone) is recorded failed, with why."""
         n = 0
-        for task_id, blob in self._store.unfinished_submissions():
+        for task_id, record in self._unfinished():
             n += 1
             try:
-                record = SubmitRecord._make(msgpack.unpackb(blob))
-                problem = record_problem(record)
+                problem = record if type(record) is str else record_problem(record)
                 if problem is None:
                     self._enter(self._build(record), record)
                     continue
@@ -139,45 +174,75 @@ class TaskIntake:
                                 f"cannot run again after the restart: {problem}")
         return n
 
+    def _unfinished(self) -> Iterator[tuple[str, Any]]:
+        """(task_id, SubmitRecord) of each task submitted before without a final result
+        (or whose final result is not_run); (task_id, why) for a row that does not load."""
+        for task_id, blob, state in self._store.submissions():
+            try:
+                row = msgpack.unpackb(blob)
+                if row[0] != _MAP_ROW:
+                    if state is None or state == NOT_RUN:
+                        yield task_id, SubmitRecord._make(row)
+                    continue
+                _, template, task_ids, blobs = row
+                template = SubmitRecord._make(template)
+                done = self._store.finished_among(task_ids)
+                for one, args in zip(task_ids, blobs, strict=True):
+                    if one not in done:
+                        yield one, template._replace(task_id=one, args=args)
+            except Exception as exc:  # noqa: BLE001 - a row this version cannot read
+                for one in _ids_of_map_row(blob) or [task_id]:
+                    yield one, f"its journal row does not load: {exc}"
+
     # -- building ----------------------------------------------------------------------------
 
     def _build(self, record: SubmitRecord) -> Task:
-        spec: dict[str, Any] = record.spec
+        return self._build_task(record.task_id, record.spec, record.digest, record.args)
+
+    def _build_task(self, task_id: str, spec: dict[str, Any], digest: bytes | None,
+                    args_blob: bytes | None) -> Task:
         unknown = set(spec) - _TASK_OPTIONS if spec else ()
         if unknown:
             raise ConfigError(f"unknown task option {sorted(unknown)[0]!r}")
-        args, kwargs = pickle.loads(record.args) if record.args is not None else ((), {})
+        args, kwargs = pickle.loads(args_blob) if args_blob is not None else ((), {})
         if type(args) is not tuple:
             args = tuple(args)
         if type(kwargs) is not dict:
             raise ConfigError("its keyword arguments are not a mapping")
-        if record.digest is None:
-            return Task(task_id=record.task_id, args=args, kwargs=kwargs, **spec)
-        fn = self._function(record.digest)
-        task = Task(task_id=record.task_id, executable=fn, args=args, kwargs=kwargs, **spec) \
-            if spec else trusted_task(record.task_id, executable=fn, args=args, kwargs=kwargs)
-        self._digests[record.task_id] = record.digest
-        self._uses[record.digest] = self._uses.get(record.digest, 0) + 1
+        if digest is None:
+            return Task(task_id=task_id, args=args, kwargs=kwargs, **spec)
+        fn = self._function(digest)
+        task = Task(task_id=task_id, executable=fn, args=args, kwargs=kwargs, **spec) \
+            if spec else trusted_task(task_id, executable=fn, args=args, kwargs=kwargs)
+        self._digests[task_id] = digest
+        self._uses[digest] = self._uses.get(digest, 0) + 1
         return task
 
     def _function(self, digest: bytes) -> Callable:
         fn = self._functions.functions.get(digest)
         if fn is not None:
             return fn
-        blob = self._blobs.pop(digest, None) or self._functions.blobs.get(digest)
+        blob = self._blobs.pop(digest, None) or self._functions.recent_blob(digest)
         if blob is None:
             blob = self._store.function(digest)
         if blob is None:
             raise ConfigError("its callable was never sent (Define before Submit)")
         return self._functions.adopt(digest, blob)
 
+    def _journal_map(self, template: SubmitRecord, task_ids: list[str],
+                     blobs: list[Any]) -> None:
+        self._journal_function(template.digest)
+        self._store.add_submitted(task_ids[0], self._pack(
+            [_MAP_ROW, list(template), task_ids, blobs]))
+
     def _journal(self, record: SubmitRecord) -> None:
-        digest = record.digest
+        self._journal_function(record.digest)
+        self._store.add_submitted(record.task_id, self._pack(record))
+
+    def _journal_function(self, digest: bytes | None) -> None:
         if digest is not None and digest not in self._journaled:
             self._journaled.add(digest)
             self._store.add_function(digest, self._functions.blobs[digest])
-        self._store.add_submitted(record.task_id, msgpack.packb(list(record),
-                                                                use_bin_type=True))
 
     # -- checks ------------------------------------------------------------------------------
 
@@ -245,6 +310,18 @@ class TaskIntake:
 def record_problem(record: SubmitRecord) -> str | None:
     """What is wrong with the types of a record from the network, in one line, or None.
     The spec's values are checked by Task itself."""
+    task_id, spec, digest, args, after, refs, priority, route = record
+    if type(task_id) is str and task_id and type(spec) is dict and \
+            (digest is None or type(digest) is bytes) and (args is None or type(args) is bytes) \
+            and (digest is not None or "executable" in spec) and type(after) is list and \
+            type(refs) is bool and type(priority) is int and -2**63 <= priority < 2**63 and \
+            type(route) is str and (not spec or all(type(k) is str for k in spec)) and \
+            (not after or all(type(a) is str for a in after)):
+        return None
+    return _record_problem_text(record)
+
+
+def _record_problem_text(record: SubmitRecord) -> str:
     if type(record.task_id) is not str or not record.task_id:
         return f"task_id must be a non-empty string, got {_short(record.task_id)}"
     label = f"task {_short(record.task_id)}"
@@ -260,15 +337,27 @@ def record_problem(record: SubmitRecord) -> str | None:
         return f"{label}: dependencies must be task ids, got {_short(record.after)}"
     if type(record.refs) is not bool:
         return f"{label}: refs must be true or false, got {_short(record.refs)}"
-    if type(record.priority) is not int or not -2**63 <= record.priority < 2**63:
-        return f"{label}: priority must be a whole number, got {_short(record.priority)}"
     if type(record.route) is not str:
         return f"{label}: route must be a node name, got {_short(record.route)}"
-    return None
+    return f"{label}: priority must be a whole number, got {_short(record.priority)}"
 
+
+#: The first field of a journal row that holds a whole map chunk (a row of one task is a
+#: SubmitRecord, whose first field is its task_id, never this).
+_MAP_ROW = 0
 
 #: The shape of a callable with every option at its default.
 _PLAIN = ("plain callable",)
+
+
+def _ids_of_map_row(blob: bytes) -> list[str] | None:
+    """The task ids of a map chunk's journal row that does not load as a whole."""
+    try:
+        row = msgpack.unpackb(blob)
+        ids = row[2] if row[0] == _MAP_ROW else None
+    except Exception:  # noqa: BLE001 - not even that much of it can be read
+        return None
+    return ids if type(ids) is list and all(type(i) is str for i in ids) else None
 
 
 def _plain_callable(record: SubmitRecord) -> bool:

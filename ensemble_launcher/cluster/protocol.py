@@ -5,6 +5,7 @@
       |  <-- Welcome(heartbeat, nodes, run_dir)     |   or Refused(why)
       |  --> Define(digest, blob)                   |   a callable, once per client
       |  --> Submit([SubmitRecord, ...])            |   batched by the client's thread
+      |  --> SubmitMap(template, first, args)       |   a chunk of a map: one record for all
       |  <-- Done([DoneRow, ...])                   |   final results, batched per turn
       |  --> Cancel(task_ids, tag)                  |
       |  <-> Heartbeat(time)                        |   when nothing else was sent lately
@@ -84,6 +85,15 @@ def _rows_of(fields: int) -> Any:
 
 
 
+def _is_submit_record(value: Any) -> bool:
+    return type(value) is list and len(value) == SUBMIT_FIELDS
+
+
+def _are_args(value: Any) -> bool:
+    return type(value) is list and bool(value) and \
+        all(arg is None or type(arg) is bytes for arg in value)
+
+
 @register_message(40)
 @dataclass(slots=True)
 class Join(Message):
@@ -111,6 +121,18 @@ class Refused(Message):
 @dataclass(slots=True)
 class Submit(Message):
     tasks: Annotated[list[list[Any]], _rows_of(SUBMIT_FIELDS)]
+
+
+@register_message(48)
+@dataclass(slots=True)
+class SubmitMap(Message):
+    """Tasks of one ``map`` chunk: each is ``template`` (a SubmitRecord without task_id and
+    args) with the args of its place in ``args`` and the id ``<client>.<first + place>``,
+    under the prefix of the client's own ids. One record's checks serve them all."""
+
+    template: Annotated[list[Any], _is_submit_record]
+    first: int
+    args: Annotated[list[Any], _are_args]
 
 
 @register_message(44)

@@ -17,7 +17,7 @@ from ensemble_launcher.comm.messages import (
     ProtocolError,
     Release,
     Request,
-    Results,
+    ResultBatch,
     RunHeld,
     Stop,
     Tasks,
@@ -36,5 +36,5 @@ __all__ = [
     "ANYONE", "Bye", "Cancel", "ChildEndpoint", "ChildSide", "CurveKeys", "Define", "Drain",
     "Failed", "Halt", "Heartbeat", "Held", "Hello", "Hold", "Message", "NodeLost",
     "ParentEndpoint", "ParentSide", "PipeChildEndpoint", "PipeParentEndpoint", "ProtocolError",
-    "Release", "Request", "Results", "RunHeld", "Stop", "Tasks", "decode", "terminate",
+    "Release", "Request", "ResultBatch", "RunHeld", "Stop", "Tasks", "decode", "terminate",
 ]

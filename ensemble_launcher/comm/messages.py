@@ -5,7 +5,7 @@
       |  <-- Request(credit)                     |   "I can take this many more tasks"
       |  --> Define(digest, blob)                |   a function, once per child
       |  --> Tasks([task, ...])                  |   at most the credit asked for
-      |  <-- Results([row, ...], running)        |   batched by size or a few ms
+      |  <-- ResultBatch([row, ...], running)    |   batched by size or a few ms
       |  <-> Heartbeat(time)                     |   when nothing else was sent lately
       |  <-- NodeLost(name, host, keys, why)     |   a sub-master lost one of its children
       |  --> Drain()                             |   no more tasks will come
@@ -75,7 +75,7 @@ def _are_result_rows(rows: Any) -> bool:
     return type(rows) is list
 
 
-#: Results rows, checked by :func:`_are_result_rows` on arrival; sent as ResultRow tuples.
+#: ResultBatch rows, checked by :func:`_are_result_rows` on arrival; sent as ResultRow tuples.
 ResultRows = Annotated[list[Any], _are_result_rows]
 
 
@@ -180,7 +180,7 @@ class Tasks(Message):
 
 @_message(5)
 @dataclass(slots=True)
-class Results(Message):
+class ResultBatch(Message):
     """Finished tasks, and what runs now: ``running`` lists ``[ensemble, n]`` for every
     ensemble the sender's nodes have run tasks of, when that changed (else it is empty)."""
 
@@ -305,8 +305,8 @@ def decode(data: bytes) -> Message:
 
 
 def _culprit(cls: type[Message], value: Any) -> str:
-    """The bad value, cut short; for Results, the first bad row and where it is."""
-    if cls is Results and type(value) is list:
+    """The bad value, cut short; for a ResultBatch, the first bad row and where it is."""
+    if cls is ResultBatch and type(value) is list:
         for i, row in enumerate(value):
             if not _are_result_rows([row]):
                 return (f"row {i} is not {RESULT_FIELDS} fields of the types a result has: "
@@ -340,7 +340,12 @@ class Inbox:
             log.warning("dropped a bad frame from %s: %s%s", sender, why, last)
 
 
-
 #: Registers a message class under a code; other packages' protocols (the cluster's) use
 #: the same boundary.
 register_message = _message
+
+
+def message_classes() -> dict[int, type[Message]]:
+    """Every message class registered so far, by code (the tree's, and those of any
+    protocol imported since, such as the cluster's)."""
+    return dict(_BY_CODE)

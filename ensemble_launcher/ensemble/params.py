@@ -35,26 +35,33 @@ class ExpressionError(ValueError):
     """A parameter expression that cannot be parsed or evaluated."""
 
 
-class _Lazy(Sequence):
-    """A read-only sequence whose elements come from ``_at(i)``."""
+class LazySequence(Sequence):
+    """A read-only sequence whose elements are made from their index by ``_at(i)`` when
+    asked for, never stored: a sweep or an ensemble of 2^63 - 1 values indexes in O(1).
+    Subclasses give ``__len__`` and ``_at``."""
+
+    def __getitem__(self, index):  # type: ignore[override]
+        n = len(self)
+        if isinstance(index, slice):
+            return [self._at(i) for i in range(*index.indices(n))]
+        if index < 0:
+            index += n
+        if not 0 <= index < n:
+            raise IndexError(index)
+        return self._at(index)
+
+    def _at(self, i: int) -> Any:
+        raise NotImplementedError
+
+
+class _Lazy(LazySequence):
+    """A parameter's values: ``n`` of them, each computed from its index."""
 
     def __init__(self, n: int) -> None:
         self._n = n
 
     def __len__(self) -> int:
         return self._n
-
-    def __getitem__(self, index):  # type: ignore[override]
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self._n))]
-        if index < 0:
-            index += self._n
-        if not 0 <= index < self._n:
-            raise IndexError(index)
-        return self._at(index)
-
-    def _at(self, i: int) -> Any:
-        raise NotImplementedError
 
     def __repr__(self) -> str:
         head = ", ".join(repr(self[i]) for i in range(min(self._n, 3)))

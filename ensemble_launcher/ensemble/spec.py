@@ -61,6 +61,8 @@ OPTIONS = frozenset(
 
 # ``{name}`` or ``{name:format}``; ``${NAME}`` is left for the shell.
 _PLACEHOLDER = re.compile(r"(?<!\$)\{([A-Za-z_]\w*)(?::([^{}]*))?\}")
+#: A doubled brace (a literal one, as in ``str.format``) or a placeholder, left to right.
+_PIECE = re.compile(r"(\{\{|\}\})|" + _PLACEHOLDER.pattern)
 _FIRST_WORD = re.compile(r"[ \t\r\n]*([^ \t\r\n]*)")
 #: Words /bin/sh runs itself (builtins and keywords): no file on PATH need exist for them.
 _SHELL_WORDS = frozenset({
@@ -98,7 +100,10 @@ def _near_miss(name: str, where: str, text: str) -> str:
         end = text.find("}", m.end())
         written = text[m.start():end + 1][:40] if end >= 0 else m.group()
         after = text[m.end():m.end() + 1]
-        if m.group().startswith("$"):
+        if text[m.start() - 1:m.start()] == "{":
+            written = text[m.start() - 1:end + 2][:40] if end >= 0 else m.group()
+            why = "doubled braces are a literal brace, as in str.format; write {" + name + "}"
+        elif m.group().startswith("$"):
             why = "a shell expansion, left for the shell; write {" + name + "} for the parameter"
         elif after == "!" and end >= 0:
             why = "conversions (!r, !s, !a) are not supported; write {" + name + "}"
@@ -115,8 +120,14 @@ def _near_miss(name: str, where: str, text: str) -> str:
     return ""
 
 
+def hide_literal_braces(text: str) -> str:
+    """``text`` with each doubled brace (a literal one) blanked, place for place, so that
+    a search for mistyped placeholders does not take ``{{print`` for one."""
+    return _PIECE.sub(lambda m: "  " if m.group(1) else m.group(), text)
+
+
 @dataclass(frozen=True, slots=True)
-class _Template:
+class Template:
     """A string with ``{param}`` holes, split once so rendering is a join.
 
     ``quoted`` holds, per hole, the shell quoting state it stands in when its values must
@@ -127,20 +138,28 @@ class _Template:
     quoted: tuple[str | None, ...] = ()
 
     @classmethod
-    def compile(cls, text: str) -> _Template:
-        literals, holes, pos = [], [], 0
-        for m in _PLACEHOLDER.finditer(text):
-            literals.append(text[pos:m.start()])
-            holes.append((m.group(1), m.group(2) or ""))
+    def compile(cls, text: str) -> Template:
+        """Split ``text`` at its placeholders; ``{{`` and ``}}`` are literal braces, as in
+        ``str.format``, so that ``awk 'BEGIN {{print {a}}}'`` renders ``{print 1}``."""
+        literals, holes, current, pos = [], [], [], 0
+        for m in _PIECE.finditer(text):
+            current.append(text[pos:m.start()])
             pos = m.end()
-        literals.append(text[pos:])
+            if m.group(1):
+                current.append(m.group(1)[0])
+            else:
+                literals.append("".join(current))
+                current = []
+                holes.append((m.group(2), m.group(3) or ""))
+        current.append(text[pos:])
+        literals.append("".join(current))
         return cls(tuple(literals), tuple(holes))
 
     @property
     def names(self) -> set[str]:
         return {name for name, _ in self.holes}
 
-    def quoting(self, names: Collection[str]) -> _Template:
+    def quoting(self, names: Collection[str]) -> Template:
         """This template with the values of ``names`` quoted for /bin/sh, each as the quotes
         around its hole require (none, '...' or "..."), so that the program receives each
         value as one argument, unchanged (see :meth:`check_quotable` for where that is
@@ -214,7 +233,7 @@ class _Template:
                         yield name, [*neutral[:i], text, *neutral[i + 1:]]
 
 
-class EnsembleSpec(Sequence):
+class EnsembleSpec(params.LazySequence):
     """A validated ensemble: ``len(spec)`` tasks, ``spec[i]`` builds task ``i``.
 
     ``will_run`` (a resume's) says which tasks will run; the checks of this host look at
@@ -286,10 +305,10 @@ class EnsembleSpec(Sequence):
         for key in ("run_dir", "stdout_file", "stderr_file"):
             self._option(key, path_option)
         self.templates = {
-            key: _Template.compile(d[key]) for key in TEMPLATED_OPTIONS
+            key: Template.compile(d[key]) for key in TEMPLATED_OPTIONS
             if key in d and d[key] is not None
         }
-        self.env_templates = {k: _Template.compile(v) for k, v in self._environment().items()}
+        self.env_templates = {k: Template.compile(v) for k, v in self._environment().items()}
 
     def _option(self, key: str, check: Callable[..., Any], *args: Any, default: Any = None,
                 nullable: bool = True, **kwargs: Any) -> Any:
@@ -360,7 +379,7 @@ class EnsembleSpec(Sequence):
         self._fail("unknown key: it is not an option and no template uses it as {" + shown + "}"
                    + hint, key, value)
 
-    def _all_templates(self) -> Iterator[tuple[str, _Template]]:
+    def _all_templates(self) -> Iterator[tuple[str, Template]]:
         """Each template with where it is written: an option name, or ``env.NAME``."""
         yield from self.templates.items()
         for name, template in self.env_templates.items():
@@ -580,13 +599,7 @@ class EnsembleSpec(Sequence):
     def __len__(self) -> int:
         return self._size
 
-    def __getitem__(self, index):  # type: ignore[override]
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(self._size))]
-        if index < 0:
-            index += self._size
-        if not 0 <= index < self._size:
-            raise IndexError(index)
+    def _at(self, index: int) -> Task:
         values = dict(self.constants)
         if self.relation == "many-to-many" and len(self._seqs) > 1:
             rest = index

@@ -8,7 +8,8 @@ exit, then SIGKILL. The grace is measured on the group, not its leader: a ``/bin
 leader dies of SIGTERM at once while the program it runs may still be in its handler.
 The same sequence, with another first signal, stops a dead runner's command (the pool)
 and a child of the tree (its master): :func:`stop_groups`, or :func:`begin_stop` and
-:func:`sweep_stops` in a loop that cannot wait.
+:func:`sweep_stops` in a loop that cannot wait; :func:`stop_processes` for processes of
+ours that lead no group (a pool's runners). This is our one termination policy.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Protocol
 
 from ensemble_launcher.ensemble.programs import command_argv
 
@@ -231,6 +232,43 @@ def sweep_stops(stops: list[GroupStop]) -> list[GroupStop]:
         if stop.kill_at <= now:
             signal_group(stop.pgid, signal.SIGKILL)
     return [s for s in stops if s.kill_at > now and group_alive(s.pgid)]
+
+
+class OwnProcess(Protocol):
+    """A process we started that leads no process group of its own (a pool's runner, a
+    ``multiprocessing.Process``): stopped by pid, reaped by ``join``."""
+
+    @property
+    def pid(self) -> int | None: ...
+
+    def is_alive(self) -> bool: ...
+
+    def join(self, timeout: float | None = None) -> None: ...
+
+    def kill(self) -> None: ...
+
+
+def wait_processes(procs: Sequence[OwnProcess], seconds: float) -> None:
+    """Wait up to ``seconds`` in all (one deadline, not one per process) for them to exit."""
+    deadline = time.monotonic() + seconds
+    for proc in procs:
+        while proc.is_alive() and (left := deadline - time.monotonic()) > 0:
+            proc.join(min(left, MAX_WAIT_SECONDS))
+
+
+def stop_processes(procs: Sequence[OwnProcess], grace: float,
+                   first: int = signal.SIGTERM) -> None:
+    """:func:`stop_groups` for processes that lead no group: ``first`` to each one alive,
+    up to ``grace`` seconds in all for them to exit, then SIGKILL, and reap them."""
+    for proc in procs:
+        if proc.pid is not None and proc.is_alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, first)
+    wait_processes(procs, grace)
+    for proc in procs:
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
 
 
 def stop_all_groups(grace: float) -> None:

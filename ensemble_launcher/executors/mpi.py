@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from ensemble_launcher.errors import ConfigError
+from ensemble_launcher.resources.mpi import detect_mpi_flavor
 
 BIND_GPUS = Path(__file__).with_name("bind_gpus.sh")
 LAUNCHERS = ("hydra", "pals", "openmpi", "srun")
@@ -36,8 +37,6 @@ def choose_mpi_launcher(launcher: str, flavor: str) -> str:
         return "srun"
     if flavor != "auto":
         return flavor
-    from ensemble_launcher.launchers import detect_mpi_flavor
-
     return detect_mpi_flavor()
 
 

@@ -14,11 +14,8 @@ time that runner needs it.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import multiprocessing
-import os
 import pickle
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
@@ -29,13 +26,15 @@ import zmq
 from ensemble_launcher.ensemble import Task
 from ensemble_launcher.errors import ExecutorError, LauncherClosedError
 from ensemble_launcher.executors.command import (
-    MAX_WAIT_SECONDS,
     GroupStop,
     begin_stop,
     poll_ms,
     stop_groups,
+    stop_processes,
     sweep_stops,
+    wait_processes,
 )
+from ensemble_launcher.executors.pickling import pickle_any, pickle_callable
 from ensemble_launcher.executors.runner import (
     CALL,
     CANCEL_SIGNAL,
@@ -46,6 +45,11 @@ from ensemble_launcher.executors.runner import (
     runner_main,
 )
 from ensemble_launcher.states import RunResult
+
+#: Callables kept serialized, by object: past this many, or this many bytes (a new lambda
+#: per task), we start afresh; runners keep what they were sent, by digest.
+_FUNCTIONS_KEPT = 1024
+_FUNCTION_BYTES_KEPT = 64 * 1024 * 1024
 
 
 @dataclass(slots=True)
@@ -91,6 +95,7 @@ class WarmPool:
         self._kill_grace = kill_grace
         self._ctx = multiprocessing.get_context("fork")
         self._functions: dict[int, tuple[Callable, bytes, bytes]] = {}
+        self._function_bytes = 0
         self._waitables: dict[int, tuple[int, bool]] = {}
         self._poller: zmq.Poller | None = None
         self._polled_extra: tuple = ()
@@ -146,14 +151,13 @@ class WarmPool:
     def _define(self, fn: Any, lane: _Lane) -> bytes:
         entry = self._functions.get(id(fn))
         if entry is None:
-            import cloudpickle
-
-            try:
-                blob = cloudpickle.dumps(fn)
-            except Exception as exc:  # noqa: BLE001 - report any pickling failure as one error
-                raise ExecutorError(f"cannot serialize callable {fn!r}: {exc}") from exc
-            entry = (fn, hashlib.blake2b(blob, digest_size=16).digest(), blob)
+            entry = (fn, *pickle_callable(fn))
+            if len(self._functions) >= _FUNCTIONS_KEPT or \
+                    self._function_bytes > _FUNCTION_BYTES_KEPT:
+                self._functions.clear()
+                self._function_bytes = 0
             self._functions[id(fn)] = entry
+            self._function_bytes += len(entry[2])
         digest = entry[1]
         if digest not in lane.known:
             lane.known.add(digest)
@@ -164,12 +168,7 @@ class WarmPool:
         for lane in self._lanes:
             if lane.pending:
                 batch, lane.pending = lane.pending, []
-                try:
-                    data = pickle.dumps(batch, 5)
-                except Exception:  # noqa: BLE001 - arguments only cloudpickle can handle
-                    import cloudpickle
-
-                    data = cloudpickle.dumps(batch)
+                data = pickle_any(batch)
                 # A dead runner's pipe refuses the batch; its sentinel reports the death.
                 with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     lane.conn.send_bytes(data)  # type: ignore[union-attr]
@@ -282,16 +281,8 @@ class WarmPool:
                 with contextlib.suppress(OSError):
                     lane.conn.send_bytes(pickle.dumps([(STOP,)]))
         if not cancel:
-            _join_all(procs, self._kill_grace)
-        for proc in procs:
-            if proc.is_alive():
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(proc.pid, CANCEL_SIGNAL)
-        _join_all(procs, self._kill_grace + 1.0)
-        for proc in procs:
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
+            wait_processes(procs, self._kill_grace)
+        stop_processes(procs, self._kill_grace + 1.0, CANCEL_SIGNAL)
         orphans = [lane.running_group for lane in self._lanes if lane.running_group]
         orphans += [o.pgid for o in self._stopping]
         if orphans:
@@ -300,11 +291,3 @@ class WarmPool:
             if lane.conn is not None and not lane.conn.closed:
                 lane.conn.close()
         self._waitables.clear()
-
-
-def _join_all(procs: list, timeout: float) -> None:
-    """Wait up to ``timeout`` seconds in all for the processes to exit."""
-    deadline = time.monotonic() + timeout
-    for proc in procs:
-        while proc.is_alive() and (left := deadline - time.monotonic()) > 0:
-            proc.join(min(left, MAX_WAIT_SECONDS))

@@ -30,6 +30,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ensemble_launcher.executors.command import run_command, stop_all_groups
+from ensemble_launcher.executors.pickling import pickle_any
 from ensemble_launcher.states import CANCELLED, FAILED, LOST, SUCCEEDED, TIMED_OUT, RunResult
 
 DEFINE, CALL, RUN, STOP = 0, 1, 2, 3
@@ -198,7 +199,7 @@ def _call(item: tuple, functions: dict[bytes, Any]) -> RunResult:
         if timeout:
             signal.setitimer(signal.ITIMER_REAL, 0)
         end = time.time()
-        blob = None if value is None else _dump_value(value)
+        blob = None if value is None else pickle_any(value)
         return RunResult(key, SUCCEEDED, None, None, None, blob, None, None,
                          buffer.getvalue() if buffer else None, "", start, end)
     except _TaskTimeout:
@@ -228,20 +229,13 @@ def _dump_exception(exc: BaseException) -> bytes | None:
     when it cannot be pickled or would not load again (a client then gets a TaskError)."""
     exc.__traceback__ = None
     try:
-        blob = _dump_value(exc)
+        blob = pickle_any(exc)
         pickle.loads(blob)
     except Exception:  # noqa: BLE001 - any exception may refuse to pickle or load
         return None
     return blob
 
 
-def _dump_value(value: Any) -> bytes:
-    try:
-        return pickle.dumps(value, 5)
-    except Exception:  # noqa: BLE001 - pickle raises many types; cloudpickle is the fallback
-        import cloudpickle
-
-        return cloudpickle.dumps(value)
 
 
 def _push_env(env: dict[str, str]) -> dict[str, str | None]:

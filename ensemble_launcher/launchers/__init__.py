@@ -6,9 +6,11 @@ run on (one process per host), start it. ``srun`` inside a Slurm job, ``mpiexec`
 one. We never ssh on our own.
 """
 
-from ensemble_launcher.launchers.base import ChildLauncher, LocalLauncher, choose_launcher
-from ensemble_launcher.launchers.mpi import MpiexecLauncher, detect_mpi_flavor
+from ensemble_launcher.launchers.base import ChildLauncher
+from ensemble_launcher.launchers.choice import choose_launcher
+from ensemble_launcher.launchers.local import LocalLauncher
+from ensemble_launcher.launchers.mpi import MpiexecLauncher
 from ensemble_launcher.launchers.slurm import SrunLauncher
 
 __all__ = ["ChildLauncher", "LocalLauncher", "MpiexecLauncher", "SrunLauncher",
-           "choose_launcher", "detect_mpi_flavor"]
+           "choose_launcher"]

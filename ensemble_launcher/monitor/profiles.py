@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -96,20 +95,18 @@ def timeline_for(name: str, profile: str | None) -> Timeline | NoTimeline:
 
 
 def write_trace(run_dir: Path, path: Path) -> Path:
-    """A Chrome/Perfetto trace of every attempt in the journal: pid = node, tid = core."""
-    journal = run_dir / "journal.db"
+    """A Chrome/Perfetto trace of every attempt in the journal: pid = node, tid = core.
+    The root writes it after the run; the tree's processes, which import this module for
+    their timelines, never load the store."""
+    from ensemble_launcher.store.queries import read_journal
+
     events: list[dict[str, Any]] = []
     hosts: dict[str, int] = {}
     slots: set[tuple[int, int]] = set()
-    with sqlite3.connect(f"file:{journal}?mode=ro", uri=True) as conn:
-        origin = conn.execute("SELECT MIN(start_time) FROM (SELECT start_time FROM results "
-                              "UNION ALL SELECT start_time FROM attempts)").fetchone()[0] or 0
-        rows = conn.execute(
-            "SELECT task_id, ensemble, attempt, state, reason, start_time, end_time, host, "
-            "cpus, gpus FROM results WHERE state != 'not_run' UNION ALL "
-            "SELECT task_id, ensemble, attempt, state, reason, start_time, end_time, host, "
-            "cpus, gpus FROM attempts WHERE state != 'not_run'")
-        for task_id, ensemble, attempt, state, reason, start, end, host, cpus, gpus in rows:
+    with read_journal(run_dir) as journal:
+        origin = journal.first_start() or 0
+        for task_id, ensemble, attempt, state, reason, start, end, host, cpus, gpus in \
+                journal.ran(attempts=True):
             pid = hosts.setdefault(host or "?", len(hosts) + 1)
             tid = int(cpus.split(",")[0]) if cpus else -1
             slots.add((pid, tid))

@@ -51,15 +51,28 @@ class MultiReporter(Reporter):
             r.stop(counts)
 
 
-class _Periodic(Reporter):
+class Throttle:
+    """Says yes at most once per ``interval`` seconds, the first time at once: reporters are
+    called about ten times a second and show or write less often."""
+
     def __init__(self, interval: float) -> None:
         self.interval = interval
         self._next = 0.0
 
-    def update(self, counts: Counts) -> None:
+    def due(self) -> bool:
         now = time.monotonic()
-        if now >= self._next:
-            self._next = now + self.interval
+        if now < self._next:
+            return False
+        self._next = now + self.interval
+        return True
+
+
+class _Periodic(Reporter):
+    def __init__(self, interval: float) -> None:
+        self._throttle = Throttle(interval)
+
+    def update(self, counts: Counts) -> None:
+        if self._throttle.due():
             self._emit_all(counts)
 
     def stop(self, counts: Counts) -> None:

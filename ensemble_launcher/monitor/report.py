@@ -12,13 +12,13 @@ are imported here only, so the rest of the launcher starts fast.
 
 from __future__ import annotations
 
-import json
-import sqlite3
 import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ensemble_launcher.store.queries import read_journal
 
 FIGSIZE, DPI = (8.0, 4.5), 100
 PLOTS = ("utilization.png", "durations.png", "throughput.png", "failures.png")
@@ -48,22 +48,19 @@ class RunData:
 def load(run_dir: Path) -> RunData:
     import numpy as np
 
-    journal = run_dir / "journal.db"
-    with sqlite3.connect(f"file:{journal}?mode=ro", uri=True) as conn:
-        meta = {k: json.loads(v) for k, v in conn.execute("SELECT key, value FROM meta")}
-        rows = conn.execute("SELECT start_time, end_time, host, cpus, state, reason "
-                            "FROM results WHERE state != 'not_run'").fetchall()
-        states = Counter(dict(conn.execute("SELECT state, COUNT(*) FROM results GROUP BY state")))
-        reasons = Counter({r or "unknown": n for r, n in conn.execute(
-            "SELECT reason, COUNT(*) FROM results WHERE state NOT IN ('succeeded', 'not_run') "
-            "GROUP BY reason")})
+    with read_journal(run_dir) as journal:
+        meta = journal.meta()
+        rows = list(journal.ran())
+        states = Counter(journal.state_counts())
+        reasons = Counter({r or "unknown": n for r, n in journal.failure_reasons().items()})
     ncpus = meta.get("system_config", {}).get("ncpus", 1)
     total_cores = ncpus * max(1, len(meta.get("nodes", [])))
     return RunData(
-        starts=np.array([r[0] for r in rows], dtype=float),
-        ends=np.array([r[1] for r in rows], dtype=float),
-        cores=np.array([max(1, len(r[3].split(","))) if r[3] else 1 for r in rows], dtype=float),
-        hosts=[r[2] or "?" for r in rows], states=states, reasons=reasons,
+        starts=np.array([r.start_time for r in rows], dtype=float),
+        ends=np.array([r.end_time for r in rows], dtype=float),
+        cores=np.array([max(1, len(r.cpus.split(","))) if r.cpus else 1 for r in rows],
+                       dtype=float),
+        hosts=[r.host or "?" for r in rows], states=states, reasons=reasons,
         total_cores=total_cores, meta=meta)
 
 

@@ -16,17 +16,18 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sqlite3
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Literal
 
-from ensemble_launcher.errors import StoreError
 from ensemble_launcher.monitor.counts import Counts, clock
-from ensemble_launcher.monitor.progress import Reporter
-from ensemble_launcher.store.journal import meta_of, reading_journal
+from ensemble_launcher.monitor.progress import Reporter, Throttle
+from ensemble_launcher.store.queries import EnsembleCount, Span, read_journal
 
 STATUS_NAME = "status.json"
+
+RunState = Literal["running", "finished", "interrupted", "stopped"]
 
 log = logging.getLogger("ensemble_launcher")
 
@@ -39,14 +40,11 @@ class StatusFileReporter(Reporter):
 
     def __init__(self, run_dir: Path, interval: float) -> None:
         self.path = run_dir / STATUS_NAME
-        self.interval = interval
-        self._next = 0.0
+        self._throttle = Throttle(min(interval, 5.0))
         self._warned = False
 
     def update(self, counts: Counts) -> None:
-        now = time.monotonic()
-        if now >= self._next:
-            self._next = now + min(self.interval, 5.0)
+        if self._throttle.due():
             self._write(counts, live=True)
 
     def stop(self, counts: Counts) -> None:
@@ -97,7 +95,7 @@ class EnsembleStatus:
 @dataclass
 class RunStatus:
     run_dir: str
-    state: str  # running, finished, interrupted, stopped
+    state: RunState
     ensembles: list[EnsembleStatus]
     rate: float
     eta: float | None
@@ -154,19 +152,11 @@ def read_status(run_dir: str | os.PathLike) -> RunStatus:
                      meta.get("finished"))
 
 
-def _read_journal(run_dir: Path) -> tuple[dict, list, tuple]:
-    """The run's metadata, its (ensemble, state, count) rows, and the time span of its
-    results, read on the one connection that checked the journal, creating nothing."""
-    with reading_journal(run_dir, read_all=True) as (journal, conn):
-        meta = meta_of(conn, journal)
-        try:
-            rows = conn.execute("SELECT ensemble, state, COUNT(*) FROM results "
-                                "GROUP BY ensemble, state").fetchall()
-            span = conn.execute("SELECT MIN(start_time), MAX(end_time), COUNT(*) FROM "
-                                "results WHERE state != 'not_run'").fetchone()
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot read {journal} as a journal: {exc}") from exc
-    return meta, rows, span
+def _read_journal(run_dir: Path) -> tuple[dict, list[EnsembleCount], Span]:
+    """The run's metadata, its final results per ensemble and state, and the time span of
+    its results, read on the one connection that checked the journal, creating nothing."""
+    with read_journal(run_dir, read_all=True) as journal:
+        return journal.meta(), journal.counts(), journal.span()
 
 
 def _live_status(run_dir: Path, meta: dict) -> dict | None:
@@ -178,7 +168,7 @@ def _live_status(run_dir: Path, meta: dict) -> dict | None:
     return data if data.get("live") and _pid_alive(data.get("pid", -1)) else None
 
 
-def _run_state(meta: dict, live: dict | None) -> str:
+def _run_state(meta: dict, live: dict | None) -> RunState:
     if live is not None and "finished" not in meta:
         return "running"
     if meta.get("interrupted"):
@@ -188,7 +178,7 @@ def _run_state(meta: dict, live: dict | None) -> str:
     return "stopped"
 
 
-def _rate(span: tuple, live: dict | None, state: str) -> float:
+def _rate(span: Span, live: dict | None, state: str) -> float:
     if live is not None and state == "running":
         return float(live.get("rate", 0.0))
     first, last, n = span

@@ -24,14 +24,21 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import time
-from collections.abc import MutableMapping
+from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from ensemble_launcher.comm.zmq_transport import KEY_ENV
+from ensemble_launcher.launchers.local import INDEX_ENV
 
-TREE_ENV, BOOT_ENV, PARENT_ENV, INDEX_ENV = "EL_TREE", "EL_BOOT", "EL_PARENT", "EL_CHILD_INDEX"
+TREE_ENV, BOOT_ENV, PARENT_ENV = "EL_TREE", "EL_BOOT", "EL_PARENT"
+
+#: Environment variables that describe the launching process's own MPI/PMI rank; a nested
+#: launch must not inherit them, or the new processes take themselves for our rank.
+_RANK_ENV_PREFIXES = ("PMI_", "PMIX_", "OMPI_", "HYDRA_", "PALS_", "MPIR_", "MPI_LOCALRANKID")
 
 #: How long a child looks for its start-up file: on NFS, a file that another node has just
 #: created can stay out of sight for a moment (cached directory attributes).
@@ -41,7 +48,8 @@ BOOT_WAIT = 5.0
 @dataclass(frozen=True)
 class Settings:
     """What every child of the tree gets alike: the configs, already validated by the root
-    (as JSON), and the run's switches. Each travels as ``EL_<FIELD>`` (:meth:`to_env`)."""
+    (as JSON), and the run's switches. Each travels as ``EL_<FIELD>`` (:meth:`to_env`; a
+    child reads them back with :meth:`from_env`), the one owner of that contract."""
 
     launcher_config: str
     system_config: str
@@ -54,6 +62,12 @@ class Settings:
     def to_env(self) -> dict[str, str]:
         return {_variable(f.name): _as_text(getattr(self, f.name)) for f in fields(self)}
 
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """The settings a child was given (the inverse of :meth:`to_env`)."""
+        return cls(**{f.name: _from_text(str(f.type), env[_variable(f.name)])
+                      for f in fields(cls)})
+
 
 def _variable(field: str) -> str:
     return f"EL_{field.upper()}"
@@ -65,11 +79,27 @@ def _as_text(value: str | bool | list[str]) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+def _from_text(kind: str, text: str) -> Any:
+    if kind == "bool":
+        return text == "1"
+    return json.loads(text) if kind.startswith("list") else text
+
+
 #: The names of :class:`Settings` as they travel.
 SETTINGS = tuple(_variable(f.name) for f in fields(Settings))
 
 #: Every variable we set for a child of the tree; no task inherits any of them.
 OUR_VARIABLES = frozenset({TREE_ENV, BOOT_ENV, PARENT_ENV, INDEX_ENV, *SETTINGS, *KEY_ENV})
+
+
+def child_environment(extra: Mapping[str, str]) -> dict[str, str]:
+    """Our environment for a child of the tree, without our rank's variables or the ones we
+    set for a child (:data:`OUR_VARIABLES`; a child's come in ``extra``). The user's own
+    variables pass, ``EL_*`` ones included: tasks see them at every depth."""
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(_RANK_ENV_PREFIXES) and k not in OUR_VARIABLES}
+    env.update(extra)
+    return env
 
 
 class BootError(Exception):
@@ -125,6 +155,10 @@ def read_boot(directory: str, name: str, wait: float = BOOT_WAIT) -> dict[str, s
         time.sleep(0.1)
 
 
-def shared_settings(env: dict[str, str]) -> dict[str, str]:
-    """The settings a sub-master passes on to its own children."""
-    return {name: env[name] for name in SETTINGS}
+def adopt_sys_path(paths: list[str]) -> None:
+    """Import what the root could import: its sys.path, in its order, the user's script
+    directory first, so callables pickled by reference load here too. Added once we
+    started: as PYTHONPATH, a user's directory would shadow the standard library."""
+    for path in reversed(paths):
+        if path not in sys.path:
+            sys.path.insert(0, path)

@@ -29,8 +29,11 @@ from ensemble_launcher.comm import CurveKeys, Failed, terminate
 from ensemble_launcher.logfiles import open_log_file
 from ensemble_launcher.orchestrator.boot import (
     BOOT_ENV,
+    PARENT_ENV,
     TREE_ENV,
     BootError,
+    Settings,
+    adopt_sys_path,
     read_boot,
     take_environment,
 )
@@ -64,18 +67,10 @@ def pick_entry(entries: list[TreeNode], hostname: str, env: dict[str, str]) -> T
                        f"(host {hostname}, no rank variable among {', '.join(_RANK_VARS)})")
 
 
-def _adopt_sys_path(env: dict[str, str]) -> None:
-    """Import what the root could import: its sys.path, the user's script directory first,
-    so callables pickled by reference load here too."""
-    for path in reversed(json.loads(env.get("EL_SYS_PATH", "[]"))):
-        if path not in sys.path:
-            sys.path.insert(0, path)
-
-
-def _validated(text: str) -> Any:
-    """A config the root validated and dumped, read back as plain attributes: validating
-    it again would import pydantic in every process of the tree, about a quarter of a
-    child's start-up."""
+def _as_attributes(text: str) -> Any:
+    """A config the root validated and dumped, read back as plain attributes, unchecked:
+    validating it again would import pydantic in every process of the tree, about a
+    quarter of a child's start-up."""
     return SimpleNamespace(**json.loads(text))
 
 
@@ -86,13 +81,14 @@ def main() -> int:
     except BootError as exc:
         print(f"ensemble_launcher: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    _adopt_sys_path(env)
-    launcher_config: LauncherConfig = _validated(env["EL_LAUNCHER_CONFIG"])
-    system_config: SystemConfig = _validated(env["EL_SYSTEM_CONFIG"])
-    run_dir = Path(env["EL_RUN_DIR"])
-    _setup_logging(me, launcher_config, run_dir)
+    settings = Settings.from_env(env)
+    adopt_sys_path(settings.sys_path)
+    launcher_config: LauncherConfig = _as_attributes(settings.launcher_config)
+    system_config: SystemConfig = _as_attributes(settings.system_config)
+    _setup_logging(me, launcher_config, Path(settings.run_dir))
+    keys = CurveKeys.from_env(env)
     ctx = zmq.Context()
-    link = ParentLink(ctx, env["EL_PARENT"], me.name, CurveKeys.from_env(env),
+    link = ParentLink(ctx, env[PARENT_ENV], me.name, keys,
                       heartbeat_interval=launcher_config.heartbeat_interval,
                       decode_tasks=me.role == "worker")
     try:
@@ -100,11 +96,11 @@ def main() -> int:
             if me.role == "worker":
                 from ensemble_launcher.orchestrator.roles import run_worker
 
-                run_worker(me, link, launcher_config, system_config, env)
+                run_worker(me, link, launcher_config, system_config, settings)
             else:
                 from ensemble_launcher.orchestrator.roles import run_submaster
 
-                run_submaster(me, link, ctx, launcher_config, run_dir, env)
+                run_submaster(me, link, ctx, launcher_config, settings, keys)
             link.bye()
         return 0
     except ParentLost as exc:
@@ -113,7 +109,7 @@ def main() -> int:
     except KeyboardInterrupt as exc:
         log.error("%s: %s; stopped", me.name, exc or "interrupted")
         return EXIT_INTERRUPTED
-    except Exception as exc:  # noqa: BLE001 - reported to the parent, then re-raised
+    except Exception as exc:  # any failure: logged, reported to the parent, EXIT_FAILED
         log.exception("%s failed", me.name)
         link.endpoint.send(Failed(me.name, f"{type(exc).__name__}: {exc}\n"
                                            f"{traceback.format_exc(limit=5)}"))

@@ -23,6 +23,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from ensemble_launcher.ensemble import Task
 from ensemble_launcher.ensemble.task import UnbuildableTask
@@ -64,8 +65,7 @@ class RetryPolicy:
 Resolver = Callable[[Task, dict[str, bytes | None]], Task]
 
 
-@dataclass(frozen=True, slots=True)
-class Submission:
+class Submission(NamedTuple):
     """A task entering an open ledger. ``after`` names tasks (by task_id) it waits for;
     ``resolve`` gives it their values. ``tag`` groups tasks to cancel together."""
 
@@ -76,8 +76,7 @@ class Submission:
     resolve: Resolver | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Settled:
+class Settled(NamedTuple):
     """What a finished submitted task left for tasks that depend on it."""
 
     state: str
@@ -154,7 +153,8 @@ class Ledger:
         task = submission.task
         entry = _Entry(task, self._attempt_of(task.task_id), priority=submission.priority,
                        route=submission.route, submitted=submission)
-        self._awaited.pop(task.task_id, None)
+        if self._awaited:
+            self._awaited.pop(task.task_id, None)
         if task.task_id in submission.after:
             self._live[task.task_id] = entry
             self._final(entry, _failed("dependency", f"DependencyFailed: {task.task_id!r} "

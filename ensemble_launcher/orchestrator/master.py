@@ -3,7 +3,7 @@
     upstream (the task stream at the root; the parent link below it)
         --take()--> Master._assign --Tasks--> children (by credit, and by route)
         --take_cancels()--> Master._cancel --Cancel--> the child that has the task
-        <--record_rows()/node_lost()-- Master._receive <--Results/NodeLost-- children
+        <--record_rows()/node_lost()-- Master._receive <--ResultBatch/NodeLost-- children
 
 The loop is a short ``run()`` over named steps, waiting on the children's socket, the
 upstream's sockets, and the launcher steps that started the children, so a child that
@@ -44,7 +44,7 @@ from ensemble_launcher.comm import (
     ParentSide,
     PipeParentEndpoint,
     Request,
-    Results,
+    ResultBatch,
     Stop,
     Tasks,
 )
@@ -59,9 +59,15 @@ from ensemble_launcher.executors.command import (
 from ensemble_launcher.executors.mpi import MpiLaunch
 from ensemble_launcher.executors.runner import CANCEL_SIGNAL
 from ensemble_launcher.launchers import ChildLauncher
-from ensemble_launcher.launchers.base import child_environment, log_tail
+from ensemble_launcher.launchers.base import log_tail
 from ensemble_launcher.monitor.profiles import NoTimeline, Timeline
-from ensemble_launcher.orchestrator.boot import BOOT_ENV, TREE_ENV, BootDir
+from ensemble_launcher.orchestrator.boot import (
+    BOOT_ENV,
+    PARENT_ENV,
+    TREE_ENV,
+    BootDir,
+    child_environment,
+)
 from ensemble_launcher.orchestrator.feeds import CANCELLED_MESSAGE, Feed, never_ran_row
 from ensemble_launcher.orchestrator.gangs import GangScheduler
 from ensemble_launcher.orchestrator.tree import TreeNode
@@ -252,7 +258,7 @@ class Master:
         """The child's start-up file: the settings, our address, and the keys its role
         uses (see ``orchestrator.boot``)."""
         keys = self._keys_for(child, address)
-        self._boot.write(child.name, {**self._settings.child_env, "EL_PARENT": address,
+        self._boot.write(child.name, {**self._settings.child_env, PARENT_ENV: address,
                                       **(keys.to_env() if keys is not None else {})})
 
     def _keys_for(self, child: TreeNode, address: str) -> CurveKeys | None:
@@ -288,7 +294,7 @@ class Master:
             self._handle(child, message)
 
     def _handle(self, child: _Child, message: Message) -> None:
-        if isinstance(message, Results):
+        if isinstance(message, ResultBatch):
             rows = list(map(ResultRow._make, message.rows))
             for row in rows:
                 child.inflight.pop(row.key, None)
@@ -491,15 +497,24 @@ class Master:
             if child.ready:
                 self._lose(child, "its connection is gone")
 
+    def _tell_live_children(self, message: Message, *, connected: bool = False,
+                            lose_unreachable: bool = True) -> None:
+        """``message`` to every child neither done nor lost (``connected``: only to those
+        that said Hello); a connected child we cannot reach is lost, unless told not to."""
+        for identity, child in self._children.items():
+            if child.live and (child.ready or not connected):
+                if lose_unreachable:
+                    self._send(identity, message)
+                else:
+                    self._endpoint.send(identity, message)
+
     # -- health ------------------------------------------------------------------------------
 
     def _watch_children(self) -> None:
         now = time.monotonic()
         if now - self._last_beat >= self._settings.heartbeat_interval:
             self._last_beat = now
-            for identity, child in self._children.items():
-                if child.ready and child.live:
-                    self._send(identity, Heartbeat(time.time()))
+            self._tell_live_children(Heartbeat(time.time()), connected=True)
         timeout = 2.5 * self._settings.heartbeat_interval
         for child in self._children.values():
             if child.ready and child.live and now - child.last_heard > timeout:
@@ -570,28 +585,23 @@ class Master:
     def _halt_when_asked(self) -> None:
         if self._upstream.halted and not self._halted:
             self._halted = True
-            for identity, child in self._children.items():
-                if child.live:
-                    self._send(identity, Halt())
+            self._tell_live_children(Halt())
 
     def _drain_when_done(self) -> None:
         if self._drained or not self._upstream.exhausted or self.inflight or self._gangs.busy \
                 or self._passed_over or self._parked:
             return
         self._drained = True
-        for identity, child in self._children.items():
-            if child.live:
-                self._send(identity, Drain())
+        self._tell_live_children(Drain())
 
     def _finished(self) -> bool:
         return (self._drained or self._halted) and all(not c.live
                                                         for c in self._children.values())
 
     def stop(self, reason: str) -> None:
-        """Cancel: tell every child to stop; _close then waits for them."""
-        for identity, child in self._children.items():
-            if child.live:
-                self._endpoint.send(identity, Stop(reason))
+        """Cancel: tell every child to stop; _close then waits for them. A child whose
+        connection is gone is not lost on the way (we are stopping anyway)."""
+        self._tell_live_children(Stop(reason), lose_unreachable=False)
 
     def _close(self) -> None:
         self._end_steps()
@@ -637,6 +647,6 @@ class Master:
 
 
 def _running_report(pairs: list[list[Any]]) -> dict[str, int]:
-    """``Results.running`` as a mapping; malformed entries are ignored."""
+    """``ResultBatch.running`` as a mapping; malformed entries are ignored."""
     return {p[0]: p[1] for p in pairs
             if len(p) == 2 and type(p[0]) is str and type(p[1]) is int and p[1] >= 0}

@@ -61,17 +61,18 @@ class ResultSink(Protocol):
     def held(self, key: int, cpus: list[int], gpus: list[str]) -> None:
         """A reservation for a multi-node task is in place."""
 
-    def turn(self) -> None:
+    def after_turn(self) -> None:
         """Called once per loop turn, after a round of results: send or write them."""
 
-    def tick(self) -> None:
+    def every_tick(self) -> None:
         """Called about ten times a second: report."""
 
     def report_running(self, by_ensemble: dict[str, int]) -> None:
         """Called about ten times a second with the tasks running now (started, not queued),
         per ensemble."""
 
-    def flush(self) -> None: ...
+    def final_flush(self) -> None:
+        """Called once, when the node stops: everything not sent or written yet."""
 
 
 class Reservation(Task):
@@ -111,7 +112,7 @@ class NodeWorker:
         self._pin = pin
         self._kill_grace = kill_grace
         self._check_each = check_each_task
-        self._slots = NodeSlots(node.cpus, node.gpus)
+        self._slots = NodeSlots(node.cpus, node.gpus, prefer_our_cpu=pin)
         self._inflight: dict[int, _InFlight] = {}
         self._lanes: dict[int, deque[int]] = {}
         """Per lane, the keys submitted to its runner, in the order it runs them: the
@@ -189,10 +190,10 @@ class NodeWorker:
             self._stop_cancelled()
             self._expire_callables()
             mark("collect")
-            self._sink.turn()
+            self._sink.after_turn()
             self._tick()
             mark("report")
-        self._sink.flush()
+        self._sink.final_flush()
 
     # -- dispatch ----------------------------------------------------------------------------
 
@@ -462,7 +463,7 @@ class NodeWorker:
         if now - self._last_tick >= _TICK_SECONDS:
             self._last_tick = now
             self._running_due = True
-            self._sink.tick()
+            self._sink.every_tick()
 
 
 def _never_ran(key: int, state: str, reason: str, message: str) -> RunResult:

@@ -1,7 +1,7 @@
 """A child's side of the tree: the link to its parent master.
 
     parent --Define/Tasks/Cancel/Drain/Stop/Heartbeat--> ParentLink --take()--> NodeWorker
-    parent <--Hello/Request/Results/Heartbeat/Bye-- ParentLink <--record()-- NodeWorker
+    parent <--Hello/Request/ResultBatch/Heartbeat/Bye-- ParentLink <--record()-- NodeWorker
 
 Flow control is pull-based: ``want(n)`` asks the parent for at most what the node can
 start soon plus a small prefetch, counting what was asked for and not yet received, so a
@@ -46,7 +46,7 @@ from ensemble_launcher.comm import (
     PipeChildEndpoint,
     Release,
     Request,
-    Results,
+    ResultBatch,
     RunHeld,
     Stop,
     Tasks,
@@ -319,10 +319,11 @@ class ParentLink:
         self._send(NodeLost(name, host, keys, why))
 
     def tick(self) -> None:
+        """Send what waits: ten times a second as a sub-master's upstream; as a node
+        worker's sink, after each turn and each tick, and once at its end."""
         self.flush()
 
-    def turn(self) -> None:
-        self.flush()
+    every_tick = after_turn = final_flush = tick
 
     def flush(self) -> None:
         if self._rows or self._running_changed:
@@ -331,7 +332,7 @@ class ParentLink:
             running = [[name, n] for name, n in self._running.items()] \
                 if self._running_changed else []
             self._running_changed = False
-            self._send(Results(rows, running))
+            self._send(ResultBatch(rows, running))
 
     def bye(self) -> None:
         self.flush()

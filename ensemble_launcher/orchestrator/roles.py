@@ -9,16 +9,18 @@ from typing import TYPE_CHECKING
 import zmq
 
 from ensemble_launcher.comm import CurveKeys
+from ensemble_launcher.ensemble import Task
 from ensemble_launcher.executors import make_pool
 from ensemble_launcher.executors.mpi import mpi_launch_factory
-from ensemble_launcher.monitor.profiles import timeline_for
-from ensemble_launcher.orchestrator.boot import shared_settings
+from ensemble_launcher.monitor.profiles import NoTimeline, Timeline, timeline_for
+from ensemble_launcher.orchestrator.boot import Settings
+from ensemble_launcher.orchestrator.feeds import Feed
 from ensemble_launcher.orchestrator.master import Master
-from ensemble_launcher.orchestrator.node_worker import NodeWorker
+from ensemble_launcher.orchestrator.node_worker import NodeWorker, ResultSink
 from ensemble_launcher.orchestrator.parent_link import ParentLink
 from ensemble_launcher.orchestrator.placement import tree_settings
 from ensemble_launcher.orchestrator.tree import TreeNode
-from ensemble_launcher.resources import local_node
+from ensemble_launcher.resources import NodeResources, local_node
 
 if TYPE_CHECKING:
     from ensemble_launcher.config import LauncherConfig, SystemConfig
@@ -27,31 +29,39 @@ log = logging.getLogger("ensemble_launcher")
 
 
 def run_worker(me: TreeNode, link: ParentLink, config: LauncherConfig, system: SystemConfig,
-               env: dict[str, str]) -> None:
-    pin = env.get("EL_PIN") == "1"
+               settings: Settings) -> None:
     timeline = timeline_for(me.name, config.profile)
-    node = local_node(system, pin=pin)
+    node = local_node(system, pin=settings.pin)
     link.hello(list(node.cpus), list(node.gpus))
     log.info("%s: running tasks on %s (cpus %s, gpus %s, executor %s)", me.name, node.host,
              ",".join(map(str, node.cpus)), ",".join(node.gpus) or "none",
              config.task_executor_name)
+    run_node(link, link, node, config, pin=settings.pin,
+             capture_stdout=settings.return_stdout, check_each_task=settings.check_each,
+             timeline=timeline)
+    log.info("%s: drained, %d task results sent", me.name, link.sent_results)
+    timeline.write(Path(settings.run_dir) / "profiles")
+
+
+def run_node(source: Feed[Task], sink: ResultSink, node: NodeResources,
+             config: LauncherConfig, *, pin: bool, capture_stdout: bool,
+             check_each_task: bool, timeline: Timeline | NoTimeline) -> None:
+    """Run the tasks of ``source`` on this node until it is exhausted: a worker of the
+    tree (its parent link is source and sink) and the root at nlevels=0 alike."""
     with make_pool(config.task_executor_name, node.cpus, pin=pin,
                    tail_bytes=config.stderr_tail_bytes, kill_grace=config.kill_grace) as pool:
-        NodeWorker(link, link, node, pool, gpu_selector=config.gpu_selector,
-                   capture_stdout=env.get("EL_RETURN_STDOUT") == "1", pin=pin,
-                   kill_grace=config.kill_grace,
-                   check_each_task=env.get("EL_CHECK_EACH") == "1",
-                   timeline=timeline, mpi=mpi_launch_factory(
-                       config.mpi_launcher, config.mpi_flavor, config.mpi_args,
-                       config.gpu_selector)).run()
-    log.info("%s: drained, %d task results sent", me.name, link.sent_results)
-    timeline.write(Path(env["EL_RUN_DIR"]) / "profiles")
+        NodeWorker(source, sink, node, pool, gpu_selector=config.gpu_selector,
+                   capture_stdout=capture_stdout, pin=pin, kill_grace=config.kill_grace,
+                   check_each_task=check_each_task, timeline=timeline,
+                   mpi=mpi_launch_factory(config.mpi_launcher, config.mpi_flavor,
+                                          config.mpi_args, config.gpu_selector)).run()
 
 
 def run_submaster(me: TreeNode, link: ParentLink, ctx: zmq.Context, config: LauncherConfig,
-                  run_dir: Path, env: dict[str, str]) -> None:
+                  settings: Settings, keys: CurveKeys | None) -> None:
     link.hello([], [])
-    settings = tree_settings(me, config, run_dir, child_env=shared_settings(env))
+    run_dir = Path(settings.run_dir)
+    tree = tree_settings(me, config, run_dir, child_env=settings.to_env())
     timeline = timeline_for(me.name, config.profile)
-    Master(me, link, ctx, settings, CurveKeys.from_env(env), timeline).run()
+    Master(me, link, ctx, tree, keys, timeline).run()
     timeline.write(run_dir / "profiles")

@@ -133,15 +133,15 @@ class LocalSink:
     def report_running(self, by_ensemble: dict[str, int]) -> None:
         self._recorder.counts.running_now = by_ensemble
 
-    def tick(self) -> None:
+    def every_tick(self) -> None:
         self._control.supervise()
         self._recorder.tick()
 
-    def turn(self) -> None:
+    def after_turn(self) -> None:
         self._recorder.store.flush()
         self._control.door.flush()
 
-    def flush(self) -> None:
+    def final_flush(self) -> None:
         self._recorder.flush()
         self._control.door.flush()
 

@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
+
+Role = Literal["master", "worker"]
 
 
 @dataclass
 class TreeNode:
     name: str
-    role: str  # "master" or "worker"
+    role: Role
     hosts: list[str]
     children: list[TreeNode] = field(default_factory=list)
 

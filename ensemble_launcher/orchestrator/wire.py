@@ -9,14 +9,15 @@ run the task, empty for anywhere. A result travels as a
 
 from __future__ import annotations
 
-import hashlib
 import pickle
+from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from ensemble_launcher.ensemble import Task
 from ensemble_launcher.ensemble.programs import command_line
 from ensemble_launcher.ensemble.task import trusted_task
+from ensemble_launcher.executors.pickling import pickle_any, pickle_callable
 
 
 class WireTask(NamedTuple):
@@ -44,22 +45,30 @@ class WireTask(NamedTuple):
 WIRE_FIELDS = len(WireTask._fields)
 
 
+#: Released callables kept loaded, the most recent ones, at most this many and this many
+#: bytes pickled: a client that submits one task at a time releases its function after
+#: each, and loading it again (a new object, pickled again on its way to the runners)
+#: would cost more than the task.
+_RECENT = 128
+_RECENT_BYTES = 32 * 1024 * 1024
+
+
 class FunctionTable:
     """Callables serialized once, by digest. ``release`` forgets one no task needs any
-    more, so a long-lived cluster does not keep every function it ever ran."""
+    more (the last _RECENT of them stay loaded), so a long-lived cluster does not keep
+    every function it ever ran."""
 
     def __init__(self) -> None:
         self._by_id: dict[int, tuple[Callable, bytes]] = {}
         self.blobs: dict[bytes, bytes] = {}
         self.functions: dict[bytes, Callable] = {}
+        self._recent: OrderedDict[bytes, tuple[Callable, bytes]] = OrderedDict()
+        self._recent_bytes = 0
 
     def digest_of(self, fn: Callable) -> bytes:
         entry = self._by_id.get(id(fn))
         if entry is None:
-            import cloudpickle
-
-            blob = cloudpickle.dumps(fn)
-            digest = hashlib.blake2b(blob, digest_size=16).digest()
+            digest, blob = pickle_callable(fn)
             entry = (fn, digest)
             self._by_id[id(fn)] = entry
             self.blobs[digest] = blob
@@ -70,11 +79,19 @@ class FunctionTable:
         digest from then on, so it is not pickled again on its way down."""
         fn = self.functions.get(digest)
         if fn is None:
-            fn = pickle.loads(blob)
+            recent = self._recent.pop(digest, None)
+            if recent is not None:
+                self._recent_bytes -= len(recent[1])
+            fn = pickle.loads(blob) if recent is None else recent[0]
             self.functions[digest] = fn
             self.blobs[digest] = blob
             self._by_id[id(fn)] = (fn, digest)
         return fn
+
+    def recent_blob(self, digest: bytes) -> bytes | None:
+        """The pickled callable of a digest released lately, if it is still kept."""
+        recent = self._recent.get(digest)
+        return None if recent is None else recent[1]
 
     def define(self, digest: bytes, blob: bytes) -> None:
         self.blobs[digest] = blob
@@ -88,9 +105,14 @@ class FunctionTable:
 
     def release(self, digest: bytes) -> None:
         fn = self.functions.pop(digest, None)
-        self.blobs.pop(digest, None)
+        blob = self.blobs.pop(digest, None)
         if fn is not None:
             self._by_id.pop(id(fn), None)
+            if blob is not None and len(blob) <= _RECENT_BYTES:
+                self._recent[digest] = (fn, blob)
+                self._recent_bytes += len(blob)
+                while len(self._recent) > _RECENT or self._recent_bytes > _RECENT_BYTES:
+                    self._recent_bytes -= len(self._recent.popitem(last=False)[1][1])
 
 
 def task_to_wire(key: int, task: Task, functions: FunctionTable, priority: int = 0,
@@ -117,14 +139,3 @@ def task_from_wire(item: WireTask, functions: FunctionTable) -> tuple[int, Task]
                                   item.run_dir, item.timeout, item.stdout_file,
                                   item.stderr_file, item.estimated_runtime or 0.0, None,
                                   item.ensemble)
-
-
-def pickle_any(value: Any) -> bytes:
-    """``value`` pickled, by cloudpickle when plain pickle refuses it (a lambda among the
-    arguments)."""
-    try:
-        return pickle.dumps(value, 5)
-    except Exception:  # noqa: BLE001 - arguments only cloudpickle can handle
-        import cloudpickle
-
-        return cloudpickle.dumps(value)

@@ -13,8 +13,9 @@ Placement of a queued task is O(1): lanes with room sit in a round-robin deque.
 
 from __future__ import annotations
 
+import ctypes
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from ensemble_launcher.ensemble import Task
@@ -74,9 +75,27 @@ def spread_gpu_ids(gpus: Sequence[str], need: int) -> list[str]:
     return [gpus[s] for s in slots]
 
 
+def _libc_sched_getcpu() -> Callable[[], int]:
+    try:
+        return ctypes.CDLL(None, use_errno=True).sched_getcpu  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return lambda: -1
+
+
+#: The CPU this thread runs on now (-1 where the system does not say).
+current_cpu: Callable[[], int] = _libc_sched_getcpu()
+
+
 class NodeSlots:
-    def __init__(self, cpus: Sequence[int], gpus: Sequence[str], depth: int = 1) -> None:
+    """``prefer_our_cpu``: an idle lane on the CPU this process runs on takes a one-core
+    task before other idle lanes. Where lanes are pinned runners, that runner wakes on our
+    CPU as we go back to waiting; one on another, idle, CPU needs a cross-CPU wake-up,
+    which on a virtual machine adds hundreds of microseconds to a task's round trip."""
+
+    def __init__(self, cpus: Sequence[int], gpus: Sequence[str], depth: int = 1, *,
+                 prefer_our_cpu: bool = False) -> None:
         self.cpus = tuple(cpus)
+        self._our_cpu = current_cpu if prefer_our_cpu else None
         self.gpus = tuple(gpus)
         self._lane_of_cpu = {cpu: lane for lane, cpu in enumerate(self.cpus)}
         n = len(self.cpus)
@@ -137,6 +156,8 @@ class NodeSlots:
             if self._held[lane] or self.queued[lane] >= self._depth:
                 self._in_open[lane] = False
                 continue
+            if self._our_cpu is not None and self.queued[lane] == 0:
+                lane = self._idle_lane_on(self._our_cpu(), lane)
             self.queued[lane] += 1
             if self.queued[lane] < self._depth:
                 open_lanes.append(lane)
@@ -144,6 +165,17 @@ class NodeSlots:
                 self._in_open[lane] = False
             return self._single[lane]
         return None
+
+    def _idle_lane_on(self, cpu: int, lane: int) -> int:
+        """The idle open lane of ``cpu`` if there is one (``lane``, taken from the open
+        ones for this task, then goes back to their front); else ``lane``."""
+        other = self._lane_of_cpu.get(cpu)
+        if other is None or other == lane or self.queued[other] or self._held[other] or \
+                not self._in_open[other]:
+            return lane
+        self._open.remove(other)
+        self._open.appendleft(lane)
+        return other
 
     def _place_exclusive(self, task: Task) -> Placement | None:
         if task.cpu_affinity:

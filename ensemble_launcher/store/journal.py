@@ -67,6 +67,8 @@ _ARCHIVE_FINAL = (f"INSERT INTO attempts ({', '.join(_COLUMNS)}) "
 _DROP_FINAL = "DELETE FROM results WHERE task_id = ?"
 _INSERT_SUBMITTED = "INSERT INTO submitted (task_id, record) VALUES (?, ?)"
 _INSERT_FUNCTION = "INSERT OR IGNORE INTO functions (digest, blob) VALUES (?, ?)"
+#: Task ids per ``IN (...)`` query (SQLite's default limit of variables is 999).
+_IDS_PER_QUERY = 500
 
 
 def journal_row(task_id: str, ensemble: str | None, attempt: int, result: Any, host: str,
@@ -294,13 +296,25 @@ class RunStore:
         if self.failure is None:
             self._functions.append((digest, blob))
 
-    def unfinished_submissions(self) -> Iterator[tuple[str, bytes]]:
-        """(task_id, record) of every submitted task without a final result, or whose final
-        result is ``not_run``, in the order they were submitted."""
+    def submissions(self) -> Iterator[tuple[str, bytes, str | None]]:
+        """(task_id, record, final state of task_id or None), in their order, of the rows a
+        cluster journaled as submitted that may hold a task without a final result: those
+        of one task without one (or with ``not_run``), and every row of several tasks (a
+        map chunk's: a msgpack array of 4, whose first item is 0)."""
         yield from self._read(
-            "SELECT s.task_id, s.record FROM submitted s LEFT JOIN results r "
+            "SELECT s.task_id, s.record, r.state FROM submitted s LEFT JOIN results r "
             "ON r.task_id = s.task_id WHERE r.task_id IS NULL OR r.state = 'not_run' "
-            "ORDER BY s.seq")
+            "OR substr(s.record, 1, 2) = x'9400' ORDER BY s.seq")
+
+    def finished_among(self, task_ids: Sequence[str]) -> set[str]:
+        """Those of ``task_ids`` with a final result other than not_run."""
+        done: set[str] = set()
+        for start in range(0, len(task_ids), _IDS_PER_QUERY):
+            chunk = task_ids[start:start + _IDS_PER_QUERY]
+            done.update(task_id for (task_id,) in self._read(
+                f"SELECT task_id FROM results WHERE state != 'not_run' AND task_id IN "
+                f"({', '.join('?' * len(chunk))})", chunk))
+        return done
 
     def functions(self) -> dict[bytes, bytes]:
         return dict(self._read("SELECT digest, blob FROM functions"))
@@ -356,11 +370,11 @@ class RunStore:
             self._conn.close()
             self._conn = None
 
-    def _read(self, query: str) -> list[tuple]:
+    def _read(self, query: str, parameters: Sequence[Any] = ()) -> list[tuple]:
         conn = self._require_open()
         self.flush()
         try:
-            return conn.execute(query).fetchall()
+            return conn.execute(query, parameters).fetchall()
         except sqlite3.Error as exc:
             raise StoreError(f"cannot read {self.path}: {exc}") from exc
 

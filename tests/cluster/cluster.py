@@ -195,7 +195,7 @@ class Cluster:
         def step(what: str, action, *args) -> None:
             try:
                 action(*args)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - every step runs; all failures reported
                 errors.append(f"{what}: {exc}")
 
         step("killing client commands", self._kill_clients)

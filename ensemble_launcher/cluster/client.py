@@ -49,6 +49,7 @@ from ensemble_launcher.cluster.protocol import (
 )
 from ensemble_launcher.comm import Define, Heartbeat, Message
 from ensemble_launcher.comm.messages import Inbox
+from ensemble_launcher.comm.zmq_transport import pending_frames
 from ensemble_launcher.ensemble import Task
 from ensemble_launcher.errors import (
     ClusterLost,
@@ -693,12 +694,7 @@ def _cancelled_here(future: Future) -> None:
 
 def _received(dealer: zmq.Socket) -> list[bytes]:
     """The last frame of every message waiting on the socket."""
-    frames = []
-    while True:
-        try:
-            frames.append(dealer.recv_multipart(zmq.NOBLOCK)[-1])
-        except zmq.Again:
-            return frames
+    return [frames[-1] for frames in pending_frames(dealer)]
 
 
 def _message_waits(dealer: zmq.Socket) -> bool:

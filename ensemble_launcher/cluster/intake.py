@@ -107,7 +107,6 @@ class TaskIntake:
             return dict.fromkeys(task_ids, problem)
         refused: dict[str, str] = {}
         spec, digest = template.spec, template.digest
-        check = self._problem if spec else self._plain_callable_problem
         accepted: list[Task] = []
         for task_id, blob in zip(task_ids, blobs, strict=True):
             try:
@@ -115,19 +114,22 @@ class TaskIntake:
             except Exception as exc:  # noqa: BLE001 - whatever a client sent, one line
                 refused[task_id] = f"task {_short(task_id)}: {exc}"
                 continue
-            problem = check(task)
+            problem = self._problem(task) if spec or not accepted else None
             if problem is not None:
                 self.finished(task)
                 refused[task_id] = problem
                 continue
             accepted.append(task)
-        if accepted:
-            self._journal_map(template, [task.task_id for task in accepted],
-                              blobs if not refused else
-                              [b for t, b in zip(task_ids, blobs, strict=True)
-                               if t not in refused])
-        for task in accepted:
-            self._enter(task, template)
+        if not accepted:
+            return refused
+        self._journal_map(template, [task.task_id for task in accepted],
+                          blobs if not refused else
+                          [b for t, b in zip(task_ids, blobs, strict=True) if t not in refused])
+        if template.after:
+            for task in accepted:
+                self._enter(task, template)
+        else:
+            self._ledger.submit_alike(accepted, template.priority, template.route)
         return refused
 
     def _enter(self, task: Task, record: SubmitRecord) -> None:
@@ -233,7 +235,7 @@ class TaskIntake:
                      blobs: list[Any]) -> None:
         self._journal_function(template.digest)
         self._store.add_submitted(task_ids[0], self._pack(
-            [_MAP_ROW, list(template), task_ids, blobs]))
+            [_MAP_ROW, list(template), task_ids, blobs]), alone=False)
 
     def _journal(self, record: SubmitRecord) -> None:
         self._journal_function(record.digest)

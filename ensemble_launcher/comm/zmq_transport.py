@@ -23,8 +23,9 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Container
+from collections.abc import Container, Iterator
 from dataclasses import dataclass
+from typing import cast
 
 import zmq
 from zmq.utils import z85
@@ -144,11 +145,7 @@ class ParentEndpoint:
         if self._zap is not None:
             self._answer_zap()
         out: list[tuple[bytes, Message]] = []
-        while True:
-            try:
-                frames = self.router.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return out
+        for frames in pending_frames(self.router):
             identity = frames[0]
             if identity not in known:
                 self.inbox.drop(repr(identity), "not a child of this master")
@@ -158,14 +155,11 @@ class ParentEndpoint:
                 message = self.inbox.decode(_named(identity), frames[1])
                 if message is not None:
                     out.append((identity, message))
+        return out
 
     def _answer_zap(self) -> None:
         assert self._zap is not None
-        while True:
-            try:
-                frames = self._zap.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        for frames in pending_frames(self._zap):
             version, request_id, _domain, _address, _identity, mechanism = frames[:6]
             credentials = frames[6:]
             ok = mechanism == b"CURVE" and credentials[:1] == [self._allowed]
@@ -217,20 +211,28 @@ class ChildEndpoint:
     def receive(self) -> list[Message]:
         """Everything that has arrived from the parent; bad frames are dropped and logged."""
         out: list[Message] = []
-        while True:
-            try:
-                frames = self.socket.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return out
+        for frames in pending_frames(self.socket):
             if len(frames) != 1:
                 self.inbox.drop("the parent", f"{len(frames)} parts instead of 1")
                 continue
             message = self.inbox.decode("the parent", frames[0])
             if message is not None:
                 out.append(message)
+        return out
 
     def close(self, linger: float = 2.0) -> None:
         self.socket.close(linger=int(linger * 1000))
+
+
+def pending_frames(sock: zmq.Socket) -> Iterator[list[bytes]]:
+    """The messages waiting on ``sock``, without blocking. It asks the socket first rather
+    than reading until ``zmq.Again``: an exception per empty read costs more than the
+    read, on every turn of a loop."""
+    while cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+        try:
+            yield sock.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return
 
 
 def terminate(ctx: zmq.Context, timeout: float = 5.0) -> bool:

@@ -25,12 +25,12 @@ class Counts:
     """Finished in an earlier run and not run again by this resume."""
     started_at: float = field(default_factory=time.monotonic)
 
-    def submitted(self, ensemble: str | None) -> None:
-        """One more task of ``ensemble`` (a cluster's tasks come while it runs)."""
+    def submitted(self, ensemble: str | None, count: int = 1) -> None:
+        """``count`` more tasks of ``ensemble`` (a cluster's tasks come while it runs)."""
         name = ensemble or "tasks"
         total = self.total.get(name, 0)
         if total is not None:
-            self.total[name] = total + 1
+            self.total[name] = total + count
 
     @property
     def running_by(self) -> dict[str, int]:

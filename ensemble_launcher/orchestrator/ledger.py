@@ -189,6 +189,24 @@ class Ledger:
         else:
             self._ready(waiting)
 
+    def submit_alike(self, tasks: list[Task], priority: int = 0, route: str = "") -> None:
+        """Take in tasks that differ only in their ids and arguments (a map's chunk) and
+        wait for nothing, as ``submit`` takes each; they share one Submission (only its
+        options are read after this)."""
+        if self._previous:
+            for task in tasks:
+                self.submit(Submission(task, priority, route))
+            return
+        shared = Submission(tasks[0], priority, route)
+        live, queue, order, awaited = self._live, self._queue, self._order, self._awaited
+        for task in tasks:
+            entry = _Entry(task, 1, priority=priority, route=route, submitted=shared)
+            if awaited:
+                awaited.pop(task.task_id, None)
+            live[task.task_id] = entry
+            heapq.heappush(queue, (-priority, next(order), entry))
+        self._recorder.counts.submitted(tasks[0].ensemble, len(tasks))
+
     @property
     def live_ids(self) -> dict[str, _Entry]:
         """Submitted tasks not final yet, by task_id (for ``in``)."""

@@ -86,6 +86,14 @@ def journal_row(task_id: str, ensemble: str | None, attempt: int, result: Any, h
             result.value, result.start, result.end, host, cpus, gpus, detail)
 
 
+def _still_needed(submitted: list[tuple[str, bytes]], alone: set[str],
+                  rows: list[tuple]) -> list[tuple[str, bytes]]:
+    """The submitted rows to write with these final results: not those of single tasks
+    whose result is among them (and not ``not_run``, which a restart runs again)."""
+    done = {row[0] for row in rows if row[3] != "not_run"} & alone
+    return [item for item in submitted if item[0] not in done] if done else submitted
+
+
 def untouched_uri(path: Path) -> str:
     """A read-only SQLite URI for ``path`` that creates nothing beside it. Opening a WAL
     database read-only creates its -wal and -shm files; when there is no -wal (the run is
@@ -212,6 +220,9 @@ class RunStore:
         self._last_flush = time.monotonic()
         self.failure: StoreError | None = None
         self._submitted: list[tuple[str, bytes]] = []
+        self._alone: set[str] = set()
+        """Submitted rows of one task each: not written when that task's final result comes
+        with them (a restart needs them only for tasks without one)."""
         self._functions: list[tuple[bytes, bytes]] = []
         self._indexed = False
 
@@ -267,6 +278,9 @@ class RunStore:
         submitted, self._submitted = self._submitted, []
         functions, self._functions = self._functions, []
         rows, self._buffer = self._buffer, []
+        if self._alone:
+            submitted = _still_needed(submitted, self._alone, rows)
+            self._alone = set()
         attempts, self._attempts = self._attempts, []
         archive, self._archive = self._archive, []
         try:
@@ -285,11 +299,14 @@ class RunStore:
         except sqlite3.Error as exc:
             raise self._failed("results", exc) from exc
 
-    def add_submitted(self, task_id: str, record: bytes) -> None:
-        """A task a client submitted to a cluster, as the cluster can submit it again after
-        a restart; written with the next flush, before any result of it."""
+    def add_submitted(self, task_id: str, record: bytes, *, alone: bool = True) -> None:
+        """A task a client submitted to a cluster (``alone``), or a chunk of a map (its
+        first task's id), as the cluster can submit it again after a restart; written with
+        the next flush, before any result of it."""
         if self.failure is None:
             self._submitted.append((task_id, record))
+            if alone:
+                self._alone.add(task_id)
 
     def add_function(self, digest: bytes, blob: bytes) -> None:
         """A callable submitted tasks name by ``digest`` (once per cluster)."""

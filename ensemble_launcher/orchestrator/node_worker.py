@@ -52,6 +52,10 @@ _STARVATION_SECONDS = 1.0
 #: under 2% of a task.
 _LONG_TASK_SECONDS = 0.05
 _TICK_SECONDS = 0.1
+#: Seconds a task killed by SIGTERM or SIGINT before this node saw a stop signal waits for
+#: one: a batch system signals every process of the job at once, and the task may die and
+#: be reported before our own signal is handled. Not run if it comes, failed if not.
+_STOP_SIGNAL_WAIT = 1.0
 
 
 class ResultSink(Protocol):
@@ -73,6 +77,14 @@ class ResultSink(Protocol):
 
     def final_flush(self) -> None:
         """Called once, when the node stops: everything not sent or written yet."""
+
+
+class _Dying(NamedTuple):
+    key: int
+    task: Task
+    placement: Placement
+    result: RunResult
+    until: float
 
 
 class Reservation(Task):
@@ -121,6 +133,7 @@ class NodeWorker:
         self._mean_duration: float | None = None
         self._results_seen = 0
         self._expired: set[int] = set()
+        self._dying: list[_Dying] = []
         self._shapes: dict[tuple, str | None] = {}
         self._timeline = timeline or NoTimeline()
         self._make_mpi = mpi
@@ -182,17 +195,20 @@ class NodeWorker:
             self._fill()
             self._report_running()
             mark("dispatch")
-            if not (self._inflight or self._backlog or self._held) and self._source.exhausted:
+            if not (self._inflight or self._backlog or self._held or self._dying) and \
+                    self._source.exhausted:
                 break
             events = self._pool.wait(self._wait_timeout(), self._source.sockets())
             mark("wait")
             self._collect(events)
+            self._record_dying()
             self._stop_cancelled()
             self._expire_callables()
             mark("collect")
             self._sink.after_turn()
             self._tick()
             mark("report")
+        self._record_dying(at_end=True)
         self._sink.final_flush()
 
     # -- dispatch ----------------------------------------------------------------------------
@@ -438,9 +454,31 @@ class NodeWorker:
     def _record(self, key: int, task: Task, placement: Placement, result: RunResult) -> None:
         if key in self._cancelled:
             result = self._as_cancelled(key, result)
-        elif stop_signal_seen() and died_of_stop_signal(result):
+        elif died_of_stop_signal(result):
+            if not self._stopping_now():
+                self._dying.append(_Dying(key, task, placement, result,
+                                          time.monotonic() + _STOP_SIGNAL_WAIT))
+                return
             result = interrupted(result)
         self._sink.record(key, task, result, placement.cpus_text, placement.gpus_text)
+
+    def _stopping_now(self) -> bool:
+        return stop_signal_seen() or self._source.halted
+
+    def _record_dying(self, *, at_end: bool = False) -> None:
+        """Record the tasks killed by a stop signal that waited for ours: not run if it
+        came (the job is stopping), as they ended once it did not within
+        _STOP_SIGNAL_WAIT (or when we stop)."""
+        stopping, now = self._stopping_now(), time.monotonic()
+        waiting = []
+        for dying in self._dying:
+            if stopping or at_end or now >= dying.until:
+                result = interrupted(dying.result) if stopping else dying.result
+                self._sink.record(dying.key, dying.task, result, dying.placement.cpus_text,
+                                  dying.placement.gpus_text)
+            else:
+                waiting.append(dying)
+        self._dying = waiting
 
     def _learn_duration(self, seconds: float) -> None:
         """Size the lanes' queues from the mean task duration: every 32 results, and at

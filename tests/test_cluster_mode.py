@@ -273,6 +273,13 @@ class Clusters:
                                     return_stdout=return_stdout)
         return self.started(launcher.start())
 
+    def run_again(self, directory: Path, **options: Any) -> None:
+        """Start the cluster again on ``directory`` (a restart) and drain it."""
+        again = EnsembleLauncher(ensemble_file={}, system_config=system(),
+                                 launcher_config=self.config(directory, **options))
+        self.started(again.start())
+        again.stop(timeout=60)
+
     def started(self, launcher: EnsembleLauncher) -> EnsembleLauncher:
         self.watch(launcher.run_dir)
         self._launchers.append(launcher)
@@ -538,10 +545,7 @@ def test_a_restart_reruns_only_the_unfinished_tasks_of_a_map(clusters, tmp_path)
         with pytest.raises(ClusterLost):
             next(mapped)
     clusters.close()
-    again = EnsembleLauncher(ensemble_file={}, system_config=system(),
-                             launcher_config=clusters.config(directory))
-    clusters.started(again.start())
-    again.stop(timeout=60)
+    clusters.run_again(directory)
     runs = {path.name: path.read_text().count("ran") for path in counters.iterdir()}
     assert runs == {"item-0": 1, "item-1": 1, "item-2": 2, "item-3": 2,
                     **{f"item-{i}": 1 for i in range(4, 8)}}
@@ -1171,10 +1175,7 @@ def test_a_killed_head_fails_pending_futures_and_a_restart_reruns_only_unfinishe
 
     clusters.open("a")
     clusters.open("b")
-    again = EnsembleLauncher(ensemble_file={}, system_config=system(),
-                             launcher_config=clusters.config(directory, nlevels=nlevels))
-    clusters.started(again.start())
-    again.stop(timeout=60)
+    clusters.run_again(directory, nlevels=nlevels)
 
     runs = {path.name: path.read_text().count("ran") for path in counters.iterdir()}
     assert runs == {"quick-0": 1, "quick-1": 1, "quick-2": 1, "long-a": 2, "long-b": 2,
@@ -1202,10 +1203,7 @@ def test_a_restart_keeps_the_dependencies_of_unfinished_tasks(clusters, tmp_path
                 future.result(timeout=10)
     clusters.open("a")
     clusters.open("b")
-    again = EnsembleLauncher(ensemble_file={}, system_config=system(),
-                             launcher_config=clusters.config(directory))
-    clusters.started(again.start())
-    again.stop(timeout=60)
+    clusters.run_again(directory)
     results = all_results(directory)
     assert (results["step"].value, results["last"].value) == (43, 85)
 
@@ -1228,10 +1226,7 @@ def test_a_cancelled_pending_task_does_not_run_after_a_restart(clusters, tmp_pat
         kill_head(directory)
     clusters.open("a")
     clusters.open("b")
-    again = EnsembleLauncher(ensemble_file={}, system_config=system(),
-                             launcher_config=clusters.config(directory))
-    clusters.started(again.start())
-    again.stop(timeout=60)
+    clusters.run_again(directory)
     assert {f"cancelled-{i}": "cancelled" for i in range(3)} == {
         task_id: r.state for task_id, r in all_results(directory).items()
         if task_id.startswith("cancelled")}

@@ -253,6 +253,9 @@ class OneAtATime(LocalFeed):
     def report_running(self, by_ensemble) -> None:
         pass
 
+    def report_started(self, keys) -> None:
+        pass
+
     def tick(self) -> None:
         pass
 

@@ -267,13 +267,16 @@ def _last_cluster() -> Path:
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
-def status(run_dir: Path, as_json: bool) -> None:
-    """Show the progress of a run, live or finished, from its RUN_DIR."""
+@click.option("--firings", "firings", type=click.IntRange(min=0), default=10,
+              show_default=True, help="How many of the latest rule firings to list.")
+def status(run_dir: Path, as_json: bool, firings: int) -> None:
+    """Show the progress of a run, live or finished, from its RUN_DIR, and the latest
+    firings of its event rules."""
     from ensemble_launcher.errors import EnsembleLauncherError
     from ensemble_launcher.monitor.status import read_status
 
     try:
-        snapshot = read_status(run_dir)
+        snapshot = read_status(run_dir, firings)
     except EnsembleLauncherError as exc:
         _bad_input(exc)
     if as_json:
@@ -431,16 +434,32 @@ def _seconds(text: str | None) -> float | None:
 def _summarize(results, run_dir: Path, elapsed: float) -> int:
     counts = results.counts()
     total = sum(counts.values())
-    failed = total - counts.get("succeeded", 0)
+    meta = results.meta()
+    meant = _ended_on_purpose(counts, meta)
+    failed = total - counts.get("succeeded", 0) - sum(meant.values())
+    on_purpose = "".join(f", {n} {state.replace('_', ' ')}" for state, n in meant.items() if n)
     click.echo(f"el: {total} tasks in {elapsed:.1f} s: {counts.get('succeeded', 0)} succeeded, "
-               f"{failed} failed; run directory {run_dir}", err=True)
-    for result in _first(results.failed(), 10):
+               f"{failed} failed{on_purpose}; run directory {run_dir}", err=True)
+    if meta.get("terminated"):
+        click.echo(f"el: the run was ended by {meta['terminated']}", err=True)
+    for result in _first((r for r in results.failed() if r.state not in meant), 10):
         first_line = (result.exception or "").splitlines()[0:1]
         click.echo(f"  {result.task_id}: {result.state} ({result.reason}) "
                    f"{first_line[0] if first_line else ''}", err=True)
     if failed > 10:
         click.echo(f"  ... and {failed - 10} more; see {run_dir}/journal.db", err=True)
     return EXIT_TASKS_FAILED if failed else EXIT_OK
+
+
+def _ended_on_purpose(counts: dict[str, int], meta: dict) -> dict[str, int]:
+    """Tasks a rule meant to end unfinished, which are no failures: those it cancelled, and
+    those not run because a rule terminated the run."""
+    meant = {}
+    if meta.get("rules"):
+        meant["cancelled"] = counts.get("cancelled", 0)
+    if meta.get("terminated"):
+        meant["not_run"] = counts.get("not_run", 0)
+    return meant
 
 
 def _first(iterable, n: int):

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -49,7 +50,11 @@ from ensemble_launcher.orchestrator.placement import tree_settings
 from ensemble_launcher.orchestrator.recording import Recorder
 from ensemble_launcher.orchestrator.roles import run_node
 from ensemble_launcher.orchestrator.root import LocalSink, LocalSource, RootControl, RootUpstream
-from ensemble_launcher.orchestrator.signals import GracefulShutdown, left_to_parent
+from ensemble_launcher.orchestrator.signals import (
+    GraceExpired,
+    GracefulShutdown,
+    left_to_parent,
+)
 from ensemble_launcher.orchestrator.tree import plan_tree
 from ensemble_launcher.orchestrator.wire import FunctionTable
 from ensemble_launcher.resources import (
@@ -70,6 +75,8 @@ from ensemble_launcher.store.lock import RunDirLock, check_not_in_use
 
 if TYPE_CHECKING:
     from ensemble_launcher.cluster.desk import ClientDesk
+    from ensemble_launcher.ensemble.rules import Rule, Steering
+    from ensemble_launcher.rules.engine import RulesEngine
 
 log = logging.getLogger("ensemble_launcher")
 
@@ -277,7 +284,7 @@ class EnsembleLauncher:
             raise stop
         if config.profile:
             self._write_profiles(basic, timeline)
-        if stop is not None or shutdown.requested:
+        if stop is not None or (shutdown.requested and not shutdown.by_request):
             raise KeyboardInterrupt(
                 f"interrupted ({shutdown.signal_name or stop}); {counts.line()}; "
                 f"continue with: el resume {self.run_dir}")
@@ -316,21 +323,31 @@ class EnsembleLauncher:
                 reporter = MultiReporter(
                     self._reporter, StatusFileReporter(self.run_dir, config.report_interval))
                 recorder = Recorder(store, counts, reporter)
+                steering = self.tasks.steering
                 ledger = Ledger(self.tasks, recorder, _retry_policy(config), previous=previous,
                                 retry_failed=self.retry_failed, deadline=self._deadline(),
-                                profile=basic, shutdown=shutdown, closed=not cluster)
+                                profile=basic, shutdown=shutdown,
+                                closed=not cluster and steering is None)
                 functions = FunctionTable()
+                engine = _steer(steering, ledger, recorder, shutdown, cluster) \
+                    if steering is not None else None
                 desk = self._open_desk(ledger, recorder, store, functions, previous or {}) \
                     if cluster else None
-                control = RootControl(ledger, shutdown, desk)
+                control = RootControl(ledger, shutdown, desk, engine)
+                if desk is not None:
+                    desk.on_rule = _rules_taker(control, recorder, shutdown)
                 reporter.start(counts)
                 started = True
+                if engine is not None:
+                    engine.begin()
                 try:
                     with shutdown:
                         if self.nlevels == 0:
                             self._run_here(control, recorder, timeline)
                         else:
                             self._run_tree(control, recorder, timeline, functions)
+                except GraceExpired as exc:
+                    stop = None if shutdown.by_request else exc
                 except KeyboardInterrupt as exc:
                     stop = exc
                 except EnsembleLauncherError as exc:
@@ -340,16 +357,18 @@ class EnsembleLauncher:
                     raise
                 finally:
                     try:
-                        _wind_down(ledger, reporter, counts,
-                                   stopped=bool(stop or shutdown.requested))
+                        _wind_down(ledger, reporter, counts, stopped=bool(
+                            stop or (shutdown.requested and not shutdown.by_request)))
                     finally:
                         if desk is not None:
                             desk.close(why or str(stop or "stopped"))
                 if ledger.skipped:
                     log.info("resume: %d task(s) already done were skipped", ledger.skipped)
                 aborted = {"aborted": str(stop)} if isinstance(stop, RunAbortedError) else {}
-                store.set_meta(finished=time.time(),
-                               interrupted=bool(stop or shutdown.requested), **aborted)
+                if shutdown.by_request:
+                    aborted["terminated"] = shutdown.signal_name
+                store.set_meta(finished=time.time(), interrupted=bool(
+                    stop or (shutdown.requested and not shutdown.by_request)), **aborted)
                 log.info("run %s finished: %s", self.run_dir, counts.line())
         except StoreError as exc:
             if not started:
@@ -388,6 +407,8 @@ class EnsembleLauncher:
             "system_config": self.system_config.model_dump(),
             "launcher_config": self.launcher_config.model_dump(),
             "pin_resources": self.pin_resources, "return_stdout": self.return_stdout}
+        if self.tasks.steering is not None:
+            meta["rules"] = len(self.tasks.steering.rules)
         if self.tasks.source and not self.resume:
             copy = self.run_dir / f"ensemble{Path(self.tasks.source).suffix or '.json'}"
             try:
@@ -519,6 +540,42 @@ def _wind_down(ledger: Ledger, reporter: Reporter, counts: Counts, *, stopped: b
         ledger.abandon("not run: the run was interrupted" if stopped else "not run")
     finally:
         reporter.stop(counts)
+
+
+def _steer(steering: Steering, ledger: Ledger, recorder: Recorder,
+           shutdown: GracefulShutdown, cluster: bool) -> RulesEngine:
+    """The rules engine of this run, watching its ledger and its results."""
+    from ensemble_launcher.rules.engine import RulesEngine, RunControls, group_of
+
+    controls = RunControls(terminate=shutdown.request,
+                           cancel_group=lambda name: ledger.cancel_where(
+                               lambda task: group_of(task) == name),
+                           journal=recorder.store,
+                           stop_when_idle=None if cluster else ledger.close)
+    engine = RulesEngine(steering, ledger, controls)
+    ledger.observer = engine
+    recorder.listeners.append(engine.on_final)
+    return engine
+
+
+def _rules_taker(control: RootControl, recorder: Recorder,
+                 shutdown: GracefulShutdown) -> Callable[[Rule], None]:
+    """What takes the rules a cluster's clients add: the cluster's engine, made with the
+    first rule when the cluster started without any (its counts start from the results
+    so far)."""
+    from ensemble_launcher.ensemble.rules import Steering
+
+    def take(rule: Rule) -> None:
+        engine = control.steering
+        if engine is None:
+            engine = _steer(Steering(rules=[], groups={}, held=frozenset()), control.ledger,
+                            recorder, shutdown, cluster=True)
+            engine.seed(recorder.counts)
+            engine.begin()
+            control.steering = engine
+        engine.add_rule(rule)  # type: ignore[attr-defined]
+
+    return take
 
 
 def _resumed(out_dir: str | os.PathLike | None, retry_failed: bool) -> RunFilter | None:

@@ -42,3 +42,17 @@ def test_pipeline_stage_two_runs_after_stage_one(tmp_path):
     lines = [line for line in out.stdout.splitlines() if line.startswith("n=")]
     assert [line.split()[0] for line in lines] == [
         "n=100", "n=1000", "n=10000", "n=100000", "n=1000000"]
+
+
+def test_rules_examples_run_with_el_run(tmp_path):
+    for name, groups in (("hello-world.yaml", {"sleep": 5, "echo": 5}),
+                         ("refine.yaml", {"coarse": 20, "refine": 8})):
+        out = el("run", f"examples/rules/{name}", "--out", tmp_path / name,
+                 "--json", tmp_path / f"{name}.json")
+        assert out.returncode == 0, out.stderr
+        results = json.loads((tmp_path / f"{name}.json").read_text()).values()
+        assert {r["state"] for r in results} == {"succeeded"}
+        seen: dict[str, int] = {}
+        for r in results:
+            seen[r["ensemble"]] = seen.get(r["ensemble"], 0) + 1
+        assert seen == groups

@@ -217,6 +217,9 @@ class _Sink:
     def report_running(self, by_ensemble: dict[str, int]) -> None:
         pass
 
+    def report_started(self, keys: list[int]) -> None:
+        pass
+
     def final_flush(self) -> None:
         pass
 
@@ -307,6 +310,9 @@ class _Upstream(LocalFeed):
         raise AssertionError(f"{name} lost: {why}")
 
     def report_running(self, by_ensemble: dict[str, int]) -> None:
+        pass
+
+    def report_started(self, keys: list[int]) -> None:
         pass
 
     def tick(self) -> None:

@@ -34,6 +34,7 @@ import zmq
 
 from ensemble_launcher.cluster.checkpoint import ClusterFile, ClusterInfo, process_alive
 from ensemble_launcher.cluster.protocol import (
+    AddRule,
     Cancel,
     Closing,
     Done,
@@ -469,6 +470,21 @@ class ClusterClient:
         """Cancel every task of the cluster with this ``tag`` that has not finished."""
         self._check_open()
         self._post(Cancel([], tag))
+
+    def add_rule(self, rule: Any) -> None:
+        """Add an event rule (``ensemble_launcher.rules.Rule``) to the running cluster: it
+        watches the cluster's task events from now on, in the order of our submits, and a
+        custom action may be any Python callable (it runs in the head, so keep it short).
+        Groups are the tasks' ``ensemble``, else their ``tag``."""
+        import cloudpickle
+
+        from ensemble_launcher.ensemble.rules import Rule
+
+        self._check_open()
+        if not isinstance(rule, Rule):
+            raise TypeError(f"add_rule takes an ensemble_launcher.rules.Rule, not "
+                            f"{type(rule).__name__}")
+        self._post(AddRule(cloudpickle.dumps(rule)))
 
     def shutdown_cluster(self) -> None:
         """Ask the head to stop once every task it has is final (el stop)."""

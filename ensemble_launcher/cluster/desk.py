@@ -14,8 +14,10 @@ from __future__ import annotations
 import bisect
 import contextlib
 import logging
+import pickle
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +26,7 @@ import zmq
 from ensemble_launcher.cluster.checkpoint import ClusterFile
 from ensemble_launcher.cluster.intake import TaskIntake
 from ensemble_launcher.cluster.protocol import (
+    AddRule,
     Cancel,
     Closing,
     Done,
@@ -118,8 +121,8 @@ class ClientDesk:
         self._clients: dict[bytes, _Client] = {}
         self._owners: dict[str, bytes] = {}
         self._dirty: set[bytes] = set()
-        self._arrived: deque[tuple[bytes, list[list] | SubmitMap | Cancel | Shutdown]] = \
-            deque()
+        self._arrived: deque[tuple[bytes, list[list] | SubmitMap | Cancel | Shutdown |
+                                   AddRule]] = deque()
         """Submits (their lists of task records) and map chunks received and not yet taken
         in (at most _PER_TURN tasks a loop turn), with the Cancels and Shutdowns among
         them, which take effect in the order they came."""
@@ -127,6 +130,8 @@ class ClientDesk:
         """Tasks of the first Submit or map chunk in ``_arrived`` already taken in."""
         self._last_beat = 0.0
         self._hidden = False
+        self.on_rule: Callable[[Any], None] | None = None
+        """Takes a rule a client added (the launcher's rules engine)."""
 
     def open(self) -> None:
         """Let clients find us: from now on cluster.json names our address and keys."""
@@ -237,7 +242,7 @@ class ClientDesk:
         if isinstance(message, (Submit, SubmitMap)):
             self._arrived.append((identity, message.tasks if isinstance(message, Submit)
                                   else message))
-        elif isinstance(message, (Cancel, Shutdown)):
+        elif isinstance(message, (Cancel, Shutdown, AddRule)):
             self._arrived.append((identity, message))
         elif isinstance(message, Define):
             self._intake.define(message.digest, message.blob)
@@ -270,8 +275,10 @@ class ClientDesk:
                 self._order(client, item)  # type: ignore[arg-type]
             arrived.popleft()
 
-    def _order(self, client: _Client, order: Cancel | Shutdown) -> None:
-        if isinstance(order, Cancel):
+    def _order(self, client: _Client, order: Cancel | Shutdown | AddRule) -> None:
+        if isinstance(order, AddRule):
+            self._add_rule(client, order.rule)
+        elif isinstance(order, Cancel):
             for task_id in order.task_ids:
                 self._ledger.cancel(task_id)
             if order.tag is not None:
@@ -280,6 +287,18 @@ class ClientDesk:
             log.info("cluster: %s asked to stop: no new task is taken; the rest finish",
                      client.name)
             self._ledger.close()
+
+    def _add_rule(self, client: _Client, blob: bytes) -> None:
+        if self.on_rule is None:
+            log.warning("cluster: %s sent a rule, but this cluster takes none", client.name)
+            return
+        try:
+            self.on_rule(pickle.loads(blob))
+        except Exception as exc:  # noqa: BLE001 - a client's bad rule must not stop the head
+            log.warning("cluster: a rule from %s was refused: %s: %s", client.name,
+                        type(exc).__name__, exc)
+            return
+        log.info("cluster: %s added a rule", client.name)
 
     def _submit(self, identity: bytes, client: _Client, record: SubmitRecord) -> None:
         if not record.route and client.route:

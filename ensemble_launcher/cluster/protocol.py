@@ -148,6 +148,15 @@ class Cancel(Message):
     tag: str | None
 
 
+@register_message(49)
+@dataclass(slots=True)
+class AddRule(Message):
+    """A rule for the cluster's rules engine, cloudpickled (its custom action may be a
+    function of the client's ``__main__``)."""
+
+    rule: bytes
+
+
 @register_message(46)
 @dataclass(slots=True)
 class Shutdown(Message):

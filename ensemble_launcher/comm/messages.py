@@ -5,7 +5,7 @@
       |  <-- Request(credit)                     |   "I can take this many more tasks"
       |  --> Define(digest, blob)                |   a function, once per child
       |  --> Tasks([task, ...])                  |   at most the credit asked for
-      |  <-- ResultBatch([row, ...], running)    |   batched by size or a few ms
+      |  <-- ResultBatch(rows, running, started) |   once per loop turn, or a tick
       |  <-> Heartbeat(time)                     |   when nothing else was sent lately
       |  <-- NodeLost(name, host, keys, why)     |   a sub-master lost one of its children
       |  --> Drain()                             |   no more tasks will come
@@ -182,10 +182,13 @@ class Tasks(Message):
 @dataclass(slots=True)
 class ResultBatch(Message):
     """Finished tasks, and what runs now: ``running`` lists ``[ensemble, n]`` for every
-    ensemble the sender's nodes have run tasks of, when that changed (else it is empty)."""
+    ensemble the sender's nodes have run tasks of, when that changed (else it is empty);
+    ``started`` the keys of tasks seen running since the last report, each once (a task
+    that ends between two reports is never named)."""
 
     rows: ResultRows
     running: list[list[Any]] = dataclasses.field(default_factory=list)
+    started: list[int] = dataclasses.field(default_factory=list)
 
 
 @_message(6)

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from ensemble_launcher.config.files import read_structured_file
 from ensemble_launcher.ensemble import preflight
+from ensemble_launcher.ensemble.ensemble_python import is_ensemble_python, load_ensemble_python
 from ensemble_launcher.ensemble.params import MAX_VALUES, approximately
 from ensemble_launcher.ensemble.programs import direct_program, resolve_program
+from ensemble_launcher.ensemble.rules import Group, Steering, held_groups, parse_rules
 from ensemble_launcher.ensemble.spec import EnsembleSpec
-from ensemble_launcher.ensemble.task import Task
-from ensemble_launcher.errors import ConfigError, EnsembleFileError, _short
+from ensemble_launcher.ensemble.task import Task, UnbuildableTask
+from ensemble_launcher.errors import ConfigError, EnsembleFileError, EnsembleLauncherError, _short
+from ensemble_launcher.values import BadValue, seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,13 +42,16 @@ class TaskStream:
     """The tasks of a run, in a stable order, produced on demand.
 
     ``len()`` is known without generating anything when the input is an ensemble file
-    or a dict; it is ``None`` for a plain iterable.
+    or a dict; it is ``None`` for a plain iterable. ``steering`` holds the file's rules
+    and the groups they submit (None: the file has no rules); the groups a rule submits
+    are not in the stream.
     """
 
     def __init__(self, parts: list[tuple[str, Iterable[Task], int | None]],
-                 source: str | None = None) -> None:
+                 source: str | None = None, steering: Steering | None = None) -> None:
         self._parts = parts
         self.source = source
+        self.steering = steering
 
     @property
     def total(self) -> int | None:
@@ -78,6 +84,20 @@ class TaskStream:
                     if shape not in seen:
                         seen.add(shape)
                         yield req
+        yield from self._submitted_requirements()
+
+    def _submitted_requirements(self) -> Iterator[Requirement]:
+        """The groups a submit rule names must fit too: found now, not when it fires. (An
+        ensemble-python file may define a group no rule submits, as its heartbeat example
+        does with one larger than the cluster; that one is not checked.)"""
+        if self.steering is None:
+            return
+        where = f" in {self.source}" if self.source else ""
+        submitted = held_groups(self.steering.rules)
+        for name, group in self.steering.groups.items():
+            if name in submitted:
+                for task in group.samples:
+                    yield requirement_of(task, f"group {name!r}{where}")
 
 
 def _shape(req: Requirement) -> tuple:
@@ -97,7 +117,7 @@ def load_tasks(ensemble: Any, *, will_run: preflight.RunFilter | None = None) ->
         path = str(ensemble)
         return _from_definition(read_structured_file(path), path, will_run)
     if isinstance(ensemble, Mapping):
-        if "ensembles" in ensemble:
+        if "ensembles" in ensemble or is_ensemble_python(ensemble):
             return _from_definition(ensemble, None, will_run)
         return _from_task_dict(ensemble, will_run)
     if isinstance(ensemble, Iterable):
@@ -109,14 +129,12 @@ def load_tasks(ensemble: Any, *, will_run: preflight.RunFilter | None = None) ->
 
 def _from_definition(data: Any, source: str | None,
                      will_run: preflight.RunFilter | None) -> TaskStream:
+    if is_ensemble_python(data):
+        return TaskStream([], source, load_ensemble_python(data, source))
     if not isinstance(data, Mapping):
         raise EnsembleFileError("the top level must be a mapping with an 'ensembles' key",
                                 file=source)
-    extra = sorted(set(data) - {"ensembles"}, key=str)
-    if extra:
-        raise EnsembleFileError("unknown top-level key; the only top-level key is 'ensembles'",
-                                file=source, key=str(extra[0]), value=data[extra[0]],
-                                has_value=True)
+    _check_top_level_keys(data, source)
     ensembles = data.get("ensembles")
     if not isinstance(ensembles, Mapping) or not ensembles:
         raise EnsembleFileError("'ensembles' must be a non-empty mapping of name -> ensemble",
@@ -130,7 +148,66 @@ def _from_definition(data: Any, source: str | None,
     if total > MAX_VALUES:
         raise EnsembleFileError(f"the ensembles make {approximately(total)} tasks in all; a "
                                 f"run can have at most {MAX_VALUES}", file=source)
-    return TaskStream(parts, source)
+    if "rules" not in data:
+        return TaskStream(parts, source)
+    steering = _steering(data, parts, source)
+    return TaskStream([p for p in parts if p[0] not in steering.held], source, steering)
+
+
+_TOP_LEVEL_KEYS = ("ensembles", "rules", "heartbeat")
+
+
+def _check_top_level_keys(data: Mapping[Any, Any], source: str | None) -> None:
+    for key in sorted(data, key=str):
+        if key == "heartbeat" and "rules" not in data:
+            raise EnsembleFileError("heartbeat (the period of heartbeat rules) needs a "
+                                    "top-level rules list", file=source, key="heartbeat",
+                                    value=data[key], has_value=True)
+        if key not in _TOP_LEVEL_KEYS:
+            raise EnsembleFileError("unknown top-level key; the top-level keys are "
+                                    "'ensembles', 'rules' and 'heartbeat'", file=source,
+                                    key=str(key), value=data[key], has_value=True)
+
+
+def _steering(data: Mapping[str, Any], parts: list[tuple[str, Iterable[Task], int | None]],
+              source: str | None) -> Steering:
+    """The rules of one of our files: each ensemble is a group; those a submit action
+    names wait for it, the others start at once."""
+    heartbeat = data.get("heartbeat")
+    try:
+        period = 0.0 if heartbeat is None else seconds("heartbeat", heartbeat,
+                                                      allow_zero=True)
+    except BadValue as exc:
+        raise EnsembleFileError(exc.reason, file=source, key="heartbeat", value=heartbeat,
+                                has_value=True) from None
+    specs = [spec for _, spec, _ in parts if isinstance(spec, EnsembleSpec)]
+    rules = parse_rules(data["rules"], source, [spec.name for spec in specs], heartbeat=period)
+    held = held_groups(rules)
+    groups = {spec.name: _spec_group(spec, 0 if spec.name in held else len(spec))
+              for spec in specs}
+    return Steering(rules, groups, held, period, source=source)
+
+
+def _spec_group(spec: EnsembleSpec, first: int) -> Group:
+    """An ensemble as a group. Each submission's tasks are numbered on from the last
+    one's (``<name>-<n>``, task ``n`` of the sweep taken round), so ids keep the file's form
+    and stay unique however often rules submit it; ``first`` is past the ids the stream
+    gives an ensemble that starts at once."""
+    numbers = itertools.count(first)
+
+    def make(count: int | None, submission: int) -> list[Task | UnbuildableTask]:
+        wanted = len(spec) if count is None else count
+        return [_numbered_task(spec, next(numbers)) for _ in range(wanted if len(spec) else 0)]
+    return Group(spec.name, len(spec), make, [spec[0]] if len(spec) else [])
+
+
+def _numbered_task(spec: EnsembleSpec, number: int) -> Task | UnbuildableTask:
+    task_id = f"{spec.name}-{number}"
+    try:
+        return replace(spec[number % len(spec)], task_id=task_id)
+    except (ValueError, TypeError, KeyError, EnsembleLauncherError) as exc:
+        return UnbuildableTask(task_id, spec.name, f"ensemble {spec.name!r}: task "
+                               f"{number % len(spec)} cannot be built: {exc}")
 
 
 def _ensemble_name(name: Any, ensembles: Mapping[Any, Any], source: str | None) -> str:

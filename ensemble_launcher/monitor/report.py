@@ -2,7 +2,8 @@
 
     utilization.png   busy cores over time, one line per node (up to 12; then the sum)
     durations.png     histogram of task durations
-    throughput.png    tasks finished per second over time
+    throughput.png    tasks finished per second over time, with the rule firings marked
+                      (vertical lines, labelled; at most MARKED_FIRINGS, spread evenly)
     failures.png      failed tasks by reason
 
 Utilization is the sum over tasks of duration x cores used, divided by the cores of all
@@ -14,14 +15,17 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ensemble_launcher.store.queries import read_journal
+from ensemble_launcher.store.queries import Firing, read_journal
 
 FIGSIZE, DPI = (8.0, 4.5), 100
 PLOTS = ("utilization.png", "durations.png", "throughput.png", "failures.png")
+#: More marks than this would hide the throughput line and each other.
+MARKED_FIRINGS = 50
+_LABEL_CHARS = 24
 
 
 @dataclass
@@ -34,6 +38,24 @@ class RunData:
     reasons: Counter
     total_cores: int
     meta: dict
+    firings: list[Firing] = field(default_factory=list)
+
+    @property
+    def origin(self) -> float:
+        """Time zero of the plots: the first task's start (else the run's, else the first
+        firing's)."""
+        if len(self.starts):
+            return float(self.starts.min())
+        return self.meta.get("started") or (self.firings[0].at if self.firings else 0.0)
+
+    @property
+    def marked_firings(self) -> list[Firing]:
+        """The firings the throughput plot marks: all, or MARKED_FIRINGS spread evenly."""
+        n = len(self.firings)
+        if n <= MARKED_FIRINGS:
+            return self.firings
+        step = (n - 1) / (MARKED_FIRINGS - 1)
+        return [self.firings[round(i * step)] for i in range(MARKED_FIRINGS)]
 
     @property
     def span(self) -> float:
@@ -53,6 +75,7 @@ def load(run_dir: Path) -> RunData:
         rows = list(journal.ran())
         states = Counter(journal.state_counts())
         reasons = Counter({r or "unknown": n for r, n in journal.failure_reasons().items()})
+        firings = journal.firings()
     ncpus = meta.get("system_config", {}).get("ncpus", 1)
     total_cores = ncpus * max(1, len(meta.get("nodes", [])))
     return RunData(
@@ -61,7 +84,7 @@ def load(run_dir: Path) -> RunData:
         cores=np.array([max(1, len(r.cpus.split(","))) if r.cpus else 1 for r in rows],
                        dtype=float),
         hosts=[r.host or "?" for r in rows], states=states, reasons=reasons,
-        total_cores=total_cores, meta=meta)
+        total_cores=total_cores, meta=meta, firings=firings)
 
 
 def summary(data: RunData) -> list[str]:
@@ -80,7 +103,27 @@ def summary(data: RunData) -> list[str]:
         ]
     if data.reasons:
         lines.append("failures: " + ", ".join(f"{n} {r}" for r, n in data.reasons.most_common()))
+    return lines + _firing_summary(data)
+
+
+def _firing_summary(data: RunData) -> list[str]:
+    if not data.firings:
+        return []
+    kinds = Counter(f"{f.rule} -> {f.action}" for f in data.firings)
+    shown = ", ".join(f"{n} {kind}" for kind, n in kinds.most_common(5))
+    more = f", {len(kinds) - 5} more kinds" if len(kinds) > 5 else ""
+    lines = [f"rule firings: {len(data.firings)} ({shown}{more})"]
+    left_out = len(data.firings) - len(data.marked_firings)
+    if left_out:
+        lines.append(f"throughput.png marks {len(data.marked_firings)} firings, spread "
+                     f"evenly; {left_out} left out")
     return lines
+
+
+def _label(firing: Firing) -> str:
+    """A firing in a few words: the rule's label and its action."""
+    text = f"{firing.rule} -> {firing.action}"
+    return text if len(text) <= _LABEL_CHARS else text[:_LABEL_CHARS - 1] + "…"
 
 
 def write_report(run_dir: Path, out_dir: Path | None = None) -> tuple[list[Path], list[str]]:
@@ -143,17 +186,32 @@ def _durations(ax: Any, data: RunData) -> None:
 def _throughput(ax: Any, data: RunData) -> None:
     import numpy as np
 
-    if not len(data.ends):
-        ax.set_title("Throughput (no task ran)")
-        return
-    origin = data.starts.min()
-    width = max(data.span / 50, 1e-3)
-    bins = np.arange(0.0, data.span + width, width)
-    counts, edges = np.histogram(data.ends - origin, bins=bins)
-    ax.plot(edges[:-1], counts / width)
+    title = "Throughput"
+    if len(data.ends):
+        width = max(data.span / 50, 1e-3)
+        bins = np.arange(0.0, data.span + width, width)
+        counts, edges = np.histogram(data.ends - data.origin, bins=bins)
+        ax.plot(edges[:-1], counts / width)
+    else:
+        title += " (no task ran)"
     ax.set_xlabel("time since the first task started (s)")
     ax.set_ylabel("tasks finished per second")
-    ax.set_title("Throughput")
+    ax.set_title(title + _mark_firings(ax, data))
+
+
+def _mark_firings(ax: Any, data: RunData) -> str:
+    """Draw a labelled vertical line at each marked firing; the title's note on them."""
+    marked = data.marked_firings
+    for firing in marked:
+        x = firing.at - data.origin
+        ax.axvline(x, color="tab:red", linewidth=0.6, alpha=0.6)
+        ax.text(x, 0.98, _label(firing), transform=ax.get_xaxis_transform(), rotation=90,
+                fontsize=5, color="tab:red", ha="right", va="top")
+    if not data.firings:
+        return ""
+    left_out = len(data.firings) - len(marked)
+    return f"; {len(data.firings)} rule firings" + \
+        (f", {len(marked)} marked ({left_out} left out)" if left_out else " marked")
 
 
 def _failures(ax: Any, data: RunData) -> None:

@@ -5,7 +5,8 @@
                  ensemble), rewritten every report_interval (at most 5 s) by
                  StatusFileReporter; used while the run is alive, so that all figures are
                  one snapshot
-    journal.db   final results per ensemble and state, for a run that is over
+    journal.db   final results per ensemble and state, for a run that is over; the
+                 firings of the event rules, live (each flush commits them) and after
     meta         ensemble sizes, start and end times
 
 ``el status RUNDIR`` prints :func:`read_status`.
@@ -17,13 +18,13 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from ensemble_launcher.monitor.counts import Counts, clock
 from ensemble_launcher.monitor.progress import Reporter, Throttle
-from ensemble_launcher.store.queries import EnsembleCount, Span, read_journal
+from ensemble_launcher.store.queries import EnsembleCount, Firing, Span, read_journal
 
 STATUS_NAME = "status.json"
 
@@ -101,12 +102,23 @@ class RunStatus:
     eta: float | None
     started: float | None
     finished: float | None
+    firings: list[Firing] = field(default_factory=list)
+    """The most recent firings of the event rules, newest last."""
+    firings_total: int = 0
 
     def to_dict(self) -> dict:
         data = asdict(self)
         for entry, ensemble in zip(data["ensembles"], self.ensembles, strict=True):
             entry["pending"] = ensemble.pending
+        data["firings"] = [{**f._asdict(), "since_start": f.at - self._origin()}
+                           for f in self.firings]
         return data
+
+    def _origin(self) -> float:
+        """What firing times are counted from: the run's start, else the first firing."""
+        if self.started is not None:
+            return self.started
+        return self.firings[0].at if self.firings else 0.0
 
     def lines(self) -> list[str]:
         head = f"{self.run_dir}: {self.state}, {self.rate:.1f} tasks/s"
@@ -120,14 +132,42 @@ class RunStatus:
                        f"{e.failed} failed, {e.not_run} not run, {skipped}{e.running} "
                        f"running, {f'{e.queued} queued, ' if e.queued else ''}"
                        f"{e.pending if e.pending is not None else '?'} pending")
+        return out + self._firing_lines()
+
+    def _firing_lines(self) -> list[str]:
+        if not self.firings:
+            return []
+        shown = len(self.firings)
+        which = f"the last {shown}, newest last" if shown < self.firings_total \
+            else "newest last"
+        out = [f"  rule firings: {self.firings_total} ({which})"]
+        for f in self.firings:
+            rule = f.rule if f.rule == f.trigger else f"{f.rule} [{f.trigger}]"
+            detail = f": {_one_line(f.detail)}" if f.detail else ""
+            out.append(f"    {_since(f.at - self._origin()):>9}  {rule} -> {f.action}{detail}")
         return out
 
 
-def read_status(run_dir: str | os.PathLike) -> RunStatus:
-    """The status of the run in ``run_dir``; StoreError when its journal is not one we can
-    read (see :func:`~ensemble_launcher.store.journal.check_journal`)."""
+def _one_line(text: str, most: int = 120) -> str:
+    """A custom action's detail may span lines or pages; a status line holds the start."""
+    text = " ".join(text.split())
+    return text if len(text) <= most else text[:most - 1] + "…"
+
+
+def _since(seconds: float) -> str:
+    """Time since the start: tenths of a second in the first minute, then H:MM:SS."""
+    if abs(seconds) < 60:
+        return f"{seconds:+.1f}s"
+    return ("-" if seconds < 0 else "+") + clock(abs(seconds))
+
+
+def read_status(run_dir: str | os.PathLike, firings: int = 10) -> RunStatus:
+    """The status of the run in ``run_dir`` with its ``firings`` most recent rule firings;
+    StoreError when its journal is not one we can read (see
+    :func:`~ensemble_launcher.store.journal.check_journal`)."""
     run_dir = Path(run_dir)
-    meta, rows, span = _read_journal(run_dir)
+    journal = _read_journal(run_dir, firings)
+    meta, rows, span = journal.meta, journal.counts, journal.span
     live = _live_status(run_dir, meta)
     totals: dict[str, int | None] = meta.get("ensembles", {})
     counts: dict[str, dict[str, int]] = {name: {} for name in totals}
@@ -149,14 +189,24 @@ def read_status(run_dir: str | os.PathLike) -> RunStatus:
     remaining = sum((e.pending or 0) + e.running + e.queued for e in ensembles)
     eta = remaining / rate if rate > 0 and state == "running" else None
     return RunStatus(str(run_dir), state, ensembles, rate, eta, meta.get("started"),
-                     meta.get("finished"))
+                     meta.get("finished"), journal.firings, journal.firings_total)
 
 
-def _read_journal(run_dir: Path) -> tuple[dict, list[EnsembleCount], Span]:
-    """The run's metadata, its final results per ensemble and state, and the time span of
-    its results, read on the one connection that checked the journal, creating nothing."""
+class _JournalView(NamedTuple):
+    meta: dict
+    counts: list[EnsembleCount]
+    span: Span
+    firings: list[Firing]
+    firings_total: int
+
+
+def _read_journal(run_dir: Path, firings: int) -> _JournalView:
+    """The run's metadata, its final results per ensemble and state, the time span of its
+    results, its ``firings`` most recent rule firings and how many there are, read on the
+    one connection that checked the journal, creating nothing."""
     with read_journal(run_dir, read_all=True) as journal:
-        return journal.meta(), journal.counts(), journal.span()
+        return _JournalView(journal.meta(), journal.counts(), journal.span(),
+                            journal.firings(firings), journal.firing_count())
 
 
 def _live_status(run_dir: Path, meta: dict) -> dict | None:

@@ -23,7 +23,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from ensemble_launcher.ensemble import Task
 from ensemble_launcher.ensemble.task import UnbuildableTask
@@ -74,6 +74,18 @@ class Submission(NamedTuple):
     route: str = ""
     after: tuple[str, ...] = ()
     resolve: Resolver | None = None
+
+
+class TaskObserver(Protocol):
+    """What watches tasks move through the ledger (the rules engine): each call is one
+    event of one task. Final results go to the recorder's listeners instead."""
+
+    def submitted(self, task: Task, at: float) -> None: ...
+
+    def handed_out(self, task: Task, at: float, fresh: bool) -> None:
+        """``fresh``: the task entered just now (the stream is read as tasks go out)."""
+
+    def started(self, task: Task, at: float) -> None: ...
 
 
 class Settled(NamedTuple):
@@ -145,6 +157,8 @@ class Ledger:
         self.closed = closed
         self.halted = False
         self.skipped = 0
+        self.observer: TaskObserver | None = None
+        self._stream_cancels: list[Callable[[Task], bool]] = []
 
     # -- intake ------------------------------------------------------------------------------
 
@@ -162,6 +176,8 @@ class Ledger:
             return
         self._live[task.task_id] = entry
         self._recorder.counts.submitted(task.ensemble)
+        if self.observer is not None:
+            self.observer.submitted(task, time.time())
         if not submission.after:
             heapq.heappush(self._queue, (-entry.priority, next(self._order), entry))
             return
@@ -206,6 +222,19 @@ class Ledger:
             live[task.task_id] = entry
             heapq.heappush(queue, (-priority, next(order), entry))
         self._recorder.counts.submitted(tasks[0].ensemble, len(tasks))
+        observer = self.observer
+        if observer is not None:
+            now = time.time()
+            for task in tasks:
+                observer.submitted(task, now)
+
+    def done_before(self, task_id: str) -> str | None:
+        """The final state of a task that an earlier life of this run finished and this one
+        does not run again (a resume), else None."""
+        earlier = self._previous.get(task_id)
+        if earlier is None or runs_again(earlier[0], self._retry_failed):
+            return None
+        return earlier[0]
 
     @property
     def live_ids(self) -> dict[str, _Entry]:
@@ -280,6 +309,30 @@ class Ledger:
         names = [name for name, entry in self._live.items() if entry.task.tag == tag]
         return sum(self.cancel(name) for name in names)
 
+    def cancel_where(self, chosen: Callable[[Task], bool]) -> int:
+        """Cancel every task that is not final and that ``chosen`` picks (a rules group):
+        submitted ones, those of the stream out in the tree, and those the stream has not
+        read yet (each recorded cancelled as it is read). How many were live."""
+        self._stream_cancels.append(chosen)
+        names = [task_id for task_id, entry in self._live.items() if chosen(entry.task)]
+        count = sum(self.cancel(task_id) for task_id in names)
+        for entry in self.inflight.values():
+            if entry.submitted is None and not entry.cancelled and chosen(entry.task):
+                entry.cancelled = True
+                self._cancels.append(entry.key)  # type: ignore[arg-type]
+                count += 1
+        for entry in [e for e in self._retry if e.submitted is None and chosen(e.task)]:
+            self._retry.remove(entry)
+            self._final(entry, _cancelled())
+            count += 1
+        return count
+
+    @property
+    def idle(self) -> bool:
+        """Nothing waits, is queued, runs, or is left in the stream."""
+        return self._stream_done and not (self._retry or self._queue or self._waiting or
+                                          self.inflight)
+
     def take_cancels(self) -> list[int]:
         """Hand-out keys of running tasks to stop, for the tree."""
         cancels, self._cancels = self._cancels, []
@@ -311,8 +364,17 @@ class Ledger:
             self._running(entry, +1)
             if self._profile is not None:
                 entry.handed_out = time.time()
+            if self.observer is not None:
+                self._observe_hand_out(entry)
             return entry
         return None
+
+    def _observe_hand_out(self, entry: _Entry) -> None:
+        """A task of the stream is submitted as it is read, which is when it is handed out."""
+        observer = self.observer
+        assert observer is not None
+        observer.handed_out(entry.task, time.time(),
+                            entry.submitted is None and entry.tries == 1)
 
     def _next_entry(self) -> _Entry | None:
         """A retry first; then submitted tasks of a higher priority than the stream's (0),
@@ -342,6 +404,10 @@ class Ledger:
                 else:
                     self.skipped += 1
                 continue
+            if self._stream_cancels and any(chosen(task) for chosen in self._stream_cancels):
+                self._recorder.add(task, _cancelled(), "", "", "",
+                                   earlier[1] + 1 if earlier else 1)
+                continue
             if earlier is None:
                 return _Entry(task, 1)
             state, attempt = earlier
@@ -365,6 +431,18 @@ class Ledger:
         return True
 
     # -- results -----------------------------------------------------------------------------
+
+    def started(self, keys: Iterable[int], at: float) -> None:
+        """The nodes saw these hand-outs start running (for the observer; a short task may
+        finish before any report says so, and is never named here)."""
+        observer = self.observer
+        if observer is None:
+            return
+        inflight = self.inflight
+        for key in keys:
+            entry = inflight.get(key)
+            if entry is not None:
+                observer.started(entry.task, at)
 
     def finished(self, key: int, result: RunResult, host: str, cpus: str, gpus: str) -> None:
         entry = self.inflight.pop(key, None)

@@ -100,6 +100,10 @@ class Upstream(Feed[WireTask], Protocol):
 
     def report_running(self, by_ensemble: dict[str, int]) -> None: ...
 
+    def report_started(self, keys: list[int]) -> None:
+        """Tasks our subtree saw start, passed up as they come, before the results that
+        came with them: a task starts before it ends."""
+
     def tick(self) -> None: ...
 
 
@@ -295,6 +299,8 @@ class Master:
 
     def _handle(self, child: _Child, message: Message) -> None:
         if isinstance(message, ResultBatch):
+            if message.started:
+                self._upstream.report_started(message.started)
             rows = list(map(ResultRow._make, message.rows))
             for row in rows:
                 child.inflight.pop(row.key, None)

@@ -75,6 +75,10 @@ class ResultSink(Protocol):
         """Called about ten times a second with the tasks running now (started, not queued),
         per ensemble."""
 
+    def report_started(self, keys: list[int]) -> None:
+        """Called with a running report: the tasks it is the first to see running (each
+        key once; a task that ends between two reports is never named)."""
+
     def final_flush(self) -> None:
         """Called once, when the node stops: everything not sent or written yet."""
 
@@ -147,6 +151,8 @@ class NodeWorker:
         """Of those, the ones whose stop was started (signal sent or runner killed)."""
         self._last_tick = 0.0
         self._running_due = False
+        self._heads: dict[int, int] = {}
+        """Per lane, the key at its head when we last reported: a new one has started."""
         self.stopped = False
 
     @property
@@ -162,6 +168,18 @@ class NodeWorker:
                 name = self._inflight[keys[0]].task.ensemble or "tasks"
                 by[name] = by.get(name, 0) + 1
         return by
+
+    def _newly_started(self) -> list[int]:
+        """The tasks at the head of a lane that no report named yet: a look at each lane,
+        nothing per task. A cancelled one is left out: it is being stopped, or skipped."""
+        started = []
+        heads = self._heads
+        for lane, keys in self._lanes.items():
+            if keys and heads.get(lane) != keys[0]:
+                key = heads[lane] = keys[0]
+                if key not in self._cancelled:
+                    started.append(key)
+        return started
 
     def _submitted(self, key: int, entry: _InFlight) -> None:
         """A task handed to its lane's runner, which runs them in the order they came."""
@@ -184,6 +202,9 @@ class NodeWorker:
         if self._running_due:
             self._running_due = False
             self._sink.report_running(self.running_by_ensemble())
+            started = self._newly_started()
+            if started:
+                self._sink.report_started(started)
 
     def run(self) -> None:
         mark = self._timeline.mark

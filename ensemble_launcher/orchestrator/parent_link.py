@@ -145,6 +145,7 @@ class ParentLink:
         self._rows: list[ResultRow] = []
         self._running: dict[str, int] = {}
         self._running_changed = False
+        self._started: list[int] = []
         self._interval = heartbeat_interval
         self._last_sent = self._last_heard = time.monotonic()
         self.draining = False
@@ -314,6 +315,10 @@ class ParentLink:
             self._running = report
             self._running_changed = True
 
+    def report_started(self, keys: list[int]) -> None:
+        """Sent with the next results (a sub-master passes its children's up unchanged)."""
+        self._started.extend(keys)
+
     def node_lost(self, name: str, host: str, keys: list[int], why: str) -> None:
         self.flush()
         self._send(NodeLost(name, host, keys, why))
@@ -326,13 +331,14 @@ class ParentLink:
     every_tick = after_turn = final_flush = tick
 
     def flush(self) -> None:
-        if self._rows or self._running_changed:
+        if self._rows or self._running_changed or self._started:
             rows, self._rows = self._rows, []
+            started, self._started = self._started, []
             self.sent_results += len(rows)
             running = [[name, n] for name, n in self._running.items()] \
                 if self._running_changed else []
             self._running_changed = False
-            self._send(ResultBatch(rows, running))
+            self._send(ResultBatch(rows, running, started))
 
     def bye(self) -> None:
         self.flush()

@@ -11,6 +11,7 @@ results (see ``cluster.desk``).
 from __future__ import annotations
 
 import logging
+import time
 from typing import Protocol
 
 import zmq
@@ -59,23 +60,40 @@ class _Closed:
         pass
 
 
+class Steering(Protocol):
+    """What steers a run from its events (``rules.engine.RulesEngine``)."""
+
+    def turn(self) -> None:
+        """After each round of results."""
+
+    def tick(self) -> None:
+        """About ten times a second."""
+
+
 class RootControl:
     """What the root checks on every tick: a requested shutdown halts the ledger; the end
-    of its grace period cancels the run."""
+    of its grace period cancels the run. Each turn, the rules (if any) see the results."""
 
     def __init__(self, ledger: Ledger, shutdown: GracefulShutdown,
-                 door: Door | None = None) -> None:
+                 door: Door | None = None, steering: Steering | None = None) -> None:
         self.ledger = ledger
         self.shutdown = shutdown
         self.door: Door = door or _Closed()
+        self.steering = steering
 
     def supervise(self) -> None:
+        if self.steering is not None:
+            self.steering.tick()
         if self.shutdown.requested and not self.ledger.halted:
             log.warning("%s: stopping: no new task starts; running tasks have %g s to finish",
                         self.shutdown.signal_name, self.shutdown.grace)
             self.ledger.halt()
         self.shutdown.check()
         self.door.tick()
+
+    def turn(self) -> None:
+        if self.steering is not None:
+            self.steering.turn()
 
 
 class _RootFeed(LocalFeed):
@@ -133,11 +151,15 @@ class LocalSink:
     def report_running(self, by_ensemble: dict[str, int]) -> None:
         self._recorder.counts.running_now = by_ensemble
 
+    def report_started(self, keys: list[int]) -> None:
+        self._ledger.started(keys, time.time())
+
     def every_tick(self) -> None:
         self._control.supervise()
         self._recorder.tick()
 
     def after_turn(self) -> None:
+        self._control.turn()
         self._recorder.store.flush()
         self._control.door.flush()
 
@@ -177,8 +199,12 @@ class RootUpstream(_RootFeed):
         """What the tree runs now, summed over its nodes by the root master."""
         self._recorder.counts.running_now = by_ensemble
 
+    def report_started(self, keys: list[int]) -> None:
+        self._ledger.started(keys, time.time())
+
     def tick(self) -> None:
         self._control.supervise()
+        self._control.turn()
         self._recorder.store.flush()
         self._control.door.flush()
         self._recorder.reporter.update(self._recorder.counts)

@@ -33,6 +33,7 @@ class GracefulShutdown:
         self.grace = grace
         self.requested_at: float | None = None
         self.signal_name = ""
+        self.by_request = False
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> GracefulShutdown:
@@ -55,6 +56,14 @@ class GracefulShutdown:
     @property
     def requested(self) -> bool:
         return self.requested_at is not None
+
+    def request(self, reason: str) -> None:
+        """Stop as on a signal, but on purpose (a rule's ``terminate``): the run then ends
+        normally, and ``by_request`` says so."""
+        if self.requested_at is None:
+            self.requested_at = time.monotonic()
+            self.signal_name = reason
+            self.by_request = True
 
     def check(self) -> None:
         """Raise GraceExpired once the grace period of a requested shutdown is over."""

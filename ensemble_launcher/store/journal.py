@@ -5,9 +5,10 @@ SQLite (WAL), written as results arrive.
     Results (a read-only Mapping) <--- SELECT --- journal.db
 
 ``results`` holds one final row per task; ``attempts`` holds the attempts that were
-retried (a task that succeeds at once costs one row). Rows are inserted in batches, one
-transaction per loop turn of the root, so a killed launcher loses no result that reached
-the root. Readers open their own connection; WAL lets them read while the run writes.
+retried (a task that succeeds at once costs one row); ``firings`` holds every firing of an
+event rule. Rows are inserted in batches, one transaction per loop turn of the root, so a
+killed launcher loses no result (or firing) that reached the root. Readers open their own
+connection; WAL lets them read while the run writes.
 
 Every reader and a resume first check that the file is a journal this version can read
 (:func:`check_journal`), so that a corrupt, empty, foreign or newer file gets one clear
@@ -51,10 +52,15 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS submitted (seq INTEGER PRIMARY KEY, task_id TEXT NOT NULL,
     record BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS functions (digest BLOB PRIMARY KEY, blob BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS firings (seq INTEGER PRIMARY KEY, at REAL NOT NULL,
+    rule TEXT NOT NULL, trigger TEXT NOT NULL, action TEXT NOT NULL, detail TEXT);
 PRAGMA user_version = {SCHEMA_VERSION};
 """
 _TABLES = {"results": {"seq", *_COLUMNS}, "attempts": {"seq", *_COLUMNS},
            "meta": {"key", "value"}}
+#: Tables that journals written before them lack: read as empty when missing, checked
+#: like the others when present. Opening such a journal to write (a resume) adds them.
+_LATER_TABLES = {"firings": {"seq", "at", "rule", "trigger", "action", "detail"}}
 #: The unique index on results.task_id is built when a run ends (or when a run that holds
 #: results is resumed): maintaining it row by row would double the cost of each insert.
 _INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS results_task ON results (task_id)"
@@ -67,6 +73,7 @@ _ARCHIVE_FINAL = (f"INSERT INTO attempts ({', '.join(_COLUMNS)}) "
 _DROP_FINAL = "DELETE FROM results WHERE task_id = ?"
 _INSERT_SUBMITTED = "INSERT INTO submitted (task_id, record) VALUES (?, ?)"
 _INSERT_FUNCTION = "INSERT OR IGNORE INTO functions (digest, blob) VALUES (?, ?)"
+_INSERT_FIRING = "INSERT INTO firings (at, rule, trigger, action, detail) VALUES (?, ?, ?, ?, ?)"
 #: Task ids per ``IN (...)`` query (SQLite's default limit of variables is 999).
 _IDS_PER_QUERY = 500
 
@@ -140,7 +147,7 @@ def _checked_connection(run_dir: Path, read_all: bool) -> tuple[Path, sqlite3.Co
                   for (name,) in conn.execute(
                       "SELECT name FROM sqlite_master WHERE type = 'table'")}
         if read_all:
-            for name in _TABLES.keys() & tables.keys():
+            for name in (_TABLES.keys() | _LATER_TABLES.keys()) & tables.keys():
                 conn.execute(f"SELECT COUNT(*) FROM {name}").fetchone()
         if version > SCHEMA_VERSION:
             raise StoreError(f"{path} was written by a newer ensemble_launcher (journal "
@@ -169,7 +176,9 @@ def _check_tables(path: Path, tables: dict[str, set[str]]) -> None:
     if missing:
         raise StoreError(f"{path} is a journal of another ensemble_launcher version: it has "
                          f"no table {missing[0]!r}")
-    for name, columns in _TABLES.items():
+    present_later = {name: columns for name, columns in _LATER_TABLES.items()
+                     if name in tables}
+    for name, columns in {**_TABLES, **present_later}.items():
         lacking = sorted(columns - tables[name])
         if lacking:
             more = f" and {len(lacking) - 4} more" if len(lacking) > 4 else ""
@@ -224,6 +233,7 @@ class RunStore:
         """Submitted rows of one task each: not written when that task's final result comes
         with them (a restart needs them only for tasks without one)."""
         self._functions: list[tuple[bytes, bytes]] = []
+        self._firings: list[tuple[float, str, str, str, str]] = []
         self._indexed = False
 
     def __enter__(self) -> RunStore:
@@ -266,14 +276,15 @@ class RunStore:
         self._archive.append((task_id,))
 
     def maybe_flush(self) -> None:
-        if self._buffer and time.monotonic() - self._last_flush >= self._flush_seconds:
+        if (self._buffer or self._firings) \
+                and time.monotonic() - self._last_flush >= self._flush_seconds:
             self.flush()
 
     def flush(self) -> None:
         conn = self._require_open()
         self._last_flush = time.monotonic()
         if self.failure is not None or not (self._buffer or self._attempts or self._archive
-                                            or self._submitted):
+                                            or self._submitted or self._firings):
             return
         submitted, self._submitted = self._submitted, []
         functions, self._functions = self._functions, []
@@ -283,6 +294,7 @@ class RunStore:
             self._alone = set()
         attempts, self._attempts = self._attempts, []
         archive, self._archive = self._archive, []
+        firings, self._firings = self._firings, []
         try:
             conn.execute("BEGIN")
             if functions:
@@ -295,6 +307,8 @@ class RunStore:
             if attempts:
                 conn.executemany(_INSERT_ATTEMPT, attempts)
             conn.executemany(_INSERT_FINAL, rows)
+            if firings:
+                conn.executemany(_INSERT_FIRING, firings)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise self._failed("results", exc) from exc
@@ -307,6 +321,15 @@ class RunStore:
             self._submitted.append((task_id, record))
             if alone:
                 self._alone.add(task_id)
+
+    def add_firing(self, at: float, rule: str, trigger: str, action: str,
+                   detail: str = "") -> None:
+        """One firing of an event rule: when (``time.time()``, the clock of the results),
+        the rule's label, its trigger, the action taken and what it did. Written with the
+        next flush (at most ``flush_seconds`` later), so that ``el status`` shows it while
+        the run goes on and a firing costs no transaction of its own."""
+        if self.failure is None:
+            self._firings.append((at, rule, trigger, action, detail))
 
     def add_function(self, digest: bytes, blob: bytes) -> None:
         """A callable submitted tasks name by ``digest`` (once per cluster)."""
@@ -403,7 +426,7 @@ class RunStore:
                 conn.execute("ROLLBACK")
         except sqlite3.Error:
             pass
-        self._buffer, self._attempts, self._archive = [], [], []
+        self._buffer, self._attempts, self._archive, self._firings = [], [], [], []
         self.failure = StoreError(f"cannot write {what} to {self.path}: {exc}")
         return self.failure
 

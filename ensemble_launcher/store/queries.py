@@ -1,5 +1,6 @@
 """Read-only questions about a run's journal, for ``el status``, ``el report`` and the
-trace: counts, the time span, and the rows of the attempts that ran.
+trace: counts, the time span, the rows of the attempts that ran, and the firings of the
+event rules.
 
 The journal's schema is :mod:`ensemble_launcher.store.journal`'s; the monitor asks here
 instead of running SQL of its own, so that a change of the schema has one place to go.
@@ -20,7 +21,8 @@ from typing import Any, NamedTuple
 from ensemble_launcher.errors import StoreError
 from ensemble_launcher.store.journal import JOURNAL_NAME, meta_of, reading_journal
 
-__all__ = ["JOURNAL_NAME", "EnsembleCount", "JournalReader", "Ran", "Span", "read_journal"]
+__all__ = ["JOURNAL_NAME", "EnsembleCount", "Firing", "JournalReader", "Ran", "Span",
+           "firings", "read_journal", "recent_firings"]
 
 _RAN_COLUMNS = ("task_id, ensemble, attempt, state, reason, start_time, end_time, host, "
                 "cpus, gpus")
@@ -55,6 +57,17 @@ class Ran(NamedTuple):
     host: str | None
     cpus: str | None
     gpus: str | None
+
+
+class Firing(NamedTuple):
+    """One firing of an event rule: when (``time.time()``), the rule's label, its trigger,
+    the action it took and what that did."""
+
+    at: float
+    rule: str
+    trigger: str
+    action: str
+    detail: str
 
 
 class JournalReader:
@@ -104,9 +117,29 @@ class JournalReader:
         except sqlite3.Error as exc:
             raise self._unreadable(exc) from exc
 
-    def _all(self, query: str) -> list[tuple]:
+    def firings(self, limit: int | None = None) -> list[Firing]:
+        """The rule firings, newest last: all, or the ``limit`` most recent. A journal
+        written before we journaled firings has none."""
+        if not self._has_table("firings"):
+            return []
+        query = "SELECT at, rule, trigger, action, COALESCE(detail, '') FROM firings"
+        if limit is None:
+            return [Firing._make(row) for row in self._all(f"{query} ORDER BY seq")]
+        rows = self._all(f"{query} ORDER BY seq DESC LIMIT ?", (max(0, limit),))
+        return [Firing._make(row) for row in reversed(rows)]
+
+    def firing_count(self) -> int:
+        if not self._has_table("firings"):
+            return 0
+        return self._all("SELECT COUNT(*) FROM firings")[0][0]
+
+    def _has_table(self, name: str) -> bool:
+        return bool(self._all("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                              (name,)))
+
+    def _all(self, query: str, parameters: tuple = ()) -> list[tuple]:
         try:
-            return self._conn.execute(query).fetchall()
+            return self._conn.execute(query, parameters).fetchall()
         except sqlite3.Error as exc:
             raise self._unreadable(exc) from exc
 
@@ -121,3 +154,25 @@ def read_journal(run_dir: str | os.PathLike, *, read_all: bool = False) \
     ``read_all``, every table read through), closed on exit."""
     with reading_journal(run_dir, read_all=read_all) as (path, conn):
         yield JournalReader(path, conn)
+
+
+def firings(source: str | os.PathLike | sqlite3.Connection,
+            limit: int | None = None) -> list[Firing]:
+    """The rule firings of a run, newest last (all, or the ``limit`` most recent), from its
+    run directory (checked, read-only) or from an open connection to its journal."""
+    if isinstance(source, sqlite3.Connection):
+        return JournalReader(_path_of(source), source).firings(limit)
+    with read_journal(source) as journal:
+        return journal.firings(limit)
+
+
+def recent_firings(run_dir: str | os.PathLike, limit: int = 20) -> list[Firing]:
+    """The ``limit`` most recent rule firings of a run, newest last."""
+    return firings(run_dir, limit)
+
+
+def _path_of(conn: sqlite3.Connection) -> Path:
+    try:
+        return Path(conn.execute("PRAGMA database_list").fetchone()[2] or "journal")
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read the journal: {exc}") from exc

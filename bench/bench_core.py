@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import os
 import resource
@@ -402,6 +403,15 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                         help=argparse.SUPPRESS)
     parser.add_argument("--child-lazy", type=int, metavar="SIDE", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
+
+
+def sizes_from(args: Any, default: Any, quick: Any) -> Any:
+    """The sizes a run of a benchmark script uses: its defaults (or its quick ones with
+    ``--quick``), with each size given on the command line in their place."""
+    sizes = quick if args.quick else default
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(sizes)
+             if getattr(args, f.name, None) is not None}
+    return dataclasses.replace(sizes, **given)
 
 
 def run_benchmarks(kind: str, names: Sequence[str],

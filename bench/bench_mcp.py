@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import statistics
 import sys
 import time
@@ -31,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench_cluster import ms, running_cluster, wait_all
-from bench_core import Row, run_benchmarks, say
+from bench_core import Row, run_benchmarks, say, sizes_from
 
 from ensemble_launcher.orchestrator import ClusterClient
 
@@ -120,10 +119,7 @@ def main(argv: list[str]) -> int:
     if args.serve:
         serve(args.serve)
         return 0
-    sizes = QUICK if args.quick else Sizes()
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Sizes)
-             if getattr(args, f.name) is not None}
-    return run_benchmarks("mcp", BENCHMARKS, RUNNERS, dataclasses.replace(sizes, **given),
+    return run_benchmarks("mcp", BENCHMARKS, RUNNERS, sizes_from(args, Sizes(), QUICK),
                           args.quick)
 
 

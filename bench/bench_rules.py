@@ -16,7 +16,6 @@ report, they do not gate: the exit status is 0 whatever the results.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import sys
 import tempfile
@@ -24,7 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench_core import NCORES, Row, noop, run_benchmarks, say
+from bench_core import NCORES, Row, noop, run_benchmarks, say, sizes_from
 
 from ensemble_launcher import EnsembleLauncher
 from ensemble_launcher.config import LauncherConfig, SystemConfig
@@ -113,10 +112,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
-    sizes = QUICK if args.quick else Sizes()
-    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(Sizes)
-             if getattr(args, f.name) is not None}
-    return run_benchmarks("rules", BENCHMARKS, RUNNERS, dataclasses.replace(sizes, **given),
+    return run_benchmarks("rules", BENCHMARKS, RUNNERS, sizes_from(args, Sizes(), QUICK),
                           args.quick)
 
 

@@ -256,6 +256,9 @@ class OneAtATime(LocalFeed):
     def report_started(self, keys) -> None:
         pass
 
+    def record_samples(self, samples) -> None:
+        pass
+
     def tick(self) -> None:
         pass
 

@@ -18,6 +18,7 @@ Python stack to its stderr.
 
 from __future__ import annotations
 
+import contextlib
 import faulthandler
 import os
 import signal
@@ -291,7 +292,10 @@ def status(run_dir: Path, as_json: bool, firings: int) -> None:
 @click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path),
               help="Where the PNG plots go (default: RUN_DIR/report).")
-def report(run_dir: Path, out_dir: Path | None) -> None:
+@click.option("--html", "html", is_flag=True,
+              help="Also write report.html there: the plots and tables in one file that "
+                   "opens offline.")
+def report(run_dir: Path, out_dir: Path | None, html: bool) -> None:
     """Plot where the time of a run went (PNG) and print a summary."""
     from ensemble_launcher.errors import EnsembleLauncherError, StoreError
     from ensemble_launcher.store.journal import check_journal
@@ -306,9 +310,58 @@ def report(run_dir: Path, out_dir: Path | None) -> None:
         paths, lines = write_report(run_dir, out_dir)
     except StoreError as exc:
         _bad_input(exc)
+    if html:
+        from ensemble_launcher.dashboard.report import write_html_report
+
+        try:
+            paths.append(write_html_report(run_dir, paths, lines, out_dir))
+        except StoreError as exc:
+            _bad_input(exc)
     click.echo("\n".join(lines))
     for path in paths:
         click.echo(f"wrote {path}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--port", type=click.IntRange(0, 65535), default=0, show_default=True,
+              help="The port to serve on (0: a free one).")
+@click.option("--bind", default="127.0.0.1", show_default=True,
+              help="The address to listen on: one IP address, never a wildcard.")
+def dashboard(run_dir: Path, port: int, bind: str) -> None:
+    """Serve a live page of the run (or cluster) in RUN_DIR, read-only, until Ctrl-C.
+
+    Open the URL it prints (it holds the page's token); from a laptop, forward the port
+    first: ssh -N -L PORT:127.0.0.1:PORT HOST. Exit status: 0 stopped; 2 bad input."""
+    from ensemble_launcher.errors import EnsembleLauncherError
+    from ensemble_launcher.store.journal import check_journal
+
+    try:
+        check_journal(run_dir)
+        from ensemble_launcher.dashboard import DashboardServer
+
+        server = DashboardServer(run_dir, port=port, bind=bind)
+    except EnsembleLauncherError as exc:
+        _bad_input(exc)
+    except OSError as exc:
+        _bad_input(f"cannot listen on {bind}:{port}: {exc.strerror or exc}")
+    click.echo(f"el dashboard: serving {run_dir} on {server.url}")
+    host = f"[{server.host}]" if ":" in server.host else server.host
+    click.echo(f"  from a laptop: ssh -N -L {server.port}:{host}:{server.port} "
+               f"{_hostname()}, then open that URL there; Ctrl-C stops it")
+    signal.signal(signal.SIGTERM, _interrupt)
+    with server, contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
+
+
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def _interrupt(signum: int, frame: object) -> NoReturn:
+    raise KeyboardInterrupt
 
 
 def _execute(make, json_path: Path | None) -> None:

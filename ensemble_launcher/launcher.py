@@ -75,6 +75,7 @@ from ensemble_launcher.store.lock import RunDirLock, check_not_in_use
 
 if TYPE_CHECKING:
     from ensemble_launcher.cluster.desk import ClientDesk
+    from ensemble_launcher.ensemble import Task
     from ensemble_launcher.ensemble.rules import Rule, Steering
     from ensemble_launcher.rules.engine import RulesEngine
 
@@ -547,9 +548,13 @@ def _steer(steering: Steering, ledger: Ledger, recorder: Recorder,
     """The rules engine of this run, watching its ledger and its results."""
     from ensemble_launcher.rules.engine import RulesEngine, RunControls, group_of
 
-    controls = RunControls(terminate=shutdown.request,
-                           cancel_group=lambda name: ledger.cancel_where(
-                               lambda task: group_of(task) == name),
+    picks: dict[str, Callable[[Task], bool]] = {}
+
+    def cancel_group(name: str) -> int:
+        pick = picks.setdefault(name, lambda task: group_of(task) == name)
+        return ledger.cancel_where(pick)
+
+    controls = RunControls(terminate=shutdown.request, cancel_group=cancel_group,
                            journal=recorder.store,
                            stop_when_idle=None if cluster else ledger.close)
     engine = RulesEngine(steering, ledger, controls)

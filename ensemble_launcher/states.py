@@ -4,6 +4,10 @@ Every layer reads these names, so they live here, below all of them. The records
 NamedTuples: they pickle and msgpack as plain tuples (arrays), so naming the fields costs
 nothing on the wire; a receiver that gets a msgpack array back rebuilds the record with
 ``RunResult._make(row)``.
+
+What a task used (``cpu_user``, ``cpu_system`` in seconds, ``max_rss`` in bytes) travels as
+three plain fields, None when it was not measured (a task that never ran, resource
+accounting off): three numbers cost less on the wire than a record of their own.
 """
 
 from __future__ import annotations
@@ -23,10 +27,24 @@ CANCELLED = "cancelled"
 FINAL_STATES = frozenset({SUCCEEDED, FAILED, TIMED_OUT, LOST, NOT_RUN, CANCELLED})
 
 
+class Usage(NamedTuple):
+    """What one task used: CPU seconds in user and system mode, and its peak resident set
+    size in bytes (see ``executors.runner`` for what is measured for callables and
+    commands)."""
+
+    cpu_user: float | None
+    cpu_system: float | None
+    max_rss: int | None
+
+
+UNMEASURED = Usage(None, None, None)
+
+
 class RunResult(NamedTuple):
     """One attempt of a task, as its runner (or the ledger, for a task that never ran)
     reports it. ``value`` is the pickled return value of a callable, or the pickled
-    exception it raised; ``stderr`` is the tail of its standard error."""
+    exception it raised; ``stderr`` is the tail of its standard error; the last three
+    fields are its :class:`Usage`, None when not measured."""
 
     key: int
     state: str
@@ -40,6 +58,9 @@ class RunResult(NamedTuple):
     stderr: str
     start: float
     end: float
+    cpu_user: float | None = None
+    cpu_system: float | None = None
+    max_rss: int | None = None
 
 
 class ResultRow(NamedTuple):
@@ -57,6 +78,9 @@ class ResultRow(NamedTuple):
     stderr: str
     start: float
     end: float
+    cpu_user: float | None
+    cpu_system: float | None
+    max_rss: int | None
     host: str
     cpus: str
     gpus: str
@@ -65,3 +89,17 @@ class ResultRow(NamedTuple):
 def never_ran(state: str, reason: str, message: str, now: float) -> RunResult:
     """The result of a task that was not started: no process, no output."""
     return RunResult(-1, state, reason, None, None, None, message, None, None, "", now, now)
+
+
+class NodeSample(NamedTuple):
+    """What one node used at one moment, as its worker samples it every
+    ``node_sample_interval`` seconds and the journal keeps it: ``at`` is ``time.time()``,
+    ``node`` the tree name (``main.w0``), ``cpu_percent`` the whole node's CPU use since the
+    previous sample (0-100), ``mem_used`` and ``mem_total`` bytes of memory."""
+
+    at: float
+    node: str
+    host: str
+    cpu_percent: float
+    mem_used: int
+    mem_total: int

@@ -89,7 +89,7 @@ def test_task_and_task_result_fields_are_pinned():
     assert [f.name for f in dataclasses.fields(ensemble_launcher.TaskResult)] == [
         "task_id", "state", "ensemble", "attempt", "reason", "returncode", "signal",
         "value_blob", "exception", "traceback", "stdout", "stderr", "start_time", "end_time",
-        "host", "cpus", "gpus"]
+        "host", "cpus", "gpus", "cpu_user", "cpu_system", "max_rss"]
     readable = {"value", "duration", "ok"}
     assert readable <= {n for n in dir(ensemble_launcher.TaskResult) if not n.startswith("_")}
     assert _shape(Task) == (

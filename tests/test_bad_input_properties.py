@@ -309,6 +309,7 @@ LAUNCHER_VALUES: dict[str, st.SearchStrategy] = {
     "report_interval": not_float(">"),
     "nlevels": st.one_of(not_whole(0, nullable=True), st.integers(min_value=4)),
     "return_stdout": NOT_A_BOOL,
+    "resource_usage": NOT_A_BOOL,
     "worker_logs": NOT_A_BOOL,
     "nchildren": not_whole(1, nullable=True),
     "profile": not_in("basic", "timeline", nullable=True),

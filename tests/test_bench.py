@@ -45,3 +45,27 @@ def test_cluster_benchmark_runs_every_measurement_against_its_baseline():
         assert printed in out.stdout, out.stdout
     rows = [line for line in out.stdout.splitlines() if line.endswith(("PASS", "MISS"))]
     assert len(rows) == 9, out.stdout
+
+
+MONITORING = BENCH.with_name("bench_monitoring.py")
+
+
+def test_monitoring_benchmark_compares_monitoring_on_and_off():
+    out = subprocess.run([sys.executable, str(MONITORING), "--quick", "--callables", "300",
+                          "--commands", "30"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "ERROR" not in out.stdout, out.stdout
+    assert "the runner's cost of measuring one call" in out.stdout
+    rows = [line for line in out.stdout.splitlines() if line.endswith(("PASS", "MISS"))]
+    assert len(rows) == 2, out.stdout
+
+
+RULES = BENCH.with_name("bench_rules.py")
+
+
+def test_rules_benchmark_runs_against_the_same_run_without_rules():
+    out = subprocess.run([sys.executable, str(RULES), "--quick"], capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "ERROR" not in out.stdout, out.stdout
+    assert "20 rules vs none" in out.stdout and "ratio" in out.stdout

@@ -32,7 +32,7 @@ from ensemble_launcher.comm import (
 )
 from ensemble_launcher.comm.messages import message_classes
 from ensemble_launcher.orchestrator.wire import WireTask
-from ensemble_launcher.states import ResultRow
+from ensemble_launcher.states import NodeSample, ResultRow
 
 
 def _wire_task() -> list:
@@ -46,12 +46,15 @@ ANNOTATED_SAMPLES = {
     "Tasks.tasks": lambda: [_wire_task()],
     "RunHeld.task": _wire_task,
     "ResultBatch.rows": lambda: [list(ResultRow(1, "succeeded", None, 0, None, b"\x80", None,
-                                                None, None, "", 1.0, 2.0, "h", "0", ""))],
+                                                None, None, "", 1.0, 2.0, 0.5, 0.1,
+                                                2**20, "h", "0", ""))],
     "Submit.tasks": lambda: [list(SubmitRecord("t-1", {"executable": "echo"}, None, None,
                                                ["t-0"], False, 0, ""))],
     "SubmitMap.template": lambda: list(SubmitRecord("", {}, b"\x01" * 16, None, [], False, 0,
                                                     "")),
     "SubmitMap.args": lambda: [b"\x80\x05", None],
+    "NodeSamples.rows": lambda: [list(NodeSample(1.5, "main.w0", "h", 12.5, 1 << 30,
+                                                 1 << 34))],
     "Done.rows": lambda: [list(DoneRow("t-1", "succeeded", None, 0, None, None, None, None,
                                        None, ""))],
 }
@@ -185,8 +188,8 @@ def test_terminating_a_context_that_cannot_finish_gives_up_in_bounded_time():
 
 def _row(field: int, value) -> list:
     """A good result row with ``value`` in ``field``."""
-    row = [1, "failed", "signal", -15, 15, None, "killed", None, None, "", 1.0, 2.0, "h", "0",
-           ""]
+    row = [1, "failed", "signal", -15, 15, None, "killed", None, None, "", 1.0, 2.0, None, None,
+           None, "h", "0", ""]
     row[field] = value
     return row
 
@@ -205,6 +208,8 @@ GARBAGE = [
     [msgpack.packb([5, [_row(4, [15])], []])],              # a list for a signal
     [msgpack.packb([5, [_row(2, {"why": 1})], []])],        # a map for a reason
     [msgpack.packb([5, [_row(5, {"v": 1})], []])],          # a map for a value
+    [msgpack.packb([5, [_row(14, "1 GB")], []])],           # a str for a peak RSS
+    [msgpack.packb([5, [_row(14, 2**64 - 1)], []])],        # a peak RSS SQLite cannot hold
     [msgpack.packb([1, "n", "h", 1, [0, "x"], []])],        # a wrong type inside a list
 ]
 #: ZMQ only: a message in two parts.

@@ -181,7 +181,7 @@ def test_report_on_a_bad_directory_is_a_clear_error(tmp_path):
 
 def test_write_report_into_the_run_directory(sleepers):
     paths, lines = write_report(sleepers)
-    assert [p.parent for p in paths] == [sleepers / "report"] * 4
+    assert [p.parent for p in paths] == [sleepers / "report"] * len(PLOTS)
     assert lines[0].startswith("tasks: 41")
 
 

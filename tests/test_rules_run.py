@@ -19,6 +19,7 @@ import pytest
 
 from ensemble_launcher import EnsembleLauncher
 from ensemble_launcher.config import LauncherConfig, SystemConfig
+from ensemble_launcher.monitor.status import read_status
 from ensemble_launcher.store import Results
 from ensemble_launcher.store.queries import firings
 
@@ -274,6 +275,8 @@ def test_cancel_action_stops_running_and_pending_tasks_of_its_group(tmp_path):
     assert Counter((r.ensemble, r.state) for r in results.values()) == {("slow", "cancelled"): 3}
     cancels = (tmp_path / "events").read_text().splitlines()
     assert sum(line.startswith("job-cancel slow") for line in cancels) == 3
+    (slow,) = read_status(tmp_path / "run").ensembles
+    assert (slow.cancelled, slow.failed, slow.finished) == (3, 0, 3)
 
 
 def test_custom_action_returning_an_action_and_a_rule(tmp_path):

@@ -315,6 +315,9 @@ class _Upstream(LocalFeed):
     def report_started(self, keys: list[int]) -> None:
         pass
 
+    def record_samples(self, samples: list) -> None:
+        pass
+
     def tick(self) -> None:
         pass
 

@@ -14,6 +14,7 @@ from ensemble_launcher.comm.messages import (
     Hold,
     Message,
     NodeLost,
+    NodeSamples,
     ProtocolError,
     Release,
     Request,
@@ -35,6 +36,7 @@ from ensemble_launcher.comm.zmq_transport import (
 __all__ = [
     "ANYONE", "Bye", "Cancel", "ChildEndpoint", "ChildSide", "CurveKeys", "Define", "Drain",
     "Failed", "Halt", "Heartbeat", "Held", "Hello", "Hold", "Message", "NodeLost",
-    "ParentEndpoint", "ParentSide", "PipeChildEndpoint", "PipeParentEndpoint", "ProtocolError",
-    "Release", "Request", "ResultBatch", "RunHeld", "Stop", "Tasks", "decode", "terminate",
+    "NodeSamples", "ParentEndpoint", "ParentSide", "PipeChildEndpoint", "PipeParentEndpoint",
+    "ProtocolError", "Release", "Request", "ResultBatch", "RunHeld", "Stop", "Tasks", "decode",
+    "terminate",
 ]

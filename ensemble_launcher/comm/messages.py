@@ -16,6 +16,7 @@
       |  <-- Held(key, cpus, gpus)               |   reserved;
       |  --> RunHeld(key, task) / Release(key)   |   run it there (leader) / free it
       |  --> Cancel(keys)                        |   a client cancelled these tasks
+      |  <-- NodeSamples(rows)                   |   CPU and memory use of nodes, passed up
 
 Every transport moves the same bytes, so ZMQ and pipes behave the same. Whatever arrives
 passes one boundary, :class:`Inbox`: a frame that is not a well-formed message of this
@@ -39,8 +40,8 @@ from ensemble_launcher.errors import _short
 
 log = logging.getLogger("ensemble_launcher")
 
-#: Fields of a result row (see ``orchestrator.wire``): the runner's result, host, cpus, gpus.
-RESULT_FIELDS = 15
+#: Fields of a result row (``states.ResultRow``): the runner's result, host, cpus, gpus.
+RESULT_FIELDS = 18
 _NUMBER = (float, int)
 
 
@@ -48,7 +49,8 @@ def _are_result_rows(rows: Any) -> bool:
     """Whether ``rows`` is a list of result rows whose every field has a type that the
     ledger, the journal (SQLite) and msgpack take: key int; state str; reason str or None;
     returncode and signal int or None; value bytes or None; exception, traceback, stdout
-    and stderr str or None; start and end numbers; host, cpus and gpus str.
+    and stderr str or None; start and end numbers; cpu_user and cpu_system numbers or
+    None, max_rss an integer (SQLite's, below 2**63) or None; host, cpus and gpus str.
 
     Every master runs this for every result, so it looks at each row once: it unpacks the
     row (which checks that it has :data:`RESULT_FIELDS` fields) and tests the types in one
@@ -57,7 +59,7 @@ def _are_result_rows(rows: Any) -> bool:
     text, integer, number = str, int, _NUMBER
     try:
         for (key, state, reason, returncode, signal, value, exception, traceback, stdout,
-             stderr, start, end, host, cpus, gpus) in rows:
+             stderr, start, end, cpu_user, cpu_system, max_rss, host, cpus, gpus) in rows:
             if not (type(key) is integer and type(state) is text
                     and (reason is None or type(reason) is text)
                     and (returncode is None or type(returncode) is integer)
@@ -68,6 +70,9 @@ def _are_result_rows(rows: Any) -> bool:
                     and (stdout is None or type(stdout) is text)
                     and (stderr is None or type(stderr) is text)
                     and type(start) in number and type(end) in number
+                    and (cpu_user is None or type(cpu_user) in number)
+                    and (cpu_system is None or type(cpu_system) in number)
+                    and (max_rss is None or (type(max_rss) is integer and max_rss < 2**63))
                     and type(host) is text and type(cpus) is text and type(gpus) is text):
                 return False
     except (TypeError, ValueError):
@@ -77,6 +82,29 @@ def _are_result_rows(rows: Any) -> bool:
 
 #: ResultBatch rows, checked by :func:`_are_result_rows` on arrival; sent as ResultRow tuples.
 ResultRows = Annotated[list[Any], _are_result_rows]
+
+
+def _are_node_samples(rows: Any) -> bool:
+    """Whether ``rows`` is a list of node samples (``states.NodeSample``: at, node, host,
+    cpu_percent, mem_used, mem_total) that the journal takes: finite numbers, two str,
+    and 0 <= mem_used <= mem_total < 2**63 (SQLite's integers), so that no peer can make
+    the root's journal write fail."""
+    text, integer, number, finite = str, int, _NUMBER, float("inf")
+    try:
+        for at, node, host, cpu_percent, mem_used, mem_total in rows:
+            if not (type(at) in number and -finite < at < finite
+                    and type(node) is text and type(host) is text
+                    and type(cpu_percent) in number and -finite < cpu_percent < finite
+                    and type(mem_used) is integer and type(mem_total) is integer
+                    and 0 <= mem_used <= mem_total < 2**63):
+                return False
+    except (TypeError, ValueError):
+        return False
+    return type(rows) is list
+
+
+#: NodeSamples rows, checked on arrival; sent as NodeSample tuples.
+NodeSampleRows = Annotated[list[Any], _are_node_samples]
 
 
 def _are_lists(items: Any) -> bool:
@@ -278,6 +306,15 @@ class Cancel(Message):
     ignored: a task may have ended while the cancel was on its way."""
 
     keys: list[int]
+
+
+@_message(18)
+@dataclass(slots=True)
+class NodeSamples(Message):
+    """Samples of nodes' CPU and memory use (``states.NodeSample`` rows), from a worker
+    every ``node_sample_interval``; masters pass them up unchanged to the root's journal."""
+
+    rows: NodeSampleRows
 
 
 class ProtocolError(Exception):

@@ -174,6 +174,9 @@ class LauncherConfig(_Strict):
     stderr_tail_bytes: int = Field(
         default=4096, ge=0, description="how much of a task's stderr is kept in its result"
     )
+    resource_usage: bool = Field(
+        default=True, description="record each task's CPU time (user, system) and peak RSS "
+        "in its result: a command's process tree (wait4), a callable's call in its runner")
     heartbeat_interval: float = Field(
         default=1.0, gt=0, description="seconds between heartbeats; a child silent for 2.5 "
         "intervals is lost")
@@ -202,6 +205,9 @@ class LauncherConfig(_Strict):
                                    "was lost runs again elsewhere")
     shutdown_grace: float = Field(default=30.0, ge=0, description="seconds running tasks "
                                   "may finish after SIGTERM/SIGINT before they are stopped")
+    node_sample_interval: float = Field(
+        default=5.0, ge=0, description="seconds between two samples of each node's CPU and "
+        "memory use (journaled, plotted by el report); 0: no samples")
     walltime: float | None = Field(default=None, gt=0, description="seconds the job has "
                                    "left (default: asked of Slurm or PBS); tasks whose "
                                    "estimated_runtime does not fit are not started")

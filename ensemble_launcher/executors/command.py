@@ -10,6 +10,11 @@ The same sequence, with another first signal, stops a dead runner's command (the
 and a child of the tree (its master): :func:`stop_groups`, or :func:`begin_stop` and
 :func:`sweep_stops` in a loop that cannot wait; :func:`stop_processes` for processes of
 ours that lead no group (a pool's runners). This is our one termination policy.
+
+The command's leader is reaped with ``wait4``, which also gives its resource use: its own
+and that of the descendants it waited for (an MPI launcher: mpiexec or srun, and what it
+waited for on this node). Linux carries the RSS of the process that starts a command into
+that command's peak across exec, so a command's ``max_rss`` is never below its runner's.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from dataclasses import dataclass
 from typing import IO, Protocol
 
 from ensemble_launcher.ensemble.programs import command_argv
+from ensemble_launcher.states import Usage
 
 #: Process groups of the commands running in this process, for stop_all_groups().
 ACTIVE_GROUPS: set[int] = set()
@@ -49,6 +55,8 @@ class Completed:
     stderr_tail: str
     timed_out: bool
     launch_error: str | None = None
+    usage: Usage | None = None
+    """What the command's process tree used, None when it could not be reaped by us."""
 
 
 def run_command(
@@ -90,15 +98,62 @@ def run_command(
     ACTIVE_GROUPS.add(proc.pid)
     if announce is not None:
         announce(proc.pid)
+    child = _Leader(proc)
     try:
-        out, err, timed_out = _drain(proc, timeout, tail_bytes, kill_grace)
+        out, err, timed_out = _drain(child, timeout, tail_bytes, kill_grace)
     finally:
         ACTIVE_GROUPS.discard(proc.pid)
         if announce is not None:
             announce(0)
     if stderr_file:
         err = _file_tail(stderr_file, cwd, tail_bytes)
-    return Completed(proc.returncode, out, err, timed_out)
+    return Completed(proc.returncode, out, err, timed_out, usage=child.usage)
+
+
+class _Leader:
+    """A command's leader, reaped with ``wait4`` instead of ``Popen.wait`` so that its
+    resource use is kept; ``proc.returncode`` is set as ``Popen`` sets it."""
+
+    __slots__ = ("proc", "usage")
+
+    def __init__(self, proc: subprocess.Popen) -> None:
+        self.proc = proc
+        self.usage: Usage | None = None
+
+    def poll(self) -> int | None:
+        self._reap(os.WNOHANG)
+        return self.proc.returncode
+
+    def wait(self, timeout: float | None) -> bool:
+        """Wait up to ``timeout`` seconds (None: for ever), as ``Popen.wait`` does (a
+        blocking wait, or polls at most 50 ms apart); False if it still runs."""
+        if timeout is None:
+            self._reap(0)
+            return True
+        deadline = time.monotonic() + timeout
+        delay = 0.0005
+        while not self._reap(os.WNOHANG):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            delay = min(delay * 2, left, 0.05)
+            time.sleep(delay)
+        return True
+
+    def _reap(self, flags: int) -> bool:
+        proc = self.proc
+        if proc.returncode is not None:
+            return True
+        try:
+            pid, status, rusage = os.wait4(proc.pid, flags)
+        except ChildProcessError:
+            proc.returncode = 0  # reaped by someone else: Popen says 0 then too
+            return True
+        if pid == 0:
+            return False
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        self.usage = Usage(rusage.ru_utime, rusage.ru_stime, rusage.ru_maxrss * 1024)
+        return True
 
 
 def _open_output(path: str, cwd: str | None, opened: list[IO[bytes]]) -> IO[bytes]:
@@ -122,10 +177,11 @@ def _file_tail(path: str, cwd: str | None, tail_bytes: int) -> str:
         return ""
 
 
-def _drain(proc: subprocess.Popen, timeout: float | None, tail_bytes: int,
+def _drain(child: _Leader, timeout: float | None, tail_bytes: int,
            kill_grace: float) -> tuple[str | None, str, bool]:
     """Read the child's pipes until they close, keeping all of stdout and the tail of
     stderr, and enforce the timeout."""
+    proc = child.proc
     deadline = None if timeout is None else time.monotonic() + timeout
     out_chunks: list[bytes] = []
     err = bytearray()
@@ -156,12 +212,11 @@ def _drain(proc: subprocess.Popen, timeout: float | None, tail_bytes: int,
                 break
             read(min(wait, MAX_WAIT_SECONDS) if wait is not None else MAX_WAIT_SECONDS)
         if not timed_out:
-            try:
-                proc.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                timed_out = True
+            timed_out = not child.wait(
+                None if deadline is None else max(0.0, deadline - time.monotonic()))
         if timed_out:
-            terminate_group(proc, kill_grace)
+            stop_groups([proc.pid], kill_grace, reap=child.poll)
+            child.wait(None)
             while sel.get_map() and read(0):
                 pass
     for pipe in pipes:
@@ -169,12 +224,6 @@ def _drain(proc: subprocess.Popen, timeout: float | None, tail_bytes: int,
     stdout = b"".join(out_chunks).decode(errors="replace") if proc.stdout is not None else None
     return stdout, bytes(err[-tail_bytes:] if tail_bytes else b"").decode(errors="replace"), \
         timed_out
-
-
-def terminate_group(proc: subprocess.Popen, grace: float) -> None:
-    """Stop the task's process group (see stop_groups) and reap its leader."""
-    stop_groups([proc.pid], grace, reap=proc.poll)
-    proc.wait()
 
 
 def signal_group(pgid: int, sig: int) -> None:

@@ -86,13 +86,15 @@ class PoolEvents:
 
 
 class WarmPool:
-    """Runner processes for the lanes ``cpus``; pinned to them when ``pin`` is true."""
+    """Runner processes for the lanes ``cpus``; pinned to them when ``pin`` is true; with
+    ``usage``, each result says what its task used (CPU time, peak RSS)."""
 
     def __init__(self, cpus: Sequence[int], *, pin: bool, tail_bytes: int,
-                 kill_grace: float) -> None:
+                 kill_grace: float, usage: bool = True) -> None:
         self._lanes = [_Lane(cpu if pin else None) for cpu in cpus]
         self._tail_bytes = tail_bytes
         self._kill_grace = kill_grace
+        self._usage = usage
         self._ctx = multiprocessing.get_context("fork")
         self._functions: dict[int, tuple[Callable, bytes, bytes]] = {}
         self._function_bytes = 0
@@ -122,7 +124,7 @@ class WarmPool:
         lane.state = LaneState(self._ctx)
         proc = self._ctx.Process(target=runner_main, name=f"el-runner-{index}", daemon=True,
                                  args=(child, lane.cpu, self._tail_bytes, self._kill_grace,
-                                       lane.state))
+                                       lane.state, self._usage))
         try:
             proc.start()
         except OSError as exc:

@@ -13,15 +13,18 @@ EXECUTORS: dict[str, str] = {
 }
 
 
-def make_pool(name: str, cpus, *, pin: bool, tail_bytes: int, kill_grace: float):
-    """The pool that runs tasks for executor ``name`` on one node."""
+def make_pool(name: str, cpus, *, pin: bool, tail_bytes: int, kill_grace: float,
+              usage: bool = True):
+    """The pool that runs tasks for executor ``name`` on one node; ``usage``: measure what
+    each task uses."""
     if name == "simulate":
         from ensemble_launcher.executors.simulated import SimulatedPool
 
         return SimulatedPool(cpus)
     from ensemble_launcher.executors.pool import WarmPool
 
-    return WarmPool(cpus, pin=pin, tail_bytes=tail_bytes, kill_grace=kill_grace)
+    return WarmPool(cpus, pin=pin, tail_bytes=tail_bytes, kill_grace=kill_grace,
+                    usage=usage)
 
 
 def executor_for(name: str) -> str:

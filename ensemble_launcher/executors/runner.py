@@ -8,9 +8,16 @@ is refilled while it still works (a sliding window, not a ping-pong), and a long
 result is never held back behind the next one. A function arrives once
 (DEFINE, cloudpickle, keyed by digest) and is reused by every CALL that names it.
 
-A result is a :class:`~ensemble_launcher.states.RunResult`; ``value`` is the pickled return
-value, or the pickled exception a callable raised (so that a client of a cluster can raise
-it again). An ``async def`` callable runs to its end in an event loop of its own.
+A result is a :class:`~ensemble_launcher.states.RunResult`, sent as a plain tuple (a
+NamedTuple pickles by its class, five times slower; the pool rebuilds it); ``value`` is
+the pickled return value, or the pickled exception a callable raised (so that a client of
+a cluster can raise it again). An ``async def`` callable runs to its end in an event loop
+of its own.
+
+With resource accounting on (``LauncherConfig.resource_usage``), each result carries what
+its task used (:class:`_Meter`): for a command, the ``wait4`` rusage of its process tree;
+for a callable, the runner's CPU time for the call and the runner's peak RSS during it
+(which includes the interpreter's own, some tens of MB).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import inspect
 import io
 import os
 import pickle
+import resource
 import signal
 import time
 import traceback
@@ -31,7 +39,16 @@ from typing import Any
 
 from ensemble_launcher.executors.command import run_command, stop_all_groups
 from ensemble_launcher.executors.pickling import pickle_any
-from ensemble_launcher.states import CANCELLED, FAILED, LOST, SUCCEEDED, TIMED_OUT, RunResult
+from ensemble_launcher.states import (
+    CANCELLED,
+    FAILED,
+    LOST,
+    SUCCEEDED,
+    TIMED_OUT,
+    UNMEASURED,
+    RunResult,
+    Usage,
+)
 
 DEFINE, CALL, RUN, STOP = 0, 1, 2, 3
 
@@ -83,10 +100,103 @@ class LaneState:
         return frozenset(self.cancels[:min(self.cancel_count.value, self.SLOTS)])
 
 
+#: A Usage's fields in its order.
+_Used = tuple[float | None, float | None, int | None]
+
+
+class _Meter:
+    """What a task used, as the runner measures it.
+
+    A callable's CPU is the runner's (``RUSAGE_SELF``: precise, where ``RUSAGE_THREAD``
+    moves in scheduler ticks, and threads the callable starts count) from the end of the
+    previous call to the end of this one, its return value pickled: ``getrusage`` costs a
+    runner about 2 us, so consecutive calls share one snapshot, and each call also counts
+    the runner's own work on it between the two (about 2 us). Whatever else the runner
+    does (a batch received or sent, a function loaded, a command) starts afresh
+    (``lapse``). Its peak RSS is the runner's high-water mark (VmHWM) during the call,
+    which the runner's own RSS is part of: Linux resets the mark to the current RSS when
+    "5" is written to ``/proc/self/clear_refs``, which we do after a call that raised it
+    (rarely: a no-op call does not). A call that did not raise the mark reports it as it
+    stands, which may be what the runner held when an earlier call ended. Where
+    ``clear_refs`` cannot be written, the mark is the runner's peak so far.
+
+    Before a command starts, the mark is reset as well: Linux carries it into the
+    command's peak (see ``executors.command``)."""
+
+    __slots__ = ("_before", "_clear_refs", "_chained")
+
+    def __init__(self) -> None:
+        try:
+            self._clear_refs: int | None = os.open("/proc/self/clear_refs", os.O_WRONLY)
+        except OSError:
+            self._clear_refs = None
+        self._before = _RUSAGE(_SELF)
+        self._chained = False
+        self.reset_peak()
+
+    def reset_peak(self) -> None:
+        if self._clear_refs is not None:
+            try:
+                os.write(self._clear_refs, b"5")
+            except OSError:
+                self._clear_refs = None
+
+    def lapse(self) -> None:
+        """The runner did other work since the last call: the next one starts afresh."""
+        self._chained = False
+
+    def before_command(self) -> None:
+        self.reset_peak()
+        self._chained = False
+
+    def start(self) -> None:
+        if not self._chained:
+            self._before = _RUSAGE(_SELF)
+
+    def stop(self) -> _Used:
+        """The call's :class:`~ensemble_launcher.states.Usage`, as a plain tuple (building
+        the record would cost a fifth of the measurement)."""
+        after, before = _RUSAGE(_SELF), self._before
+        if after.ru_maxrss > before.ru_maxrss:
+            self.reset_peak()
+        self._before, self._chained = after, True
+        return (after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime,
+                after.ru_maxrss * 1024)
+
+    @staticmethod
+    def of_command(usage: Usage | None) -> Usage:
+        return usage if usage is not None else UNMEASURED
+
+
+class _NoMeter:
+    """Resource accounting off: nothing measured, None in every result."""
+
+    __slots__ = ()
+
+    def lapse(self) -> None:
+        pass
+
+    def before_command(self) -> None:
+        pass
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> _Used:
+        return UNMEASURED
+
+    @staticmethod
+    def of_command(usage: Usage | None) -> Usage:
+        return UNMEASURED
+
+
+_RUSAGE, _SELF = resource.getrusage, resource.RUSAGE_SELF
+
+
 def runner_main(conn: Connection, cpu: int | None, tail_bytes: int, kill_grace: float,
-                state: LaneState | None = None) -> None:
+                state: LaneState | None = None, usage: bool = False) -> None:
     """Serve batches until STOP or until the pipe closes, publishing what runs in
-    ``state``."""
+    ``state``; with ``usage``, measuring what each task uses."""
     _ignore_group_signals()
     group = None if state is None else state.group
 
@@ -102,6 +212,7 @@ def runner_main(conn: Connection, cpu: int | None, tail_bytes: int, kill_grace: 
     if cpu is not None:
         os.sched_setaffinity(0, {cpu})
     own_affinity = os.sched_getaffinity(0)
+    meter = _Meter() if usage else _NoMeter()
     functions: dict[bytes, Any] = {}
     announce = None if group is None else partial(setattr, group, "value")
     recv, send = conn.recv_bytes, conn.send_bytes
@@ -113,7 +224,8 @@ def runner_main(conn: Connection, cpu: int | None, tail_bytes: int, kill_grace: 
             batch = pickle.loads(recv())
         except EOFError:
             return
-        out: list[RunResult] = []
+        meter.lapse()
+        out: list[tuple] = []
         last_send = time.monotonic()
         for item in batch:
             op = item[0]
@@ -122,16 +234,18 @@ def runner_main(conn: Connection, cpu: int | None, tail_bytes: int, kill_grace: 
                     seen_cancels = state.cancel_count.value
                     cancelled = state.cancelled_keys()
                 if item[1] in cancelled:
-                    out.append(_skipped(item[1]))
+                    out.append(tuple(_skipped(item[1])))
                     continue
                 if running is not None:
                     running.value = item[1]
-                out.append(_call(item, functions) if op == CALL else
-                           _run(item, own_affinity, tail_bytes, kill_grace, announce))
+                out.append(tuple(_call(item, functions, meter) if op == CALL else
+                                 _run(item, own_affinity, tail_bytes, kill_grace, announce,
+                                      meter)))
                 if running is not None:
                     running.value = -1
             elif op == DEFINE:
                 functions[item[1]] = pickle.loads(item[2])
+                meter.lapse()
                 continue
             else:
                 if out:
@@ -140,6 +254,7 @@ def runner_main(conn: Connection, cpu: int | None, tail_bytes: int, kill_grace: 
             now = time.monotonic()
             if now - last_send >= _FLUSH_EVERY or len(out) >= _FLUSH_COUNT:
                 send(pickle.dumps(out, 5))
+                meter.lapse()
                 out = []
                 last_send = now
         if out:
@@ -180,13 +295,14 @@ def _die_with_parent() -> None:
         os.kill(os.getpid(), CANCEL_SIGNAL)
 
 
-def _call(item: tuple, functions: dict[bytes, Any]) -> RunResult:
+def _call(item: tuple, functions: dict[bytes, Any], meter: _Meter | _NoMeter) -> RunResult:
     _, key, digest, args, kwargs, env, cwd, timeout, capture = item
     fn = functions[digest]
     saved_env = _push_env(env) if env else None
     saved_cwd = os.getcwd() if cwd else None
     buffer = io.StringIO() if capture else None
     start = time.time()
+    meter.start()
     try:
         if cwd:
             os.chdir(cwd)
@@ -200,12 +316,14 @@ def _call(item: tuple, functions: dict[bytes, Any]) -> RunResult:
             signal.setitimer(signal.ITIMER_REAL, 0)
         end = time.time()
         blob = None if value is None else pickle_any(value)
+        used = meter.stop()
         return RunResult(key, SUCCEEDED, None, None, None, blob, None, None,
-                         buffer.getvalue() if buffer else None, "", start, end)
+                         buffer.getvalue() if buffer else None, "", start, end, *used)
     except _TaskTimeout:
         return RunResult(key, TIMED_OUT, "timeout", None, None, None,
                          f"TimeoutError: task exceeded its timeout of {timeout} s", None,
-                         buffer.getvalue() if buffer else None, "", start, time.time())
+                         buffer.getvalue() if buffer else None, "", start, time.time(),
+                         *meter.stop())
     except BaseException as exc:  # noqa: BLE001 - a task's failure is a result, whatever it is
         if timeout:
             signal.setitimer(signal.ITIMER_REAL, 0)
@@ -214,9 +332,10 @@ def _call(item: tuple, functions: dict[bytes, Any]) -> RunResult:
         module = type(exc).__module__
         if module not in ("builtins", "__main__"):
             name = f"{module}.{name}"
-        return RunResult(key, FAILED, "exception", None, None, _dump_exception(exc),
-                         f"{name}: {exc}", tb, buffer.getvalue() if buffer else None, "",
-                         start, time.time())
+        blob = _dump_exception(exc)
+        return RunResult(key, FAILED, "exception", None, None, blob, f"{name}: {exc}", tb,
+                         buffer.getvalue() if buffer else None, "", start, time.time(),
+                         *meter.stop())
     finally:
         if saved_cwd:
             os.chdir(saved_cwd)
@@ -253,7 +372,7 @@ def _pop_env(saved: dict[str, str | None]) -> None:
 
 
 def _run(item: tuple, own_affinity: set[int], tail_bytes: int, kill_grace: float,
-         announce: Callable[[int], None] | None) -> RunResult:
+         announce: Callable[[int], None] | None, meter: _Meter | _NoMeter) -> RunResult:
     _, key, command, env, cwd, timeout, cpus, capture, stdout_file, stderr_file = item
     if env:
         env = {**os.environ, **env}
@@ -265,6 +384,7 @@ def _run(item: tuple, own_affinity: set[int], tail_bytes: int, kill_grace: float
             return RunResult(key, FAILED, "launch", None, None, None,
                              f"cannot pin to cpus {sorted(cpus)}: {exc.strerror}", None, None,
                              "", start, time.time())
+    meter.before_command()
     try:
         done = run_command(command, env=env, cwd=cwd, timeout=timeout, capture_stdout=capture,
                            stdout_file=stdout_file, stderr_file=stderr_file,
@@ -278,17 +398,19 @@ def _run(item: tuple, own_affinity: set[int], tail_bytes: int, kill_grace: float
                          None, "", start, end)
     rc = done.returncode
     out, tail = done.stdout, done.stderr_tail
+    used = meter.of_command(done.usage)
     if done.timed_out:
         return RunResult(key, TIMED_OUT, "timeout", rc, None, None,
                          f"TimeoutError: task exceeded its timeout of {timeout} s", None, out,
-                         tail, start, end)
+                         tail, start, end, *used)
     if rc == 0:
-        return RunResult(key, SUCCEEDED, None, 0, None, None, None, None, out, tail, start, end)
+        return RunResult(key, SUCCEEDED, None, 0, None, None, None, None, out, tail, start, end,
+                         *used)
     if rc is not None and rc < 0:
         return RunResult(key, FAILED, "signal", rc, -rc, None, f"killed by {_signal_name(-rc)}",
-                         None, out, tail, start, end)
+                         None, out, tail, start, end, *used)
     return RunResult(key, FAILED, "exit_code", rc, None, None, f"exited with status {rc}", None,
-                     out, tail, start, end)
+                     out, tail, start, end, *used)
 
 
 def _signal_name(signum: int) -> str:

@@ -16,6 +16,10 @@ class Counts:
     done: dict[str, int] = field(default_factory=dict)
     failed: dict[str, int] = field(default_factory=dict)
     not_run: dict[str, int] = field(default_factory=dict)
+    cancelled: dict[str, int] = field(default_factory=dict)
+    tagged: dict[tuple[str, str], int] = field(default_factory=dict)
+    """Final results of tasks with a tag and no ensemble (a cluster's), by (tag, state):
+    what a cluster's first rule starts its counts of tag groups from."""
     retried: dict[str, int] = field(default_factory=dict)
     handed_out: dict[str, int] = field(default_factory=dict)
     """Handed to a node and not finished (kept by the Ledger): running, or queued there."""
@@ -51,8 +55,8 @@ class Counts:
     def finished(self, ensemble: str | None = None, *, this_run: bool = False) -> int:
         """Tasks with a final result: succeeded, failed, not run, or (unless ``this_run``)
         skipped by a resume."""
-        buckets = (self.done, self.failed, self.not_run) if this_run else \
-            (self.done, self.failed, self.not_run, self.skipped)
+        buckets = (self.done, self.failed, self.not_run, self.cancelled) if this_run else \
+            (self.done, self.failed, self.not_run, self.cancelled, self.skipped)
         if ensemble is not None:
             return sum(b.get(ensemble, 0) for b in buckets)
         return sum(sum(b.values()) for b in buckets)
@@ -88,6 +92,8 @@ class Counts:
             parts.append(f"{of(self.retried)} retried")
         if of(self.not_run):
             parts.append(f"{of(self.not_run)} not run")
+        if of(self.cancelled):
+            parts.append(f"{of(self.cancelled)} cancelled")
         if of(self.skipped):
             parts.append(f"{of(self.skipped)} skipped (finished earlier)")
         parts.append(f"{running} running")

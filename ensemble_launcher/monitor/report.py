@@ -5,6 +5,9 @@
     throughput.png    tasks finished per second over time, with the rule firings marked
                       (vertical lines, labelled; at most MARKED_FIRINGS, spread evenly)
     failures.png      failed tasks by reason
+    nodes.png         CPU use (%) and memory used of each node over time, from the samples
+                      its worker took every node_sample_interval (up to MAX_NODE_LINES
+                      nodes labelled; more: one thin line each, unlabelled)
 
 Utilization is the sum over tasks of duration x cores used, divided by the cores of all
 nodes x the time from the first task's start to the last task's end. Plotting libraries
@@ -15,14 +18,20 @@ from __future__ import annotations
 
 import warnings
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ensemble_launcher.store.queries import Firing, read_journal
+from ensemble_launcher.store.queries import Firing, NodeSample, UsageSummary, read_journal
 
 FIGSIZE, DPI = (8.0, 4.5), 100
-PLOTS = ("utilization.png", "durations.png", "throughput.png", "failures.png")
+PLOTS = ("utilization.png", "durations.png", "throughput.png", "failures.png", "nodes.png")
+#: Plots of several panels, one above the other, and how many.
+_PANELS = {"nodes.png": 2}
+#: Nodes the nodes plot labels, at most; more are drawn alike, without a legend.
+MAX_NODE_LINES = 12
+_GIB = 2**30
 #: More marks than this would hide the throughput line and each other.
 MARKED_FIRINGS = 50
 _LABEL_CHARS = 24
@@ -39,6 +48,8 @@ class RunData:
     total_cores: int
     meta: dict
     firings: list[Firing] = field(default_factory=list)
+    samples: list[NodeSample] = field(default_factory=list)
+    usage: list[UsageSummary] = field(default_factory=list)
 
     @property
     def origin(self) -> float:
@@ -76,6 +87,8 @@ def load(run_dir: Path) -> RunData:
         states = Counter(journal.state_counts())
         reasons = Counter({r or "unknown": n for r, n in journal.failure_reasons().items()})
         firings = journal.firings()
+        samples = journal.node_samples()
+        usage = journal.usage()
     ncpus = meta.get("system_config", {}).get("ncpus", 1)
     total_cores = ncpus * max(1, len(meta.get("nodes", [])))
     return RunData(
@@ -84,7 +97,8 @@ def load(run_dir: Path) -> RunData:
         cores=np.array([max(1, len(r.cpus.split(","))) if r.cpus else 1 for r in rows],
                        dtype=float),
         hosts=[r.host or "?" for r in rows], states=states, reasons=reasons,
-        total_cores=total_cores, meta=meta, firings=firings)
+        total_cores=total_cores, meta=meta, firings=firings, samples=samples,
+        usage=usage)
 
 
 def summary(data: RunData) -> list[str]:
@@ -103,7 +117,28 @@ def summary(data: RunData) -> list[str]:
         ]
     if data.reasons:
         lines.append("failures: " + ", ".join(f"{n} {r}" for r, n in data.reasons.most_common()))
-    return lines + _firing_summary(data)
+    return lines + _usage_summary(data) + _firing_summary(data) + _node_summary(data)
+
+
+def _usage_summary(data: RunData) -> list[str]:
+    """One line per ensemble: peak RSS (mean, max) and CPU efficiency of its tasks."""
+    if not data.usage:
+        return ["resource use: not measured (resource_usage was off, or the run is from "
+                "before we measured it)"]
+    lines = []
+    for use in data.usage:
+        rss = "peak RSS not measured" if use.max_max_rss is None else \
+            f"peak RSS mean {_mib(use.mean_max_rss)}, max {_mib(use.max_max_rss)}"
+        efficiency = "-" if use.cpu_efficiency is None else f"{100 * use.cpu_efficiency:.1f}%"
+        tasks = f"{use.measured} task{'' if use.measured == 1 else 's'}"
+        lines.append(f"resource use of {use.ensemble or 'tasks'} ({tasks}): "
+                     f"{rss}; CPU {use.cpu_seconds:.2f} s, efficiency {efficiency} "
+                     "(CPU time / wall time / cores)")
+    return lines
+
+
+def _mib(size: float | None) -> str:
+    return "-" if size is None else f"{size / 2**20:.1f} MiB"
 
 
 def _firing_summary(data: RunData) -> list[str]:
@@ -118,6 +153,19 @@ def _firing_summary(data: RunData) -> list[str]:
         lines.append(f"throughput.png marks {len(data.marked_firings)} firings, spread "
                      f"evenly; {left_out} left out")
     return lines
+
+
+def _node_summary(data: RunData) -> list[str]:
+    if not data.samples:
+        return ["node samples: none (node_sample_interval was 0, or the run is from before "
+                "we sampled nodes)"]
+    nodes = {s.node for s in data.samples}
+    cpu = [s.cpu_percent for s in data.samples]
+    fullest = max(data.samples, key=lambda s: s.mem_used)
+    return [f"node samples: {len(data.samples)} of {len(nodes)} node(s) (nodes.png): CPU "
+            f"mean {sum(cpu) / len(cpu):.1f}%, max {max(cpu):.1f}%; memory used at most "
+            f"{fullest.mem_used / _GIB:.2f} of {fullest.mem_total / _GIB:.2f} GiB "
+            f"({fullest.node})"]
 
 
 def _label(firing: Firing) -> str:
@@ -143,10 +191,12 @@ def write_report(run_dir: Path, out_dir: Path | None = None) -> tuple[list[Path]
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     with plt.style.context(["science", "no-latex", {"savefig.bbox": "standard"}]):
-        for name, draw in zip(PLOTS, (_utilization, _durations, _throughput, _failures),
-                              strict=True):
-            fig, ax = plt.subplots(figsize=FIGSIZE, dpi=DPI)
-            draw(ax, data)
+        draws: tuple[Callable[..., None], ...] = (_utilization, _durations, _throughput,
+                                                  _failures, _nodes)
+        for name, draw in zip(PLOTS, draws, strict=True):
+            fig, axes = plt.subplots(_PANELS.get(name, 1), 1, figsize=FIGSIZE, dpi=DPI,
+                                     sharex=True, squeeze=False)
+            draw(*axes[:, 0], data)
             fig.tight_layout()
             path = out_dir / name
             fig.savefig(path, dpi=DPI)
@@ -220,3 +270,30 @@ def _failures(ax: Any, data: RunData) -> None:
         ax.bar(labels, values)
     ax.set_ylabel("tasks")
     ax.set_title(f"Failures by reason ({sum(data.reasons.values())} failed)")
+
+
+def _nodes(cpu_ax: Any, memory_ax: Any, data: RunData) -> None:
+    """CPU % above, memory used below: one line per node, in the same colour in both."""
+    by_node: dict[str, list[NodeSample]] = {}
+    for sample in data.samples:
+        by_node.setdefault(sample.node, []).append(sample)
+    labelled = len(by_node) <= MAX_NODE_LINES
+    for node, samples in sorted(by_node.items()):
+        times = [s.at - data.origin for s in samples]
+        style: dict[str, Any] = {"label": node} if labelled else \
+            {"color": "tab:blue", "linewidth": 0.5, "alpha": 0.5}
+        if len(samples) <= 50:
+            style.update(marker=".", markersize=3)
+        line, = cpu_ax.plot(times, [s.cpu_percent for s in samples], **style)
+        style["color"] = line.get_color()
+        memory_ax.plot(times, [s.mem_used / _GIB for s in samples], **style)
+    cpu_ax.set_ylim(0, 105)
+    cpu_ax.set_ylabel("CPU (%)")
+    memory_ax.set_ylim(bottom=0)
+    memory_ax.set_ylabel("memory used (GiB)")
+    memory_ax.set_xlabel("time since the first task started (s)")
+    title = f"Node CPU and memory use ({len(by_node)} nodes, {len(data.samples)} samples)" \
+        if data.samples else "Node CPU and memory use (no node samples)"
+    cpu_ax.set_title(title)
+    if by_node and labelled:
+        cpu_ax.legend(fontsize="small")

@@ -54,7 +54,8 @@ class StatusFileReporter(Reporter):
     def _write(self, counts: Counts, live: bool) -> None:
         data = {"pid": os.getpid(), "time": time.time(), "live": live,
                 "running": counts.running_by, "done": counts.done, "failed": counts.failed,
-                "not_run": counts.not_run, "skipped": counts.skipped,
+                "not_run": counts.not_run, "cancelled": counts.cancelled,
+                "skipped": counts.skipped,
                 "queued": counts.queued_by, "rate": counts.rate()}
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         try:
@@ -81,6 +82,7 @@ class EnsembleStatus:
     """Finished in an earlier run; this resume does not run them again."""
     queued: int = 0
     """Handed out to a node and waiting there for a core to start on."""
+    cancelled: int = 0
 
     @property
     def pending(self) -> int | None:
@@ -90,7 +92,7 @@ class EnsembleStatus:
 
     @property
     def finished(self) -> int:
-        return self.done + self.failed + self.not_run + self.skipped
+        return self.done + self.failed + self.not_run + self.cancelled + self.skipped
 
 
 @dataclass
@@ -129,7 +131,8 @@ class RunStatus:
             skipped = f"{e.skipped} skipped (finished earlier), " if e.skipped else ""
             out.append(f"  {e.name}: {e.finished}/"
                        f"{e.total if e.total is not None else '?'} finished: {e.done} done, "
-                       f"{e.failed} failed, {e.not_run} not run, {skipped}{e.running} "
+                       f"{e.failed} failed, {e.not_run} not run, "
+                       f"{f'{e.cancelled} cancelled, ' if e.cancelled else ''}{skipped}{e.running} "
                        f"running, {f'{e.queued} queued, ' if e.queued else ''}"
                        f"{e.pending if e.pending is not None else '?'} pending")
         return out + self._firing_lines()
@@ -177,13 +180,14 @@ def read_status(run_dir: str | os.PathLike, firings: int = 10) -> RunStatus:
         ensembles = [EnsembleStatus(name, totals.get(name), *(
             int(live.get(key, {}).get(name, 0)) for key in ("done", "failed", "not_run",
                                                             "running", "skipped",
-                                                            "queued")))
+                                                            "queued", "cancelled")))
             for name in counts]
     else:
         ensembles = [EnsembleStatus(
             name, totals.get(name), c.get("succeeded", 0),
-            sum(v for s, v in c.items() if s not in ("succeeded", "not_run")),
-            c.get("not_run", 0), 0) for name, c in counts.items()]
+            sum(v for s, v in c.items() if s not in ("succeeded", "not_run", "cancelled")),
+            c.get("not_run", 0), 0, cancelled=c.get("cancelled", 0))
+            for name, c in counts.items()]
     state = _run_state(meta, live)
     rate = _rate(span, live, state)
     remaining = sum((e.pending or 0) + e.running + e.queued for e in ensembles)

@@ -87,6 +87,9 @@ class TaskObserver(Protocol):
 
     def started(self, task: Task, at: float) -> None: ...
 
+    def done_before(self, task: Task | UnbuildableTask, state: str) -> None:
+        """An earlier life of the run finished ``task`` (``state``); this one skips it."""
+
 
 class Settled(NamedTuple):
     """What a finished submitted task left for tasks that depend on it."""
@@ -313,7 +316,8 @@ class Ledger:
         """Cancel every task that is not final and that ``chosen`` picks (a rules group):
         submitted ones, those of the stream out in the tree, and those the stream has not
         read yet (each recorded cancelled as it is read). How many were live."""
-        self._stream_cancels.append(chosen)
+        if chosen not in self._stream_cancels:
+            self._stream_cancels.append(chosen)
         names = [task_id for task_id, entry in self._live.items() if chosen(entry.task)]
         count = sum(self.cancel(task_id) for task_id in names)
         for entry in self.inflight.values():
@@ -395,26 +399,21 @@ class Ledger:
     def _next_from_stream(self) -> _Entry | None:
         for task in self._stream:
             earlier = self._previous.get(task.task_id)
-            if isinstance(task, UnbuildableTask):
-                if earlier is None or runs_again(earlier[0], self._retry_failed):
-                    if earlier is not None:
-                        self._recorder.store.archive_final(task.task_id)
-                    self._recorder.add(task, _failed("launch", task.reason), "", "", "",
-                                       earlier[1] + 1 if earlier else 1)
-                else:
-                    self.skipped += 1
+            if earlier is not None and not runs_again(earlier[0], self._retry_failed):
+                self.skipped += 1
+                if self.observer is not None:
+                    self.observer.done_before(task, earlier[0])
                 continue
-            if self._stream_cancels and any(chosen(task) for chosen in self._stream_cancels):
-                self._recorder.add(task, _cancelled(), "", "", "",
-                                   earlier[1] + 1 if earlier else 1)
-                continue
-            if earlier is None:
-                return _Entry(task, 1)
-            state, attempt = earlier
-            if runs_again(state, self._retry_failed):
+            attempt = 1
+            if earlier is not None:
                 self._recorder.store.archive_final(task.task_id)
-                return _Entry(task, attempt + 1)
-            self.skipped += 1
+                attempt = earlier[1] + 1
+            if isinstance(task, UnbuildableTask):
+                self._recorder.add(task, _failed("launch", task.reason), "", "", "", attempt)
+            elif self._stream_cancels and any(chosen(task) for chosen in self._stream_cancels):
+                self._recorder.add(task, _cancelled(), "", "", "", attempt)
+            else:
+                return _Entry(task, attempt)
         self._stream_done = True
         return None
 

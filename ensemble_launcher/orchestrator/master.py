@@ -4,6 +4,7 @@
         --take()--> Master._assign --Tasks--> children (by credit, and by route)
         --take_cancels()--> Master._cancel --Cancel--> the child that has the task
         <--record_rows()/node_lost()-- Master._receive <--ResultBatch/NodeLost-- children
+        <--record_samples()-- passed up unchanged <--NodeSamples-- children
 
 The loop is a short ``run()`` over named steps, waiting on the children's socket, the
 upstream's sockets, and the launcher steps that started the children, so a child that
@@ -40,6 +41,7 @@ from ensemble_launcher.comm import (
     Hello,
     Message,
     NodeLost,
+    NodeSamples,
     ParentEndpoint,
     ParentSide,
     PipeParentEndpoint,
@@ -72,7 +74,7 @@ from ensemble_launcher.orchestrator.feeds import CANCELLED_MESSAGE, Feed, never_
 from ensemble_launcher.orchestrator.gangs import GangScheduler
 from ensemble_launcher.orchestrator.tree import TreeNode
 from ensemble_launcher.orchestrator.wire import FunctionTable, WireTask
-from ensemble_launcher.states import CANCELLED, FAILED, ResultRow
+from ensemble_launcher.states import CANCELLED, FAILED, NodeSample, ResultRow
 
 log = logging.getLogger("ensemble_launcher")
 
@@ -103,6 +105,9 @@ class Upstream(Feed[WireTask], Protocol):
     def report_started(self, keys: list[int]) -> None:
         """Tasks our subtree saw start, passed up as they come, before the results that
         came with them: a task starts before it ends."""
+
+    def record_samples(self, samples: list[NodeSample]) -> None:
+        """Our subtree's samples of its nodes' CPU and memory use, passed up unchanged."""
 
     def tick(self) -> None: ...
 
@@ -312,6 +317,8 @@ class Master:
                 self._child_running(child, _running_report(message.running))
         elif isinstance(message, Request):
             child.credit += message.credit
+        elif isinstance(message, NodeSamples):
+            self._upstream.record_samples(message.rows)
         elif isinstance(message, Held):
             started = self._gangs.held(child.node.name.encode(), message.key,
                                        {n: c.host for n, c in self._children.items()})

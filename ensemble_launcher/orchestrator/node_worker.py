@@ -41,8 +41,17 @@ from ensemble_launcher.orchestrator.signals import (
     stop_signal_seen,
 )
 from ensemble_launcher.resources import NodeResources, check_requirements
+from ensemble_launcher.resources.sampling import NodeSampler
 from ensemble_launcher.scheduler import NodeSlots, Placement, needs_exclusive
-from ensemble_launcher.states import CANCELLED, FAILED, LOST, TIMED_OUT, RunResult, never_ran
+from ensemble_launcher.states import (
+    CANCELLED,
+    FAILED,
+    LOST,
+    TIMED_OUT,
+    NodeSample,
+    RunResult,
+    never_ran,
+)
 
 _QUEUED_WORK_SECONDS = 0.02
 _MAX_DEPTH = 512
@@ -78,6 +87,9 @@ class ResultSink(Protocol):
     def report_started(self, keys: list[int]) -> None:
         """Called with a running report: the tasks it is the first to see running (each
         key once; a task that ends between two reports is never named)."""
+
+    def record_samples(self, samples: list[NodeSample]) -> None:
+        """Samples of this node's CPU and memory use: sent or written with the results."""
 
     def final_flush(self) -> None:
         """Called once, when the node stops: everything not sent or written yet."""
@@ -118,7 +130,8 @@ class NodeWorker:
                  pool: WarmPool, *, gpu_selector: str, capture_stdout: bool, pin: bool,
                  kill_grace: float, check_each_task: bool = False,
                  timeline: Timeline | NoTimeline | None = None,
-                 mpi: Callable[[], MpiLaunch] | None = None) -> None:
+                 mpi: Callable[[], MpiLaunch] | None = None,
+                 sampler: NodeSampler | None = None) -> None:
         self._source = source
         self._sink = sink
         self._node = node
@@ -153,6 +166,9 @@ class NodeWorker:
         self._running_due = False
         self._heads: dict[int, int] = {}
         """Per lane, the key at its head when we last reported: a new one has started."""
+        self._sampler = sampler
+        """Samples this node's CPU and memory: on the first tick, then each interval (asked
+        on ticks only), and when the node stops."""
         self.stopped = False
 
     @property
@@ -230,6 +246,8 @@ class NodeWorker:
             self._tick()
             mark("report")
         self._record_dying(at_end=True)
+        if self._sampler is not None:
+            self._sink.record_samples([self._sampler.sample(time.monotonic())])
         self._sink.final_flush()
 
     # -- dispatch ----------------------------------------------------------------------------
@@ -522,6 +540,8 @@ class NodeWorker:
         if now - self._last_tick >= _TICK_SECONDS:
             self._last_tick = now
             self._running_due = True
+            if self._sampler is not None and self._sampler.due(now):
+                self._sink.record_samples([self._sampler.sample(now)])
             self._sink.every_tick()
 
 

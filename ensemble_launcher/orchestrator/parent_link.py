@@ -2,6 +2,7 @@
 
     parent --Define/Tasks/Cancel/Drain/Stop/Heartbeat--> ParentLink --take()--> NodeWorker
     parent <--Hello/Request/ResultBatch/Heartbeat/Bye-- ParentLink <--record()-- NodeWorker
+    parent <--NodeSamples------------------------------ ParentLink <--record_samples()--
 
 Flow control is pull-based: ``want(n)`` asks the parent for at most what the node can
 start soon plus a small prefetch, counting what was asked for and not yet received, so a
@@ -43,6 +44,7 @@ from ensemble_launcher.comm import (
     Hold,
     Message,
     NodeLost,
+    NodeSamples,
     PipeChildEndpoint,
     Release,
     Request,
@@ -55,7 +57,7 @@ from ensemble_launcher.ensemble import Task
 from ensemble_launcher.orchestrator.feeds import CANCELLED_MESSAGE, Order, never_ran_row
 from ensemble_launcher.orchestrator.node_worker import Reservation
 from ensemble_launcher.orchestrator.wire import FunctionTable, WireTask, task_from_wire
-from ensemble_launcher.states import CANCELLED, FAILED, ResultRow
+from ensemble_launcher.states import CANCELLED, FAILED, NodeSample, ResultRow
 
 log = logging.getLogger("ensemble_launcher")
 
@@ -146,6 +148,7 @@ class ParentLink:
         self._running: dict[str, int] = {}
         self._running_changed = False
         self._started: list[int] = []
+        self._samples: list[NodeSample] = []
         self._interval = heartbeat_interval
         self._last_sent = self._last_heard = time.monotonic()
         self.draining = False
@@ -319,6 +322,10 @@ class ParentLink:
         """Sent with the next results (a sub-master passes its children's up unchanged)."""
         self._started.extend(keys)
 
+    def record_samples(self, samples: list[NodeSample]) -> None:
+        """Sent after the next results (a sub-master passes its children's up unchanged)."""
+        self._samples.extend(samples)
+
     def node_lost(self, name: str, host: str, keys: list[int], why: str) -> None:
         self.flush()
         self._send(NodeLost(name, host, keys, why))
@@ -339,6 +346,9 @@ class ParentLink:
                 if self._running_changed else []
             self._running_changed = False
             self._send(ResultBatch(rows, running, started))
+        if self._samples:
+            samples, self._samples = self._samples, []
+            self._send(NodeSamples(samples))
 
     def bye(self) -> None:
         self.flush()

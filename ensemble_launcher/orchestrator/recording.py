@@ -8,7 +8,7 @@ from collections.abc import Callable
 from ensemble_launcher.ensemble import Task
 from ensemble_launcher.ensemble.task import UnbuildableTask
 from ensemble_launcher.monitor import Counts, Reporter
-from ensemble_launcher.states import NOT_RUN, SUCCEEDED, RunResult
+from ensemble_launcher.states import CANCELLED, NOT_RUN, SUCCEEDED, RunResult
 from ensemble_launcher.store import RunStore
 from ensemble_launcher.store.journal import journal_row
 
@@ -37,9 +37,15 @@ class Recorder:
             bucket = self.counts.done
         elif state == NOT_RUN:
             bucket = self.counts.not_run
+        elif state == CANCELLED:
+            bucket = self.counts.cancelled
         else:
             bucket = self.counts.failed
         bucket[ensemble] = bucket.get(ensemble, 0) + 1
+        tag = getattr(task, "tag", None) if final and task.ensemble is None else None
+        if tag:
+            tagged = self.counts.tagged
+            tagged[tag, state] = tagged.get((tag, state), 0) + 1
         self.store.add(journal_row(task.task_id, task.ensemble, attempt, result, host, cpus,
                                    gpus), final)
         if final:

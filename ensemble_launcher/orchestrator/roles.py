@@ -21,6 +21,7 @@ from ensemble_launcher.orchestrator.parent_link import ParentLink
 from ensemble_launcher.orchestrator.placement import tree_settings
 from ensemble_launcher.orchestrator.tree import TreeNode
 from ensemble_launcher.resources import NodeResources, local_node
+from ensemble_launcher.resources.sampling import NodeSampler
 
 if TYPE_CHECKING:
     from ensemble_launcher.config import LauncherConfig, SystemConfig
@@ -38,23 +39,29 @@ def run_worker(me: TreeNode, link: ParentLink, config: LauncherConfig, system: S
              config.task_executor_name)
     run_node(link, link, node, config, pin=settings.pin,
              capture_stdout=settings.return_stdout, check_each_task=settings.check_each,
-             timeline=timeline)
+             timeline=timeline, name=me.name)
     log.info("%s: drained, %d task results sent", me.name, link.sent_results)
     timeline.write(Path(settings.run_dir) / "profiles")
 
 
 def run_node(source: Feed[Task], sink: ResultSink, node: NodeResources,
              config: LauncherConfig, *, pin: bool, capture_stdout: bool,
-             check_each_task: bool, timeline: Timeline | NoTimeline) -> None:
+             check_each_task: bool, timeline: Timeline | NoTimeline,
+             name: str = "main") -> None:
     """Run the tasks of ``source`` on this node until it is exhausted: a worker of the
-    tree (its parent link is source and sink) and the root at nlevels=0 alike."""
+    tree (its parent link is source and sink) and the root at nlevels=0 alike. ``name``
+    is the node's in the tree, which its samples of CPU and memory use carry."""
+    interval = config.node_sample_interval
+    sampler = NodeSampler(name, node.host, interval) if interval > 0 else None
     with make_pool(config.task_executor_name, node.cpus, pin=pin,
-                   tail_bytes=config.stderr_tail_bytes, kill_grace=config.kill_grace) as pool:
+                   tail_bytes=config.stderr_tail_bytes, kill_grace=config.kill_grace,
+                   usage=config.resource_usage) as pool:
         NodeWorker(source, sink, node, pool, gpu_selector=config.gpu_selector,
                    capture_stdout=capture_stdout, pin=pin, kill_grace=config.kill_grace,
                    check_each_task=check_each_task, timeline=timeline,
                    mpi=mpi_launch_factory(config.mpi_launcher, config.mpi_flavor,
-                                          config.mpi_args, config.gpu_selector)).run()
+                                          config.mpi_args, config.gpu_selector),
+                   sampler=sampler).run()
 
 
 def run_submaster(me: TreeNode, link: ParentLink, ctx: zmq.Context, config: LauncherConfig,

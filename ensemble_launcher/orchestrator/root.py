@@ -3,6 +3,9 @@
     nlevels=0:  Ledger --LocalSource--> NodeWorker --LocalSink--> Ledger
     nlevels>=1: Ledger --RootUpstream.take() (wire)--> Master(main) --record_rows()--> Ledger
 
+The nodes' samples of CPU and memory use (``record_samples``) go to the journal, with the
+next flush.
+
 In a cluster, the root's loop also serves the clients: the desk's sockets are waited on
 with the tree's, ``pump()`` takes what clients sent, and each turn sends them their
 results (see ``cluster.desk``).
@@ -22,7 +25,7 @@ from ensemble_launcher.orchestrator.ledger import Ledger
 from ensemble_launcher.orchestrator.recording import Recorder
 from ensemble_launcher.orchestrator.signals import GracefulShutdown
 from ensemble_launcher.orchestrator.wire import FunctionTable, WireTask, task_to_wire
-from ensemble_launcher.states import ResultRow, RunResult
+from ensemble_launcher.states import NodeSample, ResultRow, RunResult
 
 log = logging.getLogger("ensemble_launcher")
 
@@ -154,6 +157,9 @@ class LocalSink:
     def report_started(self, keys: list[int]) -> None:
         self._ledger.started(keys, time.time())
 
+    def record_samples(self, samples: list[NodeSample]) -> None:
+        self._recorder.store.add_node_samples(samples)
+
     def every_tick(self) -> None:
         self._control.supervise()
         self._recorder.tick()
@@ -201,6 +207,9 @@ class RootUpstream(_RootFeed):
 
     def report_started(self, keys: list[int]) -> None:
         self._ledger.started(keys, time.time())
+
+    def record_samples(self, samples: list[NodeSample]) -> None:
+        self._recorder.store.add_node_samples(samples)
 
     def tick(self) -> None:
         self._control.supervise()

@@ -39,6 +39,8 @@ from ensemble_launcher.states import CANCELLED, NOT_RUN, SUCCEEDED, RunResult, n
 
 log = logging.getLogger("ensemble_launcher")
 
+#: The count a final state adds to, besides ``finished``.
+_OUTCOME_COUNT = {SUCCEEDED: "success", CANCELLED: "cancelled", NOT_RUN: ""}
 #: Seconds between two checks of the metric rules while results flow.
 _CHECK_EVERY = 0.01
 #: Counts that only grow: a rule on one is checked at every value they pass.
@@ -157,6 +159,9 @@ class RulesEngine:
             raise ValueError(f"rule {rule.label}: submit names group {label!r}, which this "
                              f"run does not have (its groups: "
                              f"{', '.join(self.steering.groups) or 'none'})")
+        if rule.trigger == "heartbeat" and not self._clock.heartbeat:
+            raise ValueError(f"rule {rule.label}: a heartbeat rule needs a heartbeat, and "
+                             f"this run has none")
         armed = _Armed(rule, ActionBudget(rule.action))
         trigger = rule.trigger
         if trigger in JOB_TRIGGERS:
@@ -191,11 +196,27 @@ class RulesEngine:
     def seed(self, counts: Counts) -> None:
         """Counts of the results recorded before this engine existed (a cluster's first
         rule comes while it runs)."""
+        untagged = {"success": counts.done.get("tasks", 0),
+                    "failed": counts.failed.get("tasks", 0),
+                    "cancelled": counts.cancelled.get("tasks", 0),
+                    "finished": counts.finished("tasks", this_run=True)}
+        for (tag, state), n in counts.tagged.items():
+            self.metrics.add(tag, "finished", n)
+            untagged["finished"] -= n
+            outcome = _OUTCOME_COUNT.get(state, "failed")
+            if outcome:
+                self.metrics.add(tag, outcome, n)
+                untagged[outcome] -= n
         for buckets, keys in ((counts.done, ("finished", "success")),
-                              (counts.failed, ("finished", "failed"))):
+                              (counts.failed, ("finished", "failed")),
+                              (counts.cancelled, ("finished", "cancelled"))):
             for group, n in buckets.items():
-                for key in keys:
-                    self.metrics.add(group, key, n)
+                if group != "tasks":
+                    for key in keys:
+                        self.metrics.add(group, key, n)
+        for key, n in untagged.items():
+            if n:
+                self.metrics.add("tasks", key, n)
 
     def begin(self) -> None:
         """The run starts: ``start`` rules fire (their actions run at once)."""
@@ -405,10 +426,12 @@ class RulesEngine:
         if value is None:
             return
         when = armed.rule.when
-        if armed.growing and not beat:
+        if armed.growing:
             seen = armed.seen or 0.0
             armed.seen = value
             chances = _passes(when, seen, value)
+            if beat and (when is None or when.holds(value)):
+                chances += 1
         else:
             chances = 1 if when is None or when.holds(value) else 0
         if chances:
@@ -478,6 +501,10 @@ class RulesEngine:
                 ledger.submit(Submission(task))
         return f"{name}: {len(tasks)} task(s)"
 
+    def done_before(self, task: Task | UnbuildableTask, state: str) -> None:
+        """A task of the stream that the run's earlier life finished (a resume)."""
+        self._replay(task, state)
+
     def _replay(self, task: Task | UnbuildableTask, state: str) -> None:
         """A task this run's earlier life finished (a resume): not run again, but its
         events count as they did then, so that the rules take the same decisions."""
@@ -497,10 +524,19 @@ class RulesEngine:
                         action.label, type(exc).__name__, exc)
             return f"{action.label} raised {type(exc).__name__}: {exc}"
         if isinstance(outcome, Action):
+            if outcome.name == "submit" and outcome.label not in self.steering.groups:
+                log.warning("rule %s: custom action %s returned a submit of %r, which is "
+                            "no group of this run", rule.label, action.label, outcome.label)
+                return f"{action.label} -> submit of no group {outcome.label!r}"
             self._firings.append(_Firing(_Armed(rule, ActionBudget(outcome)), event, outcome))
             return f"{action.label} -> {outcome.name} {outcome.label or ''}".rstrip()
         if isinstance(outcome, Rule):
-            self.add_rule(outcome)
+            try:
+                self.add_rule(outcome)
+            except ValueError as exc:
+                log.warning("rule %s: custom action %s returned a rule refused: %s",
+                            rule.label, action.label, exc)
+                return f"{action.label} -> rule refused: {exc}"
             return f"{action.label} -> new rule {outcome.label}"
         return str(action.label)
 

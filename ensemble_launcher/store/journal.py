@@ -6,8 +6,9 @@ SQLite (WAL), written as results arrive.
 
 ``results`` holds one final row per task; ``attempts`` holds the attempts that were
 retried (a task that succeeds at once costs one row); ``firings`` holds every firing of an
-event rule. Rows are inserted in batches, one transaction per loop turn of the root, so a
-killed launcher loses no result (or firing) that reached the root. Readers open their own
+event rule; ``node_samples`` the nodes' CPU and memory use over time (``states.NodeSample``).
+Rows are inserted in batches, one transaction per loop turn of the root, so a killed
+launcher loses no result (or firing, or sample) that reached the root. Readers open their own
 connection; WAL lets them read while the run writes.
 
 Every reader and a resume first check that the file is a journal this version can read
@@ -38,12 +39,16 @@ JOURNAL_NAME = "journal.db"
 #: them read 0 and are read when their tables are as below.
 SCHEMA_VERSION = 1
 
+#: What a task used (``states.Usage``), NULL when not measured; journals written before
+#: we measured it lack these columns (see _LATER_COLUMNS).
+_USAGE_COLUMNS = ("cpu_user", "cpu_system", "max_rss")
 _COLUMNS = ("task_id", "ensemble", "attempt", "state", "reason", "returncode", "value",
-            "start_time", "end_time", "host", "cpus", "gpus", "detail")
+            "start_time", "end_time", "host", "cpus", "gpus", "detail", *_USAGE_COLUMNS)
 _TABLE = """(
     seq INTEGER PRIMARY KEY, task_id TEXT NOT NULL, ensemble TEXT, attempt INTEGER NOT NULL,
     state TEXT NOT NULL, reason TEXT, returncode INTEGER, value BLOB, start_time REAL,
-    end_time REAL, host TEXT, cpus TEXT, gpus TEXT, detail BLOB)"""
+    end_time REAL, host TEXT, cpus TEXT, gpus TEXT, detail BLOB, cpu_user REAL,
+    cpu_system REAL, max_rss INTEGER)"""
 _SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS results {_TABLE};
 CREATE TABLE IF NOT EXISTS attempts {_TABLE};
@@ -54,13 +59,22 @@ CREATE TABLE IF NOT EXISTS submitted (seq INTEGER PRIMARY KEY, task_id TEXT NOT 
 CREATE TABLE IF NOT EXISTS functions (digest BLOB PRIMARY KEY, blob BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS firings (seq INTEGER PRIMARY KEY, at REAL NOT NULL,
     rule TEXT NOT NULL, trigger TEXT NOT NULL, action TEXT NOT NULL, detail TEXT);
+CREATE TABLE IF NOT EXISTS node_samples (at REAL, node TEXT, host TEXT, cpu_percent REAL,
+    mem_used INTEGER, mem_total INTEGER);
+CREATE INDEX IF NOT EXISTS node_samples_at ON node_samples (at);
 PRAGMA user_version = {SCHEMA_VERSION};
 """
-_TABLES = {"results": {"seq", *_COLUMNS}, "attempts": {"seq", *_COLUMNS},
-           "meta": {"key", "value"}}
+_TABLES = {"results": {"seq", *_COLUMNS} - set(_USAGE_COLUMNS),
+           "attempts": {"seq", *_COLUMNS} - set(_USAGE_COLUMNS), "meta": {"key", "value"}}
+#: Columns that journals written before them lack: read as NULL when missing; opening such
+#: a journal to write (a resume) adds them.
+_LATER_COLUMNS = {table: {"cpu_user": "REAL", "cpu_system": "REAL", "max_rss": "INTEGER"}
+                  for table in ("results", "attempts")}
 #: Tables that journals written before them lack: read as empty when missing, checked
 #: like the others when present. Opening such a journal to write (a resume) adds them.
-_LATER_TABLES = {"firings": {"seq", "at", "rule", "trigger", "action", "detail"}}
+_LATER_TABLES = {"firings": {"seq", "at", "rule", "trigger", "action", "detail"},
+                 "node_samples": {"at", "node", "host", "cpu_percent", "mem_used",
+                                  "mem_total"}}
 #: The unique index on results.task_id is built when a run ends (or when a run that holds
 #: results is resumed): maintaining it row by row would double the cost of each insert.
 _INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS results_task ON results (task_id)"
@@ -74,6 +88,8 @@ _DROP_FINAL = "DELETE FROM results WHERE task_id = ?"
 _INSERT_SUBMITTED = "INSERT INTO submitted (task_id, record) VALUES (?, ?)"
 _INSERT_FUNCTION = "INSERT OR IGNORE INTO functions (digest, blob) VALUES (?, ?)"
 _INSERT_FIRING = "INSERT INTO firings (at, rule, trigger, action, detail) VALUES (?, ?, ?, ?, ?)"
+_INSERT_SAMPLE = ("INSERT INTO node_samples (at, node, host, cpu_percent, mem_used, mem_total) "
+                  "VALUES (?, ?, ?, ?, ?, ?)")
 #: Task ids per ``IN (...)`` query (SQLite's default limit of variables is 999).
 _IDS_PER_QUERY = 500
 
@@ -90,7 +106,25 @@ def journal_row(task_id: str, ensemble: str | None, attempt: int, result: Any, h
     detail = msgpack.packb([signal, exception, tb, stdout, stderr]) \
         if signal or exception or tb or stdout or stderr else None
     return (task_id, ensemble, attempt, result.state, result.reason, result.returncode,
-            result.value, result.start, result.end, host, cpus, gpus, detail)
+            result.value, result.start, result.end, host, cpus, gpus, detail,
+            result.cpu_user, result.cpu_system, result.max_rss)
+
+
+def result_columns(conn: sqlite3.Connection, table: str = "results") -> str:
+    """The SELECT list of ``_COLUMNS`` (what ``TaskResult.from_row`` takes) for ``table`` of
+    this journal: NULL for a column it was written without."""
+    present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+    return ", ".join(c if c in present or c not in _LATER_COLUMNS[table] else f"NULL AS {c}"
+                     for c in _COLUMNS)
+
+
+def _add_later_columns(conn: sqlite3.Connection) -> None:
+    """Give a journal written before them the columns we write now."""
+    for table, columns in _LATER_COLUMNS.items():
+        present = {row[1] for row in conn.execute(f"PRAGMA table_info({table})")}
+        for name, kind in columns.items():
+            if name not in present:
+                conn.execute(f"ALTER TABLE {table} ADD COLUMN {name} {kind}")
 
 
 def _still_needed(submitted: list[tuple[str, bytes]], alone: set[str],
@@ -195,6 +229,7 @@ def _connect(path: Path, *, write: bool) -> sqlite3.Connection:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(_SCHEMA)
+            _add_later_columns(conn)
             if conn.execute("SELECT 1 FROM results LIMIT 1").fetchone():
                 conn.execute(_INDEX)
         else:
@@ -234,6 +269,7 @@ class RunStore:
         with them (a restart needs them only for tasks without one)."""
         self._functions: list[tuple[bytes, bytes]] = []
         self._firings: list[tuple[float, str, str, str, str]] = []
+        self._samples: list[Sequence[Any]] = []
         self._indexed = False
 
     def __enter__(self) -> RunStore:
@@ -276,7 +312,7 @@ class RunStore:
         self._archive.append((task_id,))
 
     def maybe_flush(self) -> None:
-        if (self._buffer or self._firings) \
+        if (self._buffer or self._firings or self._samples) \
                 and time.monotonic() - self._last_flush >= self._flush_seconds:
             self.flush()
 
@@ -284,7 +320,8 @@ class RunStore:
         conn = self._require_open()
         self._last_flush = time.monotonic()
         if self.failure is not None or not (self._buffer or self._attempts or self._archive
-                                            or self._submitted or self._firings):
+                                            or self._submitted or self._firings
+                                            or self._samples):
             return
         submitted, self._submitted = self._submitted, []
         functions, self._functions = self._functions, []
@@ -295,6 +332,7 @@ class RunStore:
         attempts, self._attempts = self._attempts, []
         archive, self._archive = self._archive, []
         firings, self._firings = self._firings, []
+        samples, self._samples = self._samples, []
         try:
             conn.execute("BEGIN")
             if functions:
@@ -309,6 +347,8 @@ class RunStore:
             conn.executemany(_INSERT_FINAL, rows)
             if firings:
                 conn.executemany(_INSERT_FIRING, firings)
+            if samples:
+                conn.executemany(_INSERT_SAMPLE, samples)
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise self._failed("results", exc) from exc
@@ -330,6 +370,12 @@ class RunStore:
         the run goes on and a firing costs no transaction of its own."""
         if self.failure is None:
             self._firings.append((at, rule, trigger, action, detail))
+
+    def add_node_samples(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Samples of nodes' CPU and memory use (``states.NodeSample`` rows, or lists in
+        its field order, as they come over the wire), written with the next flush."""
+        if self.failure is None:
+            self._samples.extend(rows)
 
     def add_function(self, digest: bytes, blob: bytes) -> None:
         """A callable submitted tasks name by ``digest`` (once per cluster)."""
@@ -427,6 +473,7 @@ class RunStore:
         except sqlite3.Error:
             pass
         self._buffer, self._attempts, self._archive, self._firings = [], [], [], []
+        self._samples = []
         self.failure = StoreError(f"cannot write {what} to {self.path}: {exc}")
         return self.failure
 
@@ -445,10 +492,16 @@ class Results(Mapping[str, TaskResult]):
     def __init__(self, run_dir: str | os.PathLike) -> None:
         self.run_dir = Path(run_dir)
         self._conn = _connect(self.run_dir / JOURNAL_NAME, write=False)
+        try:
+            self._columns = result_columns(self._conn)
+            self._attempt_columns = result_columns(self._conn, "attempts")
+        except sqlite3.Error as exc:
+            self._conn.close()
+            raise StoreError(f"cannot read {self.run_dir / JOURNAL_NAME}: {exc}") from exc
 
     def __getitem__(self, task_id: str) -> TaskResult:
         row = self._conn.execute(
-            f"SELECT {', '.join(_COLUMNS)} FROM results WHERE task_id = ?", (task_id,)
+            f"SELECT {self._columns} FROM results WHERE task_id = ?", (task_id,)
         ).fetchone()
         if row is None:
             raise KeyError(task_id)
@@ -466,7 +519,7 @@ class Results(Mapping[str, TaskResult]):
                                   (task_id,)).fetchone() is not None
 
     def values(self) -> Iterator[TaskResult]:  # type: ignore[override]
-        cursor = self._conn.execute(f"SELECT {', '.join(_COLUMNS)} FROM results ORDER BY seq")
+        cursor = self._conn.execute(f"SELECT {self._columns} FROM results ORDER BY seq")
         for row in cursor:
             yield TaskResult.from_row(row)
 
@@ -480,16 +533,15 @@ class Results(Mapping[str, TaskResult]):
 
     def attempts(self, task_id: str) -> list[TaskResult]:
         """Every attempt of a task, the final one last."""
-        cols = ", ".join(_COLUMNS)
         rows = self._conn.execute(
-            f"SELECT {cols} FROM attempts WHERE task_id = ? "
-            f"UNION ALL SELECT {cols} FROM results WHERE task_id = ? ORDER BY attempt",
+            f"SELECT {self._attempt_columns} FROM attempts WHERE task_id = ? "
+            f"UNION ALL SELECT {self._columns} FROM results WHERE task_id = ? ORDER BY attempt",
             (task_id, task_id)).fetchall()
         return [TaskResult.from_row(row) for row in rows]
 
     def failed(self) -> Iterator[TaskResult]:
         cursor = self._conn.execute(
-            f"SELECT {', '.join(_COLUMNS)} FROM results WHERE state != 'succeeded' ORDER BY seq")
+            f"SELECT {self._columns} FROM results WHERE state != 'succeeded' ORDER BY seq")
         for row in cursor:
             yield TaskResult.from_row(row)
 

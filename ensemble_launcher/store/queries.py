@@ -13,17 +13,26 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 from ensemble_launcher.errors import StoreError
-from ensemble_launcher.store.journal import JOURNAL_NAME, meta_of, reading_journal
+from ensemble_launcher.states import NodeSample
+from ensemble_launcher.store.journal import (
+    JOURNAL_NAME,
+    meta_of,
+    reading_journal,
+    result_columns,
+)
+from ensemble_launcher.store.result import TaskResult
 
-__all__ = ["JOURNAL_NAME", "EnsembleCount", "Firing", "JournalReader", "Ran", "Span",
-           "firings", "read_journal", "recent_firings"]
+__all__ = ["JOURNAL_NAME", "BusyPeriod", "EnsembleCount", "EnsembleSpan", "Firing",
+           "JournalReader", "NodeSample", "Ran", "Span", "UsageSummary", "firings",
+           "node_samples", "read_journal", "recent_firings", "usage_summary"]
 
+_T = TypeVar("_T")
 _RAN_COLUMNS = ("task_id, ensemble, attempt, state, reason, start_time, end_time, host, "
                 "cpus, gpus")
 
@@ -57,6 +66,48 @@ class Ran(NamedTuple):
     host: str | None
     cpus: str | None
     gpus: str | None
+
+
+class EnsembleSpan(NamedTuple):
+    """When the tasks of one ensemble that ran started first and ended last, and how many
+    they were (their rate: ``number / (last_end - first_start)``)."""
+
+    ensemble: str | None
+    first_start: float | None
+    last_end: float | None
+    number: int
+
+
+class BusyPeriod(NamedTuple):
+    """When a final result that ran kept its cores busy, and where; ``seq`` orders the
+    journal's rows, so that a live reader asks only for the rows after the last it saw."""
+
+    seq: int
+    host: str | None
+    start_time: float
+    end_time: float
+    cores: int
+
+
+class UsageSummary(NamedTuple):
+    """What the tasks of one ensemble used, over its final results that ran and were
+    measured (``measured`` of them): the mean and the largest peak RSS (bytes), their CPU
+    seconds (user + system), the seconds times cores they held (``cores``: the CPU ids of
+    their placement, one when none were recorded), and the CPU efficiency, the one divided
+    by the other (1.0: every core busy all the time; None when they held none)."""
+
+    ensemble: str | None
+    measured: int
+    mean_max_rss: float | None
+    max_max_rss: int | None
+    cpu_seconds: float
+    core_seconds: float
+    cpu_efficiency: float | None
+
+
+#: Cores a row's placement held: its CPU ids, one when none were recorded.
+_CORES = "(CASE WHEN cpus IS NULL OR cpus = '' THEN 1 ELSE " \
+    "length(cpus) - length(replace(cpus, ',', '')) + 1 END)"
 
 
 class Firing(NamedTuple):
@@ -117,6 +168,46 @@ class JournalReader:
         except sqlite3.Error as exc:
             raise self._unreadable(exc) from exc
 
+    def ensemble_spans(self) -> list[EnsembleSpan]:
+        """The span of each ensemble's final results that ran."""
+        return [EnsembleSpan._make(row) for row in self._all(
+            "SELECT ensemble, MIN(start_time), MAX(end_time), COUNT(*) FROM results "
+            "WHERE state != 'not_run' GROUP BY ensemble")]
+
+    def busy_periods(self, after_seq: int = 0) -> list[BusyPeriod]:
+        """The final results that ran, journaled after row ``after_seq``, in journal order:
+        when and where they held how many cores (one when none were recorded)."""
+        rows = self._all("SELECT seq, host, start_time, end_time, cpus FROM results WHERE "
+                         "seq > ? AND state != 'not_run' AND start_time IS NOT NULL AND "
+                         "end_time IS NOT NULL ORDER BY seq", (after_seq,))
+        return [BusyPeriod(seq, host, start, end, cpus.count(",") + 1 if cpus else 1)
+                for seq, host, start, end, cpus in rows]
+
+    def failed_results(self, limit: int) -> list[TaskResult]:
+        """The ``limit`` latest final results that failed (neither succeeded, nor not run,
+        nor cancelled), newest first."""
+        return self._results("WHERE state NOT IN ('succeeded', 'not_run', 'cancelled') "
+                             "ORDER BY seq DESC LIMIT ?", (max(0, limit),))
+
+    def slowest_results(self, limit: int) -> list[TaskResult]:
+        """The ``limit`` final results that ran longest, longest first."""
+        return self._results("WHERE state != 'not_run' AND end_time IS NOT NULL ORDER BY "
+                             "end_time - start_time DESC LIMIT ?", (max(0, limit),))
+
+    def largest_results(self, limit: int) -> list[TaskResult]:
+        """The ``limit`` final results of the largest peak RSS, largest first; none from a
+        journal that does not record it."""
+        if not self._has_column("results", "max_rss"):
+            return []
+        return self._results("WHERE max_rss IS NOT NULL ORDER BY max_rss DESC LIMIT ?",
+                             (max(0, limit),))
+
+    def results_matching(self, text: str, limit: int) -> list[TaskResult]:
+        """At most ``limit`` final results whose task id holds ``text`` (any case), the one
+        whose id it is first, then in journal order."""
+        return self._results("WHERE task_id LIKE ? ESCAPE '\\' ORDER BY task_id != ?, seq "
+                             "LIMIT ?", (_containing(text), text, max(0, limit)))
+
     def firings(self, limit: int | None = None) -> list[Firing]:
         """The rule firings, newest last: all, or the ``limit`` most recent. A journal
         written before we journaled firings has none."""
@@ -132,6 +223,45 @@ class JournalReader:
         if not self._has_table("firings"):
             return 0
         return self._all("SELECT COUNT(*) FROM firings")[0][0]
+
+    def node_samples(self, since: float | None = None) -> list[NodeSample]:
+        """The samples of the nodes' CPU and memory use, oldest first: all, or those taken
+        after ``since`` (``time.time()``). A journal written before we sampled nodes has
+        none. A sample reaches the journal a tick or two after its node took it, and nodes'
+        clocks differ a little, so a live reader asks from a second or so before the last
+        ``at`` it saw and drops the (node, at) pairs it has."""
+        if not self._has_table("node_samples"):
+            return []
+        query = "SELECT at, node, host, cpu_percent, mem_used, mem_total FROM node_samples"
+        rows = self._all(f"{query} ORDER BY at") if since is None else \
+            self._all(f"{query} WHERE at > ? ORDER BY at", (since,))
+        return [NodeSample._make(row) for row in rows]
+
+    def usage(self) -> list[UsageSummary]:
+        """What each ensemble's tasks used (see :class:`UsageSummary`), by ensemble name;
+        none from a journal that does not record it, or when nothing was measured."""
+        if not self._has_column("results", "cpu_user"):
+            return []
+        rows = self._all(
+            "SELECT ensemble, COUNT(*), AVG(max_rss), MAX(max_rss), "
+            "TOTAL(cpu_user + cpu_system), "
+            f"TOTAL(MAX(0.0, end_time - start_time) * {_CORES}) FROM results "
+            "WHERE state != 'not_run' AND cpu_user IS NOT NULL AND cpu_system IS NOT NULL "
+            "GROUP BY ensemble ORDER BY ensemble")
+        return [UsageSummary(ensemble, n, mean_rss, max_rss, cpu, held,
+                             cpu / held if held > 0 else None)
+                for ensemble, n, mean_rss, max_rss, cpu, held in rows]
+
+    def _results(self, where: str, parameters: tuple) -> list[TaskResult]:
+        try:
+            columns = result_columns(self._conn)
+        except sqlite3.Error as exc:
+            raise self._unreadable(exc) from exc
+        return [TaskResult.from_row(row) for row in self._all(
+            f"SELECT {columns} FROM results {where}", parameters)]
+
+    def _has_column(self, table: str, column: str) -> bool:
+        return any(row[1] == column for row in self._all(f"PRAGMA table_info({table})"))
 
     def _has_table(self, name: str) -> bool:
         return bool(self._all("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
@@ -160,15 +290,43 @@ def firings(source: str | os.PathLike | sqlite3.Connection,
             limit: int | None = None) -> list[Firing]:
     """The rule firings of a run, newest last (all, or the ``limit`` most recent), from its
     run directory (checked, read-only) or from an open connection to its journal."""
-    if isinstance(source, sqlite3.Connection):
-        return JournalReader(_path_of(source), source).firings(limit)
-    with read_journal(source) as journal:
-        return journal.firings(limit)
+    return _ask(source, lambda journal: journal.firings(limit))
 
 
 def recent_firings(run_dir: str | os.PathLike, limit: int = 20) -> list[Firing]:
     """The ``limit`` most recent rule firings of a run, newest last."""
     return firings(run_dir, limit)
+
+
+def node_samples(source: str | os.PathLike | sqlite3.Connection,
+                 since: float | None = None) -> list[NodeSample]:
+    """The samples of a run's nodes' CPU and memory use, oldest first (all, or those taken
+    after ``since``), from its run directory (checked, read-only) or from an open
+    connection to its journal."""
+    return _ask(source, lambda journal: journal.node_samples(since))
+
+
+def usage_summary(source: str | os.PathLike | sqlite3.Connection) -> list[UsageSummary]:
+    """What each ensemble's tasks used (mean and max peak RSS, CPU efficiency = CPU time
+    / wall time / cores), from a run directory (checked, read-only) or an open
+    connection to its journal; empty for a journal without resource use."""
+    return _ask(source, JournalReader.usage)
+
+
+def _ask(source: str | os.PathLike | sqlite3.Connection,
+         question: Callable[[JournalReader], _T]) -> _T:
+    """``question`` asked of a run's journal: of its run directory, checked and opened
+    read-only for it, or of an open connection to it."""
+    if isinstance(source, sqlite3.Connection):
+        return question(JournalReader(_path_of(source), source))
+    with read_journal(source) as journal:
+        return question(journal)
+
+
+def _containing(text: str) -> str:
+    """A LIKE pattern matching what holds ``text``, its wildcards taken literally."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
 
 
 def _path_of(conn: sqlite3.Connection) -> Path:

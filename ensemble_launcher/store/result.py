@@ -18,6 +18,12 @@ class TaskResult:
     ``timeout``, ``worker_lost``) and ``exception`` says it in words. ``value`` is a
     callable's return value; ``returncode`` a command's exit status. ``stderr`` holds
     the tail of the task's standard error.
+
+    ``cpu_user`` and ``cpu_system`` are the CPU seconds the task used, ``max_rss`` its peak
+    resident set size in bytes: for a command, those of its process tree (an MPI task's:
+    its launcher's, mpiexec or srun, and what that waited for on its node); for a
+    callable, those of its runner during the call. None when not measured (the task did
+    not run, ``LauncherConfig.resource_usage`` was off, or the journal predates them).
     """
 
     task_id: str
@@ -37,6 +43,9 @@ class TaskResult:
     host: str | None = None
     cpus: tuple[int, ...] = ()
     gpus: tuple[str, ...] = ()
+    cpu_user: float | None = None
+    cpu_system: float | None = None
+    max_rss: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -56,7 +65,7 @@ class TaskResult:
     @classmethod
     def from_row(cls, row: tuple) -> TaskResult:
         (task_id, ensemble, attempt, state, reason, returncode, value, start, end, host, cpus,
-         gpus, detail) = row
+         gpus, detail, cpu_user, cpu_system, max_rss) = row
         signal, exception, tb, stdout, stderr = msgpack.unpackb(detail) if detail \
             else (None, None, None, None, "")
         return cls(task_id=task_id, state=state, ensemble=ensemble, attempt=attempt,
@@ -64,7 +73,8 @@ class TaskResult:
                    exception=exception, traceback=tb, stdout=stdout, stderr=stderr,
                    start_time=start, end_time=end, host=host,
                    cpus=tuple(int(c) for c in cpus.split(",")) if cpus else (),
-                   gpus=tuple(gpus.split(",")) if gpus else ())
+                   gpus=tuple(gpus.split(",")) if gpus else (), cpu_user=cpu_user,
+                   cpu_system=cpu_system, max_rss=max_rss)
 
     def to_dict(self) -> dict[str, Any]:
         try:
@@ -78,5 +88,6 @@ class TaskResult:
             "traceback": self.traceback, "stdout": self.stdout, "stderr": self.stderr,
             "start_time": self.start_time, "end_time": self.end_time,
             "duration": self.duration, "host": self.host, "cpus": list(self.cpus),
-            "gpus": list(self.gpus),
+            "gpus": list(self.gpus), "cpu_user": self.cpu_user,
+            "cpu_system": self.cpu_system, "max_rss": self.max_rss,
         }

@@ -559,7 +559,6 @@ def _steer(steering: Steering, ledger: Ledger, recorder: Recorder,
                            stop_when_idle=None if cluster else ledger.close)
     engine = RulesEngine(steering, ledger, controls)
     ledger.observer = engine
-    recorder.listeners.append(engine.on_final)
     return engine
 
 

@@ -28,8 +28,14 @@ class _StartWatcher:
     def handed_out(self, task: Task, at: float, fresh: bool) -> None:
         pass
 
-    def started(self, task: Task, at: float) -> None:
+    def started(self, task: Task, at: float, entered: float) -> None:
         self.starts.setdefault(task.task_id, []).append(at)
+
+    def finished(self, task: Task, result: object, entered: float) -> None:
+        pass
+
+    def done_before(self, task: Task, state: str) -> None:
+        pass
 
 
 @pytest.fixture

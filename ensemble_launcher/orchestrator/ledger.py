@@ -85,7 +85,12 @@ class TaskObserver(Protocol):
     def handed_out(self, task: Task, at: float, fresh: bool) -> None:
         """``fresh``: the task entered just now (the stream is read as tasks go out)."""
 
-    def started(self, task: Task, at: float) -> None: ...
+    def started(self, task: Task, at: float, entered: float) -> None:
+        """A node reported it running; ``entered``: when it was submitted (0: unknown)."""
+
+    def finished(self, task: Task | UnbuildableTask, result: RunResult,
+                 entered: float) -> None:
+        """Its final result (recorded): whatever ended it, ran or not."""
 
     def done_before(self, task: Task | UnbuildableTask, state: str) -> None:
         """An earlier life of the run finished ``task`` (``state``); this one skips it."""
@@ -106,6 +111,8 @@ class _Entry:
     losses: int = 0
     tries: int = 1
     handed_out: float = 0.0
+    entered: float = 0.0
+    """When it was submitted (a stream task: handed out), for the observer; 0: unknown."""
     priority: int = 0
     route: str = ""
     submitted: Submission | None = None
@@ -114,7 +121,8 @@ class _Entry:
 
     def again(self, lost: bool = False) -> _Entry:
         return _Entry(self.task, self.attempt + 1, self.losses + lost, self.tries + 1,
-                      priority=self.priority, route=self.route, submitted=self.submitted)
+                      priority=self.priority, route=self.route, submitted=self.submitted,
+                      entered=self.entered)
 
 
 @dataclass(slots=True)
@@ -180,7 +188,8 @@ class Ledger:
         self._live[task.task_id] = entry
         self._recorder.counts.submitted(task.ensemble)
         if self.observer is not None:
-            self.observer.submitted(task, time.time())
+            entry.entered = time.time()
+            self.observer.submitted(task, entry.entered)
         if not submission.after:
             heapq.heappush(self._queue, (-entry.priority, next(self._order), entry))
             return
@@ -229,6 +238,7 @@ class Ledger:
         if observer is not None:
             now = time.time()
             for task in tasks:
+                live[task.task_id].entered = now
                 observer.submitted(task, now)
 
     def done_before(self, task_id: str) -> str | None:
@@ -331,6 +341,16 @@ class Ledger:
             count += 1
         return count
 
+    def waiting_since(self) -> Iterator[tuple[Task, float]]:
+        """Every task not final that entered while observed, with when it entered: those
+        waiting, queued, to run again, or out in the tree (started or not)."""
+        entries = itertools.chain(self._retry, (item[2] for item in self._queue),
+                                  (w.entry for w in self._waiting.values()),
+                                  self.inflight.values())
+        for entry in entries:
+            if entry.entered:
+                yield entry.task, entry.entered
+
     @property
     def idle(self) -> bool:
         """Nothing waits, is queued, runs, or is left in the stream."""
@@ -377,8 +397,11 @@ class Ledger:
         """A task of the stream is submitted as it is read, which is when it is handed out."""
         observer = self.observer
         assert observer is not None
-        observer.handed_out(entry.task, time.time(),
-                            entry.submitted is None and entry.tries == 1)
+        now = time.time()
+        fresh = entry.submitted is None and entry.tries == 1
+        if fresh:
+            entry.entered = now
+        observer.handed_out(entry.task, now, fresh)
 
     def _next_entry(self) -> _Entry | None:
         """A retry first; then submitted tasks of a higher priority than the stream's (0),
@@ -409,9 +432,9 @@ class Ledger:
                 self._recorder.store.archive_final(task.task_id)
                 attempt = earlier[1] + 1
             if isinstance(task, UnbuildableTask):
-                self._recorder.add(task, _failed("launch", task.reason), "", "", "", attempt)
+                self._add_final(task, _failed("launch", task.reason), attempt)
             elif self._stream_cancels and any(chosen(task) for chosen in self._stream_cancels):
-                self._recorder.add(task, _cancelled(), "", "", "", attempt)
+                self._add_final(task, _cancelled(), attempt)
             else:
                 return _Entry(task, attempt)
         self._stream_done = True
@@ -441,7 +464,7 @@ class Ledger:
         for key in keys:
             entry = inflight.get(key)
             if entry is not None:
-                observer.started(entry.task, at)
+                observer.started(entry.task, at, entry.entered)
 
     def finished(self, key: int, result: RunResult, host: str, cpus: str, gpus: str) -> None:
         entry = self.inflight.pop(key, None)
@@ -513,6 +536,8 @@ class Ledger:
     def _record(self, entry: _Entry, result: RunResult, host: str, cpus: str, gpus: str,
                 final: bool = True) -> None:
         self._recorder.add(entry.task, result, host, cpus, gpus, entry.attempt, final)
+        if final and self.observer is not None:
+            self.observer.finished(entry.task, result, entry.entered)
         if final and entry.submitted is not None:
             self._settle(entry.task.task_id, Settled(result.state,
                                                      _passed_value(entry.task, result),
@@ -576,7 +601,14 @@ class Ledger:
     def refuse(self, task: Task | UnbuildableTask, why: str) -> None:
         """A task that cannot enter (one submitted before a restart that no longer loads):
         recorded failed, so that it has its one final result."""
-        self._recorder.add(task, _failed("invalid", why), "", "", "")
+        self._add_final(task, _failed("invalid", why))
+
+    def _add_final(self, task: Task | UnbuildableTask, result: RunResult,
+                   attempt: int = 1) -> None:
+        """The final result of a task that never entered: recorded, and told."""
+        self._recorder.add(task, result, "", "", "", attempt)
+        if self.observer is not None:
+            self.observer.finished(task, result, 0.0)
 
     def _running(self, entry: _Entry, change: int) -> None:
         by = self._recorder.counts.handed_out

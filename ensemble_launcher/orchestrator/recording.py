@@ -1,5 +1,5 @@
 """Turning finished tasks into journal rows and live counts, at the root of a run, and
-telling whoever listens (a cluster's clients, later the rules engine)."""
+telling whoever listens (a cluster's clients)."""
 
 from __future__ import annotations
 

@@ -1,13 +1,12 @@
 """The rules engine: task events in, metrics per group, rules fired, actions on the run.
 
-    Ledger (observer) --submitted/handed_out/started--+
-    Recorder (listener) --final results---------------+--> GroupMetrics, job-* rules
+    Ledger (observer) --submitted/handed_out/started/finished--> GroupMetrics, job-* rules
     the root's loop: turn() after each round of results --> metric rules, queued actions
                      tick() about ten times a second    --> heartbeat, interval rules, the end
 
 Events are cheap: each updates the group's metrics and, only when a ``job-*`` rule
-watches that trigger, queues a firing. Metric rules are checked once per loop turn for
-the groups whose metrics changed; a count that moves by several in one turn is checked
+watches that trigger, queues a firing. Metric rules are looked at every 10 ms at most,
+and checked when their metric changed; a count that moved by several since is checked
 as if after each step (``count.sleep.success == 3`` fires when the count passes 3, even
 from 2 to 5), so a rule fires as often as it would be checked event by event. Actions
 run at the end of the turn, outside the ledger's own calls.
@@ -75,7 +74,7 @@ class _Armed:
     metric: str | None = None
     growing: bool = False
     seen: float | None = None
-    """The metric's value when last checked (growing counts)."""
+    """The metric's value when last checked: a rule is checked when it changes."""
     due: float = 0.0
     """Interval rules: when they fire next (monotonic)."""
 
@@ -136,11 +135,8 @@ class RulesEngine:
         self._timed: list[_Armed] = []
         self._start_rules: list[_Armed] = []
         self._groups: dict[str, _Group] = {}
-        self._submitted_at: dict[str, tuple[float, str]] = {}
-        """Tasks not final yet: when each was submitted, and its group."""
         self._started_at: dict[str, float] = {}
         """Tasks the nodes reported started before their result: when."""
-        self._dirty: set[str] = set()
         self._checked = 0.0
         self._firings: list[_Firing] = []
         self._submissions: dict[str, int] = {}
@@ -176,7 +172,7 @@ class RulesEngine:
             if armed.growing:
                 armed.seen = self.metrics.get(rule.name) or 0
             self._metric_rules.setdefault(owner, []).append(armed)
-            self._dirty.add(owner)
+            self._checked = 0.0
         elif trigger == "start":
             if self._began:
                 self._fire(armed, TaskEvent("start", "", None, time.time()))
@@ -228,7 +224,7 @@ class RulesEngine:
         self._start_rules.clear()
         self._run_firings()
 
-    # -- events (TaskObserver and the recorder's listener) -----------------------------------
+    # -- events (the ledger's TaskObserver) ---------------------------------------------------
 
     def _group(self, name: str) -> _Group:
         group = self._groups.get(name)
@@ -252,51 +248,49 @@ class RulesEngine:
         counts = group.counts
         counts["submitted"] += 1
         counts["pending"] += 1
-        self._submitted_at[task.task_id] = (at, name)
-        self._dirty.add(name)
         if group.watched:
             self._job_event(group, "job-depend", name, task, at)
 
     def handed_out(self, task: Task, at: float, fresh: bool) -> None:
+        name = task.ensemble or task.tag or "tasks"
+        group = self._groups.get(name) or self._group(name)
         if fresh:
-            self.submitted(task, at)
-        if "job-sched" in self._job_rules:
-            name = task.ensemble or task.tag or "tasks"
-            group = self._groups.get(name) or self._group(name)
-            if group.watched:
-                self._job_event(group, "job-sched", name, task, at)
+            counts = group.counts
+            counts["submitted"] += 1
+            counts["pending"] += 1
+        if group.watched:
+            if fresh:
+                self._job_event(group, "job-depend", name, task, at)
+            self._job_event(group, "job-sched", name, task, at)
 
-    def started(self, task: Task, at: float) -> None:
+    def started(self, task: Task, at: float, entered: float) -> None:
         task_id = task.task_id
-        entered = self._submitted_at.get(task_id)
-        if entered is None or task_id in self._started_at:
+        if not entered or task_id in self._started_at:
             return
         self._started_at[task_id] = at
-        name = entered[1]
+        name = task.ensemble or task.tag or "tasks"
         group = self._groups.get(name) or self._group(name)
         counts = group.counts
         counts["pending"] -= 1
         counts["running"] += 1
-        group.pendings.append(at - entered[0])
-        self._dirty.add(name)
+        group.pendings.append(at - entered)
         if group.watched:
             self._job_event(group, "job-run", name, task, at)
 
-    def on_final(self, task: Task | UnbuildableTask, result: RunResult) -> None:
-        task_id = task.task_id
+    def finished(self, task: Task | UnbuildableTask, result: RunResult,
+                 entered: float) -> None:
         name = task.ensemble or getattr(task, "tag", None) or "tasks"
         group = self._groups.get(name) or self._group(name)
         counts = group.counts
-        entered = self._submitted_at.pop(task_id, None)
-        started = self._started_at.pop(task_id, None) if self._started_at else None
+        started = self._started_at.pop(task.task_id, None) if self._started_at else None
         ran = result.key >= 0
         if started is not None:
             counts["running"] -= 1
-        elif entered is not None:
+        elif entered:
             counts["pending"] -= 1
             if ran:
                 started = result.start
-                group.pendings.append(started - entered[0])
+                group.pendings.append(started - entered)
                 if group.watched:
                     self._job_event(group, "job-run", name, task, started)
         if ran and started is not None:
@@ -314,7 +308,6 @@ class RulesEngine:
         else:
             counts["failed"] += 1
             outcome = "job-fail"
-        self._dirty.add(name)
         if group.watched:
             at = result.end
             self._job_event(group, "job-finish", name, task, at, result)
@@ -338,20 +331,16 @@ class RulesEngine:
     # -- the loop ----------------------------------------------------------------------------
 
     def turn(self) -> None:
-        """After a round of results: metric rules of the groups that changed (at most
-        every ``_CHECK_EVERY`` seconds: a busy loop turns many times a millisecond), then
-        the actions fired."""
-        if self._dirty:
-            now = time.monotonic()
-            if now - self._checked < _CHECK_EVERY:
-                if self._firings:
-                    self._run_firings()
-                return
+        """After a round of results: the metric rules whose metric changed (looked at, at
+        most every ``_CHECK_EVERY`` seconds: a busy loop turns many times a millisecond),
+        then the actions fired."""
+        now = time.monotonic()
+        if now - self._checked >= _CHECK_EVERY:
             self._checked = now
-            dirty, self._dirty = self._dirty, set()
-            for name in dirty:
+            for name in self._groups:
                 self._record_series(name)
-                for armed in self._metric_rules.get(name, ()):
+            for armed_rules in self._metric_rules.values():
+                for armed in armed_rules:
                     self._check_metric(armed)
         if self._firings:
             self._run_firings()
@@ -393,9 +382,10 @@ class RulesEngine:
         now = time.time()
         started = self._started_at
         waited: dict[str, list[float]] = {}
-        for task_id, (submitted, name) in self._submitted_at.items():
-            if task_id not in started:
-                waited.setdefault(name, []).append(now - submitted)
+        for task, entered in self._ledger.waiting_since():
+            if task.task_id not in started:
+                name = task.ensemble or task.tag or "tasks"
+                waited.setdefault(name, []).append(now - entered)
         for name, times in waited.items():
             self.metrics.series_of(name, "pending").add_many(times)
         for armed_rules in self._metric_rules.values():
@@ -432,7 +422,10 @@ class RulesEngine:
             chances = _passes(when, seen, value)
             if beat and (when is None or when.holds(value)):
                 chances += 1
+        elif value == armed.seen and not beat:
+            return
         else:
+            armed.seen = value
             chances = 1 if when is None or when.holds(value) else 0
         if chances:
             event = TaskEvent("metric", _metric_group(armed.metric or "")[0], None,
@@ -511,7 +504,8 @@ class RulesEngine:
         now = time.time()
         if isinstance(task, Task):
             self.submitted(task, now)
-        self.on_final(task, never_ran(state, "earlier", "finished before the resume", now))
+        self.finished(task, never_ran(state, "earlier", "finished before the resume", now),
+                      now)
 
     def _custom(self, rule: Rule, action: Action, event: TaskEvent) -> str:
         func = action.func

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ensemble_launcher.ensemble.rules import COUNT_KEYS, SERIES, STATS
+from ensemble_launcher.ensemble.rules import COUNT_KEYS, SERIES, STATS, MetricName, metric_name
 from ensemble_launcher.errors import ConfigError
-from ensemble_launcher.rules.metrics import BATCH, GroupMetrics, MetricName, known_name, parse_name
+from ensemble_launcher.rules.metrics import BATCH, GroupMetrics
 
 RANK_TOLERANCE = 0.02
 """Above the KLL sketch's rank error at k=200 (about 1.7%, 99th percentile)."""
@@ -204,33 +204,8 @@ def test_group_names_may_hold_dashes_and_dots():
     assert metrics.get("max.x-y.z-pending") == 0.5
     assert metrics.get("min.run-1.5-pending") == 1.5
     assert metrics.get("mean.x-y.z-duration") is None
-    assert parse_name("count.a.b-c.success") == MetricName("count", "a.b-c", "success")
-    assert parse_name("mad.x-y.z-pending") == MetricName("mad", "x-y.z", "pending")
-
-
-@pytest.mark.parametrize(("name", "says"), [
-    ("avg.sleep-duration", "'avg'"),
-    ("count.sleep.done", "'done'"),
-    ("count.sleep", "count.<group>.<key>"),
-    ("mean.sleep-runtime", "'runtime'"),
-    ("mean.sleep", "mean.<group>-<series>"),
-    ("mean", "mean.<group>-<series>"),
-    ("count.nosuch.success", "no group 'nosuch'"),
-    ("mean.nosuch-duration", "no group 'nosuch'"),
-])
-def test_known_name_says_what_is_wrong_with_a_name(name, says):
-    reason = known_name(name, groups={"sleep", "echo"})
-
-    assert reason is not None and says in reason
-
-
-def test_known_name_accepts_every_metric_of_a_group():
-    groups = {"sleep", "a.b-c"}
-    names = [f"count.{group}.{key}" for group in groups for key in COUNT_KEYS]
-    names += [f"{stat}.{group}-{series}" for group in groups for stat in STATS
-              for series in SERIES]
-
-    assert [name for name in names if known_name(name, groups) is not None] == []
+    assert metric_name("count.a.b-c.success") == MetricName("count", "a.b-c", "success")
+    assert metric_name("mad.x-y.z-pending") == MetricName("mad", "x-y.z", "pending")
 
 
 def test_get_refuses_a_name_that_is_no_metric():

@@ -29,11 +29,12 @@ from ensemble_launcher.ensemble.rules import (
     Rule,
     Steering,
     When,
+    metric_name,
 )
 from ensemble_launcher.ensemble.task import UnbuildableTask
 from ensemble_launcher.monitor import Counts
 from ensemble_launcher.orchestrator.ledger import Ledger, Submission
-from ensemble_launcher.rules.metrics import GroupMetrics, parse_name
+from ensemble_launcher.rules.metrics import GroupMetrics
 from ensemble_launcher.states import CANCELLED, NOT_RUN, SUCCEEDED, RunResult, never_ran
 
 log = logging.getLogger("ensemble_launcher")
@@ -541,8 +542,8 @@ def _count(value: Any) -> int | None:
 
 def _metric_group(name: str) -> tuple[str, str]:
     """``count.G.key`` -> (G, key); ``stat.G-series`` -> (G, series)."""
-    parsed = parse_name(name)
-    return parsed.group, parsed.field
+    parsed = metric_name(name)
+    return parsed.group, parsed.key
 
 
 def _passes(when: When | None, before: float, after: float) -> int:

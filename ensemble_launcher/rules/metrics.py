@@ -22,11 +22,10 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
 from typing import Any
 
-from ensemble_launcher.ensemble.rules import COUNT_KEYS, SERIES, STATS
+from ensemble_launcher.ensemble.rules import COUNT_KEYS, SERIES, STATS, MetricName, metric_name
 from ensemble_launcher.errors import ConfigError
 
 BATCH = 256
@@ -41,67 +40,6 @@ and recomputing costs some 10 us (the sketch re-sorts after an update)."""
 _REFRESH = 0.1
 """Seconds a sketched iqr or mad is kept, at least, before it is computed again."""
 _MAX_BISECTIONS = 200
-_LISTED_GROUPS = 10
-
-
-@dataclass(frozen=True)
-class MetricName:
-    """A metric name, parsed: ``count.<group>.<field>`` or ``<stat>.<group>-<field>``."""
-
-    stat: str
-    """``count`` or one of STATS."""
-    group: str
-    field: str
-    """One of COUNT_KEYS for a count, one of SERIES for a statistic."""
-
-
-def parse_name(name: str) -> MetricName:
-    """``name`` parsed, or ValueError saying what is wrong with it.
-
-    Group names may hold ``-`` and ``.``: in a count the last ``.`` ends the group; in a
-    statistic the first ``.`` ends the stat and the last ``-`` ends the group.
-    """
-    if not isinstance(name, str):
-        raise ValueError(f"a metric name is a string, not {type(name).__name__}")
-    stat, _, rest = name.partition(".")
-    if stat == "count":
-        group, dot, key = rest.rpartition(".")
-        if not dot or not group:
-            raise ValueError("a count is named count.<group>.<key>, e.g. count.sleep.success")
-        if key not in COUNT_KEYS:
-            raise ValueError(f"unknown count {key!r}; counts are {', '.join(COUNT_KEYS)}")
-        return MetricName("count", group, key)
-    if stat not in STATS:
-        raise ValueError(f"unknown statistic {stat!r}; a metric is count.<group>.<key> or "
-                         f"<stat>.<group>-<series> with stat one of {', '.join(STATS)}")
-    group, dash, series = rest.rpartition("-")
-    if not dash or not group:
-        raise ValueError(f"a statistic is named {stat}.<group>-<series>, "
-                         f"e.g. {stat}.sleep-duration")
-    if series not in SERIES:
-        raise ValueError(f"unknown series {series!r}; series are {', '.join(SERIES)}")
-    return MetricName(stat, group, series)
-
-
-def known_name(name: str, groups: Collection[str]) -> str | None:
-    """Why ``name`` is no metric of ``groups``, as a sentence for a load error; None
-    when it is one."""
-    try:
-        parsed = parse_name(name)
-    except ValueError as exc:
-        return str(exc)
-    if parsed.group not in groups:
-        return f"no group {parsed.group!r}; groups are {_listing(groups)}"
-    return None
-
-
-def _listing(groups: Collection[str]) -> str:
-    names = sorted(groups)
-    if not names:
-        return "none"
-    shown = ", ".join(names[:_LISTED_GROUPS])
-    more = len(names) - _LISTED_GROUPS
-    return f"{shown} and {more} more" if more > 0 else shown
 
 
 def _quantile(ordered: list[float], q: float) -> float:
@@ -347,13 +285,13 @@ class GroupMetrics:
             parsed = self._parse(name)
         if parsed.stat == "count":
             counts = self._counts.get(parsed.group)
-            return None if counts is None else counts.get(parsed.field)
-        stats = self._series[parsed.field].get(parsed.group)
+            return None if counts is None else counts.get(parsed.key)
+        stats = self._series[parsed.key].get(parsed.group)
         return None if stats is None else stats.value(parsed.stat)
 
     def _parse(self, name: str) -> MetricName:
         try:
-            parsed = parse_name(name)
+            parsed = metric_name(name)
         except ValueError as exc:
             raise ConfigError(f"metric {name!r}: {exc}") from None
         self._parsed[name] = parsed

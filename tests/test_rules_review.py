@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-import time
 from collections import Counter
 from pathlib import Path
 
-from test_rules_run import by_group, run_file, write
+from test_rules_cluster import _until
+from test_rules_run import EL, by_group, interrupt_after_two_successes, run_file, write
 
 from ensemble_launcher import EnsembleLauncher
 from ensemble_launcher.config import LauncherConfig, SystemConfig
 from ensemble_launcher.store import Results
-
-EL = [sys.executable, "-m", "ensemble_launcher.cli"]
 
 
 def test_custom_action_returning_a_submit_of_no_group_fails_its_firing_only(tmp_path):
@@ -82,29 +79,11 @@ def test_resume_of_our_json_file_counts_the_stream_tasks_done_before(tmp_path):
                    "action": {"name": "submit", "label": "refine"}}],
     }))
     run_dir = tmp_path / "run"
-    first = subprocess.Popen([*EL, "run", str(path), "--out", str(run_dir)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if (run_dir / "journal.db").exists() and \
-                sum(r.state == "succeeded" for r in Results(run_dir).values()) >= 2:
-            break
-        time.sleep(0.1)
-    first.send_signal(2)
-    _, stderr = first.communicate(timeout=60)
-    assert first.returncode == 130, stderr
+    interrupt_after_two_successes(path, run_dir)
     again = subprocess.run([*EL, "resume", str(run_dir)], capture_output=True, text=True,
                            timeout=120)
     assert again.returncode == 0, again.stderr
     assert by_group(Results(run_dir)) == {"coarse": 6, "refine": 2}
-
-
-def _until(check, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out")
-        time.sleep(0.05)
 
 
 def _cluster(tmp_path: Path) -> EnsembleLauncher:

@@ -41,6 +41,24 @@ def by_group(results: Results) -> Counter:
     return Counter(r.ensemble for r in results.values())
 
 
+EL = [sys.executable, "-m", "ensemble_launcher.cli"]
+
+
+def interrupt_after_two_successes(path: Path, run_dir: Path) -> None:
+    """``el run path`` in a subprocess, stopped by SIGINT once two tasks succeeded."""
+    first = subprocess.Popen([*EL, "run", str(path), "--out", str(run_dir)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if (run_dir / "journal.db").exists() and \
+                sum(r.state == "succeeded" for r in Results(run_dir).values()) >= 2:
+            break
+        time.sleep(0.1)
+    first.send_signal(2)
+    _, stderr = first.communicate(timeout=60)
+    assert first.returncode == 130, stderr
+
+
 def fired(run_dir: Path) -> list:
     return list(firings(run_dir))
 
@@ -384,21 +402,10 @@ def test_resume_of_a_rules_run_never_reruns_a_success_and_decides_the_same(tmp_p
             action: {name: submit, label: echo}
         """)
     run_dir = tmp_path / "run"
-    el = [sys.executable, "-m", "ensemble_launcher.cli"]
-    first = subprocess.Popen([*el, "run", str(path), "--out", str(run_dir)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if (run_dir / "journal.db").exists() and \
-                sum(r.state == "succeeded" for r in Results(run_dir).values()) >= 2:
-            break
-        time.sleep(0.1)
-    first.send_signal(2)
-    _, stderr = first.communicate(timeout=60)
-    assert first.returncode == 130, stderr
+    interrupt_after_two_successes(path, run_dir)
     before = {r.task_id for r in Results(run_dir).values() if r.state == "succeeded"}
     assert before and not any(t.startswith("echo") for t in before)
-    again = subprocess.run([*el, "resume", str(run_dir)], capture_output=True, text=True,
+    again = subprocess.run([*EL, "resume", str(run_dir)], capture_output=True, text=True,
                            timeout=120)
     assert again.returncode == 0, again.stderr
     results = Results(run_dir)

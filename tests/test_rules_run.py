@@ -19,6 +19,7 @@ import pytest
 
 from ensemble_launcher import EnsembleLauncher
 from ensemble_launcher.config import LauncherConfig, SystemConfig
+from ensemble_launcher.errors import StoreError
 from ensemble_launcher.monitor.status import read_status
 from ensemble_launcher.store import Results
 from ensemble_launcher.store.queries import firings
@@ -49,14 +50,19 @@ def interrupt_after_two_successes(path: Path, run_dir: Path) -> None:
     first = subprocess.Popen([*EL, "run", str(path), "--out", str(run_dir)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if (run_dir / "journal.db").exists() and \
-                sum(r.state == "succeeded" for r in Results(run_dir).values()) >= 2:
-            break
+    while time.monotonic() < deadline and _successes(run_dir) < 2:
         time.sleep(0.1)
     first.send_signal(2)
     _, stderr = first.communicate(timeout=60)
     assert first.returncode == 130, stderr
+
+
+def _successes(run_dir: Path) -> int:
+    """Tasks succeeded so far; 0 while the run has not yet made its journal's tables."""
+    try:
+        return sum(r.state == "succeeded" for r in Results(run_dir).values())
+    except StoreError:
+        return 0
 
 
 def fired(run_dir: Path) -> list:

@@ -8,6 +8,7 @@ Errors are grouped by kind so that callers can catch what they can handle:
     │   └── ResourceError      a task that can never fit on the nodes of the allocation
     ├── ExecutorError          an executor could not be started or stopped
     ├── LaunchError            a child of the tree could not be started or reached
+    ├── ProviderError          a batch scheduler refused or lost a block (its own message)
     ├── StoreError             the run directory or its journal cannot be used
     ├── RunAbortedError        the run started but could not go on (el exits 4; resume continues)
     └── LauncherClosedError    a resource was used after it was closed
@@ -71,6 +72,11 @@ class ExecutorError(EnsembleLauncherError):
 
 class LaunchError(EnsembleLauncherError):
     """A master or worker of the tree could not be started, or never connected."""
+
+
+class ProviderError(EnsembleLauncherError):
+    """A provider could not submit, query or cancel a block: the message quotes the batch
+    scheduler's own words (sbatch's, qsub's)."""
 
 
 class StoreError(EnsembleLauncherError):

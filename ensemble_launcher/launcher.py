@@ -55,7 +55,7 @@ from ensemble_launcher.orchestrator.signals import (
     GracefulShutdown,
     left_to_parent,
 )
-from ensemble_launcher.orchestrator.tree import plan_tree
+from ensemble_launcher.orchestrator.tree import TreeNode, plan_tree
 from ensemble_launcher.orchestrator.wire import FunctionTable
 from ensemble_launcher.resources import (
     NodeResources,
@@ -77,9 +77,15 @@ if TYPE_CHECKING:
     from ensemble_launcher.cluster.desk import ClientDesk
     from ensemble_launcher.ensemble import Task
     from ensemble_launcher.ensemble.rules import Rule, Steering
+    from ensemble_launcher.orchestrator.blocks import BlockPool
     from ensemble_launcher.rules.engine import RulesEngine
+    from ensemble_launcher.states import BlockRecord
 
 log = logging.getLogger("ensemble_launcher")
+
+#: Seconds a block keeps free before its walltime, beyond its longest task (at least;
+#: three heartbeats when those are longer).
+_BLOCK_SAFETY = 5.0
 
 
 class EnsembleLauncher:
@@ -126,17 +132,19 @@ class EnsembleLauncher:
         self.nodes = self._nodes(Nodes)
         self.nlevels = self._nlevels()
         executor_for(self.launcher_config.task_executor_name)
+        self._check_block_rules()
         check_requirements(self.tasks.requirements(), self.nodes)
         if self.nlevels >= 1:
-            self.tree = plan_tree([n.host for n in self.nodes], self.nlevels,
-                                  self.launcher_config.nchildren)
-            widest = self.tree.gang_capacity()
+            self.tree = self._plan_tree()
+            widest = self._widest()
             too_wide = next((r for r in self.tasks.requirements() if r.nnodes > widest), None)
             if too_wide is not None:
                 raise ResourceError(
                     f"{too_wide.label} can never run: nnodes={too_wide.nnodes}, but the widest "
                     f"group of workers under one master has {widest} nodes (nlevels="
-                    f"{self.nlevels}); raise nchildren or lower nlevels")
+                    f"{self.nlevels}); raise nchildren or lower nlevels"
+                    + (", or raise the provider's nodes_per_block"
+                       if self.launcher_config.provider else ""))
         label = Path(ensemble_file).stem if isinstance(ensemble_file, (str, os.PathLike)) \
             else "run"
         self.run_dir = Path(out_dir) if out_dir is not None else default_run_dir(label)
@@ -176,8 +184,39 @@ class EnsembleLauncher:
         check_resolvable([h for h in hosts if not is_this_host(h)])
         return [NodeResources(h, here.cpus, here.gpus) for h in hosts]
 
+    def _check_block_rules(self) -> None:
+        from ensemble_launcher.ensemble.rules import BLOCK_ACTIONS
+
+        steering = self.tasks.steering
+        if steering is None or self.launcher_config.provider is not None:
+            return
+        for rule in steering.rules:
+            if rule.action.name in BLOCK_ACTIONS:
+                where = f"{steering.source}: " if steering.source else ""
+                raise ConfigError(
+                    f"{where}rule {rule.label!r}: action {rule.action.name!r} changes the "
+                    "number of batch-job blocks, which needs a provider "
+                    "(LauncherConfig.provider); this run has none")
+
+    def _plan_tree(self) -> TreeNode:
+        """The tree as it starts. A provider's root starts with no workers: they come with
+        the blocks it submits (see orchestrator.blocks)."""
+        if self.launcher_config.provider is not None:
+            return TreeNode("main", "master", [self.nodes[0].host])
+        return plan_tree([n.host for n in self.nodes], self.nlevels,
+                         self.launcher_config.nchildren)
+
+    def _widest(self) -> int:
+        """The most nodes one multi-node task can span."""
+        provider = self.launcher_config.provider
+        if provider is not None:
+            return provider.nodes_per_block
+        return self.tree.gang_capacity() if self.nlevels >= 1 else 1
+
     def _nlevels(self) -> int:
         config = self.launcher_config
+        if config.provider is not None:
+            return 1
         nlevels = auto_nlevels(len(self.nodes)) if config.nlevels is None else config.nlevels
         if nlevels == 0:
             if len(self.nodes) > 1:
@@ -330,13 +369,15 @@ class EnsembleLauncher:
                                 profile=basic, shutdown=shutdown,
                                 closed=not cluster and steering is None)
                 functions = FunctionTable()
-                engine = _steer(steering, ledger, recorder, shutdown, cluster) \
+                blocks = self._block_pool(ledger, recorder) \
+                    if config.provider is not None else None
+                engine = _steer(steering, ledger, recorder, shutdown, cluster, blocks) \
                     if steering is not None else None
                 desk = self._open_desk(ledger, recorder, store, functions, previous or {}) \
                     if cluster else None
                 control = RootControl(ledger, shutdown, desk, engine)
                 if desk is not None:
-                    desk.on_rule = _rules_taker(control, recorder, shutdown)
+                    desk.on_rule = _rules_taker(control, recorder, shutdown, blocks)
                 reporter.start(counts)
                 started = True
                 if engine is not None:
@@ -346,7 +387,7 @@ class EnsembleLauncher:
                         if self.nlevels == 0:
                             self._run_here(control, recorder, timeline)
                         else:
-                            self._run_tree(control, recorder, timeline, functions)
+                            self._run_tree(control, recorder, timeline, functions, blocks)
                 except GraceExpired as exc:
                     stop = None if shutdown.by_request else exc
                 except KeyboardInterrupt as exc:
@@ -447,7 +488,7 @@ class EnsembleLauncher:
         cluster_file = ClusterFile(self.run_dir)
         address = self._client_address(cluster_file)
         keys = CurveKeys.generate() if address.startswith("tcp://") else None
-        widest = self.tree.gang_capacity() if self.nlevels >= 1 else 1
+        widest = self._widest()
         intake = TaskIntake(ledger, store, functions, self.nodes, widest, self.run_dir,
                             earlier, self._ensemble_ids())
         names = [n.name for n in self.tree.walk()] if self.nlevels >= 1 else ["main"]
@@ -482,7 +523,8 @@ class EnsembleLauncher:
         return f"tcp://{local_address_for(remote[0])}"
 
     def _run_tree(self, control: RootControl, recorder: Recorder,
-                  timeline: Timeline | NoTimeline, functions: FunctionTable) -> None:
+                  timeline: Timeline | NoTimeline, functions: FunctionTable,
+                  blocks: BlockPool | None) -> None:
         import zmq
 
         config = self.launcher_config
@@ -499,9 +541,33 @@ class EnsembleLauncher:
         ctx = zmq.Context()
         try:
             Master(tree, RootUpstream(control, recorder, functions), ctx, settings, keys,
-                   timeline).run()
+                   timeline, blocks).run()
         finally:
             terminate(ctx)
+
+    def _block_pool(self, ledger: Ledger, recorder: Recorder) -> BlockPool:
+        """The provider's blocks, sized by what waits in the ledger; each change of a block
+        goes to the journal and to the live counts."""
+        from ensemble_launcher.orchestrator.blocks import BlockPool, Elasticity
+        from ensemble_launcher.providers import make_provider
+
+        config = self.launcher_config
+        provider = config.provider
+        assert provider is not None
+        elastic = Elasticity(
+            provider.nodes_per_block, provider.init_blocks, provider.min_blocks,
+            provider.max_blocks, provider.parallelism, provider.walltime_seconds,
+            provider.max_idletime, provider.submit_retries, len(self.nodes[0].cpus))
+        ledger.stream_size = self.tasks.total
+
+        def on_change(record: BlockRecord) -> None:
+            recorder.store.record_block(record)
+            recorder.counts.blocks[record.index] = record
+
+        return BlockPool(make_provider(provider, config.mpi_flavor), elastic,
+                         waiting=ledger.waiting, on_change=on_change,
+                         safety=max(_BLOCK_SAFETY, 3 * config.heartbeat_interval),
+                         first_index=recorder.store.next_block_index())
 
     def _master_log(self) -> _LogFile:
         path = self.run_dir / "logs" / "master-main.log" if self.launcher_config.master_logs \
@@ -544,7 +610,8 @@ def _wind_down(ledger: Ledger, reporter: Reporter, counts: Counts, *, stopped: b
 
 
 def _steer(steering: Steering, ledger: Ledger, recorder: Recorder,
-           shutdown: GracefulShutdown, cluster: bool) -> RulesEngine:
+           shutdown: GracefulShutdown, cluster: bool,
+           blocks: BlockPool | None = None) -> RulesEngine:
     """The rules engine of this run, watching its ledger and its results."""
     from ensemble_launcher.rules.engine import RulesEngine, RunControls, group_of
 
@@ -556,24 +623,28 @@ def _steer(steering: Steering, ledger: Ledger, recorder: Recorder,
 
     controls = RunControls(terminate=shutdown.request, cancel_group=cancel_group,
                            journal=recorder.store,
-                           stop_when_idle=None if cluster else ledger.close)
+                           stop_when_idle=None if cluster else ledger.close,
+                           resize=None if blocks is None else blocks.resize)
     engine = RulesEngine(steering, ledger, controls)
     ledger.observer = engine
     return engine
 
 
-def _rules_taker(control: RootControl, recorder: Recorder,
-                 shutdown: GracefulShutdown) -> Callable[[Rule], None]:
+def _rules_taker(control: RootControl, recorder: Recorder, shutdown: GracefulShutdown,
+                 blocks: BlockPool | None) -> Callable[[Rule], None]:
     """What takes the rules a cluster's clients add: the cluster's engine, made with the
     first rule when the cluster started without any (its counts start from the results
     so far)."""
-    from ensemble_launcher.ensemble.rules import Steering
+    from ensemble_launcher.ensemble.rules import BLOCK_ACTIONS, Steering
 
     def take(rule: Rule) -> None:
+        if rule.action.name in BLOCK_ACTIONS and blocks is None:
+            raise ConfigError(f"{rule.action.name} changes the number of blocks, and this "
+                              "cluster has no provider (LauncherConfig.provider)")
         engine = control.steering
         if engine is None:
             engine = _steer(Steering(rules=[], groups={}, held=frozenset()), control.ledger,
-                            recorder, shutdown, cluster=True)
+                            recorder, shutdown, cluster=True, blocks=blocks)
             engine.seed(recorder.counts)
             engine.begin()
             control.steering = engine

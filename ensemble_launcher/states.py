@@ -103,3 +103,21 @@ class NodeSample(NamedTuple):
     cpu_percent: float
     mem_used: int
     mem_total: int
+
+
+class BlockRecord(NamedTuple):
+    """One batch job of a provider run (a block) as the journal and ``el status`` show it:
+    ``index`` counts blocks from 0 in submission order, ``job_id`` is the scheduler's
+    (a pid for the local provider), ``state`` one of pending, running, completed, failed,
+    cancelled; ``hosts`` the hosts its workers connected from, comma-separated; times are
+    ``time.time()`` (None: not yet); ``message`` the scheduler's word when it ended badly."""
+
+    index: int  # type: ignore[assignment]  # (shadows tuple.index, as users expect the name)
+    job_id: str
+    state: str
+    nodes: int
+    hosts: str
+    submitted: float
+    started: float | None
+    ended: float | None
+    message: str

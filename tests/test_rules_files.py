@@ -290,7 +290,8 @@ def test_action_and_rule_take_ensemble_python_dicts_and_check_them():
         (True, "terminate", "mean.my-group.v2-pending")
     for bad, words in [({"name": "submit"}, "label"), ({"name": "launch"}, "unknown action"),
                        ({"name": "submit", "label": "x", "colour": 1}, "colour"),
-                       ({"name": "grow"}, "issue 13")]:
+                       ({"name": "grow", "label": "x"}, "no label"),
+                       ({"name": "shrink", "value": 0}, "value")]:
         with pytest.raises(ConfigError, match=words):
             Action(bad)
     with pytest.raises(ConfigError, match="when"):
@@ -392,8 +393,10 @@ BAD_FILES = [
      "rules[0].action.label", "no_such_mod_x:f", "ModuleNotFoundError"),
     ("custom module lacks the function", ep(action0(name="custom", label="json:nope")),
      "rules[0].action.label", "json:nope", "not defined"),
-    ("grow", ep(action0(name="grow")), "rules[0].action.name", "grow", "issue 13"),
-    ("shrink", ep(action0(name="shrink")), "rules[0].action.name", "shrink", "issue 13"),
+    ("grow with a label", ep(action0(name="grow", label="hello")), "rules[0].action.label",
+     "hello", "no label"),
+    ("shrink by nothing", ep(action0(name="shrink", label=None, value=0)),
+     "rules[0].action.value", 0, "value"),
     ("unknown key in a rule", ep(rule0(every=3)), "rules[0].every", 3, "unknown key"),
     ("unknown key in an action", ep(action0(count=3)), "rules[0].action.count", 3,
      "unknown key"),

@@ -16,15 +16,16 @@ from ensemble_launcher._lazy import lazy_exports
 
 _EXPORTS = {
     "LauncherConfig": "ensemble_launcher.config.models",
+    "ProviderConfig": "ensemble_launcher.config.models",
     "SystemConfig": "ensemble_launcher.config.models",
     "load_config_file": "ensemble_launcher.config.files",
 }
 
-__all__ = ["LauncherConfig", "SystemConfig", "load_config_file"]
+__all__ = ["LauncherConfig", "ProviderConfig", "SystemConfig", "load_config_file"]
 
 __getattr__ = lazy_exports(__name__, _EXPORTS)
 
 
 if TYPE_CHECKING:
     from ensemble_launcher.config.files import load_config_file
-    from ensemble_launcher.config.models import LauncherConfig, SystemConfig
+    from ensemble_launcher.config.models import LauncherConfig, ProviderConfig, SystemConfig

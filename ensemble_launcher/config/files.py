@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import json
+import typing
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -246,14 +247,42 @@ def _problem(err: Any, model: type[BaseModel]) -> tuple[str, Any, str]:
     from ensemble_launcher.config.models import FieldConflict
 
     cause = (err.get("ctx") or {}).get("error")
+    loc, inner = _key_path(err["loc"], model)
     if err["type"] == "extra_forbidden":
         return (".".join(str(p) for p in err["loc"]), err.get("input"),
-                f"unknown key; valid keys are: {', '.join(sorted(model.model_fields))}")
+                f"unknown key; valid keys are: {', '.join(sorted(inner.model_fields))}")
     if isinstance(cause, FieldConflict):
-        return cause.key, cause.value, cause.reason
-    loc = [str(p) for i, p in enumerate(err["loc"]) if i == 0 or isinstance(p, int)]
+        return ".".join([*loc, cause.key]), cause.value, cause.reason
     message = err["msg"].removeprefix("Value error, ").replace("\n", " ")
     return ".".join(loc) or "(top level)", err.get("input"), message
+
+
+def _key_path(loc: tuple, model: type[BaseModel]) -> tuple[list[str], type[BaseModel]]:
+    """The keys and list indexes of ``loc``, fields of nested models too
+    (``provider.walltime``), without the union members pydantic puts in it; and the
+    innermost model on the way (whose keys an unknown key is one of)."""
+    keys: list[str] = []
+    innermost, current = model, _model_in(model)
+    for i, part in enumerate(loc):
+        if isinstance(part, int):
+            keys.append(str(part))
+        elif current is not None and part in current.model_fields:
+            keys.append(part)
+            current = _model_in(current.model_fields[part].annotation)
+            innermost = current or innermost
+        elif i == 0:
+            keys.append(str(part))
+    return keys, innermost
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The model a field holds (``ProviderConfig | None`` holds ProviderConfig)."""
+    from pydantic import BaseModel
+
+    for member in (annotation, *typing.get_args(annotation)):
+        if isinstance(member, type) and issubclass(member, BaseModel):
+            return member
+    return None
 
 
 def build_model(model: type[M], data: Any, source: str) -> M:

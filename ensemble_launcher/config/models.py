@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -127,6 +128,157 @@ def _ids(check: Callable[[str, Any], list], key: str, value: Any) -> list:
 
 
 ExecutorName = Literal["multiprocessing", "mpi", "dragon", "simulate"]
+ProviderName = Literal["slurm", "pbs", "local"]
+BlockLauncherName = Literal["srun", "mpiexec"]
+
+#: What every scheduler_options line of a provider starts with.
+DIRECTIVE_PREFIX = {"slurm": "#SBATCH", "pbs": "#PBS"}
+
+_WALLTIME = re.compile(r"(?:(?P<days>\d+)-(?P<dh>\d{1,2})|(?P<hours>\d+)):(?P<hm>\d{2}):"
+                       r"(?P<hs>\d{2})|(?P<minutes>\d+):(?P<ms>\d{2})")
+
+
+def walltime_to_seconds(text: str) -> int:
+    """Seconds in ``[D-]HH:MM:SS`` or ``MM:SS`` (what sbatch --time and qsub -l walltime
+    both read); ValueError naming the forms otherwise."""
+    match = _WALLTIME.fullmatch(text.strip())
+    forms = "use [D-]HH:MM:SS or MM:SS, e.g. 00:30:00 or 1-12:00:00"
+    if match is None:
+        raise ValueError(f"walltime must be a duration; {forms}")
+    part = {k: int(v) for k, v in match.groupdict().items() if v is not None}
+    if part.get("hm", 0) > 59 or part.get("hs", 0) > 59 or part.get("ms", 0) > 59 \
+            or part.get("dh", 0) > 23:
+        raise ValueError(f"walltime has minutes or seconds over 59 (or hours over 23 after a "
+                         f"day count); {forms}")
+    if "minutes" in part:
+        seconds = part["minutes"] * 60 + part["ms"]
+    else:
+        hours = part.get("hours", part.get("days", 0) * 24 + part.get("dh", 0))
+        seconds = hours * 3600 + part["hm"] * 60 + part["hs"]
+    if seconds <= 0:
+        raise ValueError("walltime must be longer than 0 seconds")
+    return seconds
+
+
+class ProviderConfig(_Strict):
+    """Blocks (batch jobs) whose workers connect back to the root, with Parsl's names.
+
+    A block asks for ``nodes_per_block`` whole nodes for ``walltime``; between
+    ``min_blocks`` and ``max_blocks`` of them run at a time, ``init_blocks`` at start.
+    """
+
+    name: ProviderName
+    nodes_per_block: int = Field(default=1, ge=1)
+    init_blocks: int = Field(default=1, ge=0)
+    min_blocks: int = Field(default=0, ge=0)
+    max_blocks: int = Field(default=1, ge=1)
+    parallelism: float = Field(default=1.0, gt=0, le=1, description="blocks per pending "
+                               "task's worth of nodes: 1 asks for all the blocks the work "
+                               "can use, 0.5 for half")
+    walltime: str = Field(default="00:30:00", description="each block's time limit, "
+                          "[D-]HH:MM:SS or MM:SS")
+    partition: str | None = None
+    queue: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    scheduler_options: str = Field(default="", description="extra directive lines for "
+                                   "each block's job script (#SBATCH ... or #PBS ...)")
+    worker_init: str = Field(default="", description="shell lines each block runs before "
+                             "its workers start (e.g. source env/bin/activate)")
+    launcher: BlockLauncherName | None = Field(
+        default=None, description="what starts one worker per node in a block (default: "
+        "srun for slurm, mpiexec for pbs; the local provider starts them itself)")
+    max_idletime: float = Field(default=120.0, gt=0, description="seconds a block may idle "
+                                "before it is cancelled (down to min_blocks)")
+    address: str | None = Field(
+        default=None, description="where workers reach the root: an IP address of this host "
+        "or an interface name (default: the address of this host's name, else the one "
+        "routing to the default route)")
+    submit_retries: int = Field(default=3, ge=1, description="consecutive failed blocks "
+                                "(rejected, or ended before any worker connected) before "
+                                "the run fails")
+    exclusive: bool = Field(default=True, description="blocks ask for whole nodes")
+
+    @field_validator("walltime")
+    @classmethod
+    def _walltime_is_a_duration(cls, value: str) -> str:
+        walltime_to_seconds(value)
+        return value.strip()
+
+    @field_validator("partition", "queue", "account", "qos")
+    @classmethod
+    def _fits_in_a_directive(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """These go into directive lines of the job script: a newline would add a line of
+        its own, a quote would end the value early."""
+        if value is None:
+            return None
+        if not value.strip():
+            raise ValueError(f"{info.field_name} must not be empty; leave it unset for the "
+                             "scheduler's default")
+        if any(c in value for c in "\n\r\0'\"`"):
+            raise ValueError(f"{info.field_name} must not contain newlines, NUL or quote "
+                             "characters")
+        return value
+
+    @field_validator("worker_init")
+    @classmethod
+    def _no_nul_in_worker_init(cls, value: str) -> str:
+        if "\0" in value:
+            raise ValueError("worker_init must not contain a NUL character")
+        return value
+
+    @field_validator("address")
+    @classmethod
+    def _address_is_one_interface(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return _address_of_this_host("provider.address", value, info,
+                                     "workers reach the root at the default address")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ProviderConfig:
+        for low in ("min_blocks", "init_blocks"):
+            if self.max_blocks < getattr(self, low):
+                raise FieldConflict("max_blocks", self.max_blocks,
+                                    f"must be at least {low} ({getattr(self, low)})")
+        if self.name == "pbs" and self.launcher == "srun":
+            raise FieldConflict("launcher", self.launcher,
+                                "srun needs Slurm; a pbs block starts its workers with "
+                                "mpiexec")
+        if self.name == "pbs" and self.qos is not None:
+            raise FieldConflict("qos", self.qos, "qos is a Slurm setting; a pbs block goes to "
+                                "the queue you name in queue")
+        if self.name == "local" and self.launcher is not None:
+            raise FieldConflict("launcher", self.launcher, "the local provider starts its "
+                                "processes itself; leave launcher unset")
+        self._check_directives()
+        return self
+
+    def _check_directives(self) -> None:
+        prefix = DIRECTIVE_PREFIX.get(self.name)
+        for line in self.directive_lines:
+            if prefix is None:
+                raise FieldConflict("scheduler_options", line, "the local provider has no "
+                                    "scheduler; leave scheduler_options empty")
+            if "\0" in line or not line.startswith(prefix + " "):
+                raise FieldConflict("scheduler_options", line, f"each line must start with "
+                                    f"'{prefix} ' for the {self.name} provider")
+
+    @property
+    def directive_lines(self) -> list[str]:
+        """The non-blank lines of scheduler_options, stripped."""
+        return [line.strip() for line in self.scheduler_options.splitlines() if line.strip()]
+
+    @property
+    def walltime_seconds(self) -> int:
+        return walltime_to_seconds(self.walltime)
+
+    @property
+    def block_launcher(self) -> Literal["srun", "mpiexec", "local"]:
+        """What starts a block's workers: the configured launcher, else the scheduler's."""
+        if self.name == "local":
+            return "local"
+        if self.launcher is not None:
+            return self.launcher
+        return "srun" if self.name == "slurm" else "mpiexec"
 CommName = Literal["multiprocessing", "zmq", "dragon"]
 ChildLauncherName = Literal["auto", "local", "srun", "mpiexec"]
 MpiFlavor = Literal["auto", "hydra", "pals", "openmpi"]
@@ -216,6 +368,10 @@ class LauncherConfig(_Strict):
         "name of a network interface (e.g. ib0), never a wildcard (default: the address "
         "that routes to their children)")
 
+    provider: ProviderConfig | None = Field(
+        default=None, description="run the workers in batch jobs (blocks) that this root "
+        "submits and that connect back to it: one ensemble over many jobs, from a login node")
+
     cluster: bool = Field(default=False, description="run as a long-lived cluster that "
                           "clients submit to (start()/stop(), el start/el stop)")
     checkpoint_dir: str | None = Field(
@@ -244,6 +400,24 @@ class LauncherConfig(_Strict):
                              "find the cluster")
         return self
 
+    @model_validator(mode="after")
+    def _provider_tree_is_flat(self) -> LauncherConfig:
+        """Blocks' workers connect to the root's one master over TCP: a tree of depth 1 over
+        zmq, whatever the node count."""
+        if self.provider is None:
+            return self
+        if self.nlevels is None:
+            object.__setattr__(self, "nlevels", 1)
+        elif self.nlevels != 1:
+            raise FieldConflict("nlevels", self.nlevels, "provider runs need nlevels=1 (the "
+                                "root's master and the blocks' workers)")
+        if self.comm_name is None:
+            object.__setattr__(self, "comm_name", "zmq")
+        elif self.comm_name != "zmq":
+            raise FieldConflict("comm_name", self.comm_name, "provider runs need comm_name "
+                                "zmq: blocks' workers connect back over TCP")
+        return self
+
     @field_validator("cluster_address")
     @classmethod
     def _cluster_address_is_one_interface(cls, value: str | None) -> str | None:
@@ -262,24 +436,8 @@ class LauncherConfig(_Strict):
     @classmethod
     def _bind_address_is_one_interface(cls, value: str | None,
                                        info: ValidationInfo) -> str | None:
-        """On this host, one of its addresses. A config recorded by a run (read back with
-        ``context=recorded_context()``) may name another host's: a resume in a new job runs
-        elsewhere, so that address is dropped for the default, with a note."""
-        from ensemble_launcher.comm.addresses import check_bind_address, check_not_wildcard
-
-        if value is None:
-            return None
-        notes = info.context.get(RECORDED_NOTES) if isinstance(info.context, dict) else None
-        if notes is None:
-            return check_bind_address(value)
-        check_not_wildcard(value)
-        try:
-            return check_bind_address(value)
-        except ValueError:
-            notes.append(f"the recorded bind_address {value!r} is not an address or an "
-                         "interface of this host; masters listen on the address that "
-                         "routes to their children instead")
-            return None
+        return _address_of_this_host("bind_address", value, info, "masters listen on the "
+                                     "address that routes to their children")
 
     @field_validator("gpu_selector")
     @classmethod
@@ -295,6 +453,30 @@ class LauncherConfig(_Strict):
         if any("\0" in a for a in args):
             raise ValueError("an argument must not contain a NUL character")
         return args
+
+
+def _address_of_this_host(key: str, value: str | None, info: ValidationInfo,
+                          instead: str) -> str | None:
+    """On this host, one of its addresses. A config recorded by a run (read back with
+    ``context=recorded_context()``) may name another host's: a resume in a new job runs
+    elsewhere, so that address is dropped for the default, with a note."""
+    from ensemble_launcher.comm.addresses import check_bind_address, check_not_wildcard
+
+    if value is None:
+        return None
+    notes = info.context.get(RECORDED_NOTES) if isinstance(info.context, dict) else None
+    try:
+        if notes is None:
+            return check_bind_address(value)
+        check_not_wildcard(value)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("bind_address", key)) from None
+    try:
+        return check_bind_address(value)
+    except ValueError:
+        notes.append(f"the recorded {key} {value!r} is not an address or an interface of "
+                     f"this host; {instead} instead")
+        return None
 
 
 #: Where validation with ``context=recorded_context()`` leaves notes on what it changed.

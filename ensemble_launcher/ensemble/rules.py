@@ -35,8 +35,8 @@ RULE_KEYS = ("trigger", "name", "when", "action", "interval")
 ACTION_KEYS = ("name", "label", "value", "repetitions", "backoff")
 #: Actions whose label names a group.
 GROUP_ACTIONS = ("submit", "cancel")
-NOT_YET = ("grow/shrink change the number of batch-job blocks, which needs providers "
-           "(issue 13); not available yet")
+#: Actions that change how many batch-job blocks a provider keeps (``value``: how many).
+BLOCK_ACTIONS = ("grow", "shrink")
 
 
 class _Problem(Exception):
@@ -168,11 +168,8 @@ class Action:
 
     def _fill(self, name: Any, label: Any, value: Any, repetitions: Any, backoff: Any,
               func: Any, custom: ModuleType | None) -> None:
-        if name in ("grow", "shrink"):
-            raise _Problem("name", name, NOT_YET)
         if name not in ACTIONS:
-            raise _Problem("name", name, "unknown action; the actions are "
-                           + ", ".join(a for a in ACTIONS if a not in ("grow", "shrink")))
+            raise _Problem("name", name, "unknown action; the actions are " + ", ".join(ACTIONS))
         self.name = name
         self.repetitions = _whole("repetitions", repetitions, 1)
         self.backoff = None if backoff is None else _whole("backoff", backoff, 0)
@@ -184,6 +181,9 @@ class Action:
         elif name == "terminate":
             _refuse_set("label", label, "terminate takes no label")
             _refuse_set("value", value, "terminate takes no value")
+        elif name in BLOCK_ACTIONS:
+            _refuse_set("label", label, f"{name} takes no label (value: how many blocks)")
+            self.value = _whole("value", 1 if value is None else value, 1)
         else:
             self._resolve_custom(func, custom)
 

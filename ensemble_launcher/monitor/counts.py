@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from ensemble_launcher.states import BlockRecord
+
 
 @dataclass(slots=True)
 class Counts:
@@ -27,6 +29,8 @@ class Counts:
     """Running now, as the nodes last reported (about ten times a second)."""
     skipped: dict[str, int] = field(default_factory=dict)
     """Finished in an earlier run and not run again by this resume."""
+    blocks: dict[int, BlockRecord] = field(default_factory=dict)
+    """The blocks (batch jobs) of a provider run by index, each as last recorded."""
     started_at: float = field(default_factory=time.monotonic)
 
     def submitted(self, ensemble: str | None, count: int = 1) -> None:

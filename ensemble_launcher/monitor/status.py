@@ -2,11 +2,12 @@
 
     status.json  the live root's counts (done, failed, not run, running, queued, skipped:
                  finished in an earlier run that this resume does not run again, per
-                 ensemble), rewritten every report_interval (at most 5 s) by
-                 StatusFileReporter; used while the run is alive, so that all figures are
-                 one snapshot
-    journal.db   final results per ensemble and state, for a run that is over; the
-                 firings of the event rules, live (each flush commits them) and after
+                 ensemble), and the blocks (batch jobs) of a provider run, rewritten
+                 every report_interval (at most 5 s) by StatusFileReporter; used while
+                 the run is alive, so that all figures are one snapshot
+    journal.db   final results per ensemble and state, and the blocks, for a run that is
+                 over; the firings of the event rules, live (each flush commits them) and
+                 after
     meta         ensemble sizes, start and end times
 
 ``el status RUNDIR`` prints :func:`read_status`.
@@ -24,9 +25,14 @@ from typing import Literal, NamedTuple
 
 from ensemble_launcher.monitor.counts import Counts, clock
 from ensemble_launcher.monitor.progress import Reporter, Throttle
+from ensemble_launcher.states import BlockRecord
 from ensemble_launcher.store.queries import EnsembleCount, Firing, Span, read_journal
 
 STATUS_NAME = "status.json"
+SHOWN_BLOCKS = 20
+"""How many of a provider run's latest blocks ``el status`` lists, one line each."""
+#: The order of the states in the count of blocks; others follow by name.
+_BLOCK_STATES = ("running", "pending", "completed", "failed", "cancelled")
 
 RunState = Literal["running", "finished", "interrupted", "stopped"]
 
@@ -56,7 +62,8 @@ class StatusFileReporter(Reporter):
                 "running": counts.running_by, "done": counts.done, "failed": counts.failed,
                 "not_run": counts.not_run, "cancelled": counts.cancelled,
                 "skipped": counts.skipped,
-                "queued": counts.queued_by, "rate": counts.rate()}
+                "queued": counts.queued_by, "rate": counts.rate(),
+                "blocks": [record._asdict() for _, record in sorted(counts.blocks.items())]}
         tmp = self.path.with_name(f".{self.path.name}.tmp")
         try:
             tmp.write_text(json.dumps(data))
@@ -107,6 +114,14 @@ class RunStatus:
     firings: list[Firing] = field(default_factory=list)
     """The most recent firings of the event rules, newest last."""
     firings_total: int = 0
+    blocks: list[BlockRecord] = field(default_factory=list)
+    """The latest blocks (batch jobs) of a provider run, in index order."""
+    block_states: dict[str, int] = field(default_factory=dict)
+    """How many blocks of the run, all of them, are in each state."""
+
+    @property
+    def blocks_total(self) -> int:
+        return sum(self.block_states.values())
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -114,6 +129,8 @@ class RunStatus:
             entry["pending"] = ensemble.pending
         data["firings"] = [{**f._asdict(), "since_start": f.at - self._origin()}
                            for f in self.firings]
+        data["blocks"] = [b._asdict() for b in self.blocks]
+        data["blocks_total"] = self.blocks_total
         return data
 
     def _origin(self) -> float:
@@ -135,7 +152,26 @@ class RunStatus:
                        f"{f'{e.cancelled} cancelled, ' if e.cancelled else ''}{skipped}{e.running} "
                        f"running, {f'{e.queued} queued, ' if e.queued else ''}"
                        f"{e.pending if e.pending is not None else '?'} pending")
-        return out + self._firing_lines()
+        return out + self._block_lines() + self._firing_lines()
+
+    def _block_lines(self) -> list[str]:
+        """A count of the blocks by state, then a line for each of the latest."""
+        if not self.blocks:
+            return []
+        states = sorted(self.block_states.items(), key=lambda item: (
+            _BLOCK_STATES.index(item[0]) if item[0] in _BLOCK_STATES else len(_BLOCK_STATES),
+            item[0]))
+        left_out = self.blocks_total - len(self.blocks)
+        which = f"; the last {len(self.blocks)} listed, {left_out} left out" if left_out > 0 \
+            else ""
+        now = self.finished if self.state != "running" and self.finished else time.time()
+        columns = [[f"#{b.index}" for b in self.blocks], [b.job_id for b in self.blocks],
+                   [_hosts(b.hosts) for b in self.blocks]]
+        widths = [max(map(len, column)) for column in columns]
+        return [f"  blocks: {self.blocks_total} "
+                f"({', '.join(f'{n} {state}' for state, n in states)}){which}"] + [
+            _block_line(b, number, on, widths, now)
+            for b, number, _, on in zip(self.blocks, *columns, strict=True)]
 
     def _firing_lines(self) -> list[str]:
         if not self.firings:
@@ -151,6 +187,37 @@ class RunStatus:
         return out
 
 
+def _block_line(block: BlockRecord, number: str, hosts: str, widths: list[int],
+                now: float) -> str:
+    """One block: its number, job id, state, nodes, hosts, how long it ran or waited, and
+    the scheduler's message when it ended otherwise than by itself."""
+    nodes = f"{block.nodes} node{'s' if block.nodes != 1 else ''}"
+    gone_wrong = block.ended is not None and block.state != "completed" and block.message
+    message = f"; {_one_line(block.message)}" if gone_wrong else ""
+    return (f"    {number:<{widths[0]}}  job {block.job_id:<{widths[1]}}  {block.state:<9}  "
+            f"{nodes:<8} {hosts:<{widths[2]}}  {_block_time(block, now)}{message}")
+
+
+def _hosts(hosts: str, most: int = 3) -> str:
+    """A block's hosts, the first ``most`` of them and how many more (a block may hold
+    hundreds of nodes); "-" before any connected."""
+    names = [name for name in hosts.split(",") if name]
+    if len(names) <= most:
+        return ",".join(names) or "-"
+    return f"{','.join(names[:most])} +{len(names) - most} more"
+
+
+def _block_time(block: BlockRecord, now: float) -> str:
+    """How long a block ran, or waited in the queue when it never started."""
+    if block.started is None:
+        waited = clock(max(0.0, (block.ended or now) - block.submitted))
+        return f"waited {waited}, never started" if block.ended is not None \
+            else f"waiting for {waited}"
+    if block.ended is None:
+        return f"running for {clock(max(0.0, now - block.started))}"
+    return f"ran {clock(max(0.0, block.ended - block.started))}"
+
+
 def _one_line(text: str, most: int = 120) -> str:
     """A custom action's detail may span lines or pages; a status line holds the start."""
     text = " ".join(text.split())
@@ -164,12 +231,13 @@ def _since(seconds: float) -> str:
     return ("-" if seconds < 0 else "+") + clock(abs(seconds))
 
 
-def read_status(run_dir: str | os.PathLike, firings: int = 10) -> RunStatus:
-    """The status of the run in ``run_dir`` with its ``firings`` most recent rule firings;
-    StoreError when its journal is not one we can read (see
-    :func:`~ensemble_launcher.store.journal.check_journal`)."""
+def read_status(run_dir: str | os.PathLike, firings: int = 10,
+                blocks: int = SHOWN_BLOCKS) -> RunStatus:
+    """The status of the run in ``run_dir`` with its ``firings`` most recent rule firings
+    and its ``blocks`` latest blocks; StoreError when its journal is not one we can read
+    (see :func:`~ensemble_launcher.store.journal.check_journal`)."""
     run_dir = Path(run_dir)
-    journal = _read_journal(run_dir, firings)
+    journal = _read_journal(run_dir, firings, blocks)
     meta, rows, span = journal.meta, journal.counts, journal.span
     live = _live_status(run_dir, meta)
     totals: dict[str, int | None] = meta.get("ensembles", {})
@@ -192,8 +260,10 @@ def read_status(run_dir: str | os.PathLike, firings: int = 10) -> RunStatus:
     rate = _rate(span, live, state)
     remaining = sum((e.pending or 0) + e.running + e.queued for e in ensembles)
     eta = remaining / rate if rate > 0 and state == "running" else None
+    shown, block_states = _blocks(live, journal, blocks)
     return RunStatus(str(run_dir), state, ensembles, rate, eta, meta.get("started"),
-                     meta.get("finished"), journal.firings, journal.firings_total)
+                     meta.get("finished"), journal.firings, journal.firings_total, shown,
+                     block_states)
 
 
 class _JournalView(NamedTuple):
@@ -202,15 +272,36 @@ class _JournalView(NamedTuple):
     span: Span
     firings: list[Firing]
     firings_total: int
+    blocks: list[BlockRecord]
+    block_states: dict[str, int]
 
 
-def _read_journal(run_dir: Path, firings: int) -> _JournalView:
+def _read_journal(run_dir: Path, firings: int, blocks: int) -> _JournalView:
     """The run's metadata, its final results per ensemble and state, the time span of its
-    results, its ``firings`` most recent rule firings and how many there are, read on the
-    one connection that checked the journal, creating nothing."""
+    results, its ``firings`` most recent rule firings and how many there are, its
+    ``blocks`` latest blocks and the count of all by state, read on the one connection
+    that checked the journal, creating nothing."""
     with read_journal(run_dir, read_all=True) as journal:
         return _JournalView(journal.meta(), journal.counts(), journal.span(),
-                            journal.firings(firings), journal.firing_count())
+                            journal.firings(firings), journal.firing_count(),
+                            journal.blocks(blocks), journal.block_states())
+
+
+def _blocks(live: dict | None, journal: _JournalView,
+            limit: int) -> tuple[list[BlockRecord], dict[str, int]]:
+    """The ``limit`` latest blocks and the count of all by state: from the live root's
+    status.json, one snapshot with its counts, else (or when it has none: a root of a
+    version before blocks) from the journal."""
+    try:
+        records = [BlockRecord(**entry) for entry in live["blocks"]] if live else None
+    except (KeyError, TypeError):
+        records = None
+    if records is None:
+        return journal.blocks, journal.block_states
+    states: dict[str, int] = {}
+    for record in records:
+        states[record.state] = states.get(record.state, 0) + 1
+    return records[-limit:] if limit > 0 else [], states
 
 
 def _live_status(run_dir: Path, meta: dict) -> dict | None:

@@ -21,6 +21,7 @@ inherit none of them; the user's own variables, ``EL_*`` ones included, stay.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -58,6 +59,8 @@ class Settings:
     return_stdout: bool
     check_each: bool
     sys_path: list[str]
+    block: str = ""
+    """The index of the block (a provider's batch job) this worker runs in; "" outside one."""
 
     def to_env(self) -> dict[str, str]:
         return {_variable(f.name): _as_text(getattr(self, f.name)) for f in fields(self)}
@@ -87,6 +90,8 @@ def _from_text(kind: str, text: str) -> Any:
 
 #: The names of :class:`Settings` as they travel.
 SETTINGS = tuple(_variable(f.name) for f in fields(Settings))
+#: Where a worker learns the index of its block (one of :data:`SETTINGS`).
+BLOCK_ENV = _variable("block")
 
 #: Every variable we set for a child of the tree; no task inherits any of them.
 OUR_VARIABLES = frozenset({TREE_ENV, BOOT_ENV, PARENT_ENV, INDEX_ENV, *SETTINGS, *KEY_ENV})
@@ -120,6 +125,11 @@ class BootDir:
                      0o600)
         with os.fdopen(fd, "w") as f:
             json.dump(values, f)
+
+    def discard(self, child: str) -> None:
+        """The file of a child that will never start (its block was refused or cancelled)."""
+        with contextlib.suppress(FileNotFoundError):
+            (self.path / f"{child}.json").unlink()
 
     def close(self) -> None:
         shutil.rmtree(self.path, ignore_errors=True)

@@ -90,7 +90,8 @@ def main() -> int:
     ctx = zmq.Context()
     link = ParentLink(ctx, env[PARENT_ENV], me.name, keys,
                       heartbeat_interval=launcher_config.heartbeat_interval,
-                      decode_tasks=me.role == "worker")
+                      decode_tasks=me.role == "worker",
+                      started_by_parent=not settings.block)
     try:
         with left_to_parent():
             if me.role == "worker":

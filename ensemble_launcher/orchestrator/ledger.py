@@ -170,6 +170,9 @@ class Ledger:
         self.skipped = 0
         self.observer: TaskObserver | None = None
         self._stream_cancels: list[Callable[[Task], bool]] = []
+        self.stream_size: int | None = None
+        """How many tasks the stream holds, when known (a file, a list): for ``waiting``."""
+        self._read = 0
 
     # -- intake ------------------------------------------------------------------------------
 
@@ -357,6 +360,15 @@ class Ledger:
         return self._stream_done and not (self._retry or self._queue or self._waiting or
                                           self.inflight)
 
+    def waiting(self) -> int:
+        """Tasks ready to hand out: retries, submitted ones, and what the stream has left
+        (a stream of unknown size that is not done counts as a great many). A provider's
+        policy sizes its blocks by it."""
+        left = 0
+        if not self._stream_done:
+            left = _UNSIZED if self.stream_size is None else max(0, self.stream_size - self._read)
+        return len(self._retry) + len(self._queue) + left
+
     def take_cancels(self) -> list[int]:
         """Hand-out keys of running tasks to stop, for the tree."""
         cancels, self._cancels = self._cancels, []
@@ -421,6 +433,7 @@ class Ledger:
 
     def _next_from_stream(self) -> _Entry | None:
         for task in self._stream:
+            self._read += 1
             earlier = self._previous.get(task.task_id)
             if earlier is not None and not runs_again(earlier[0], self._retry_failed):
                 self.skipped += 1
@@ -617,6 +630,10 @@ class Ledger:
 
     def _final(self, entry: _Entry, result: RunResult) -> None:
         self._record(entry, result, "", "", "")
+
+
+#: What ``waiting`` counts for a stream of unknown size: enough for any pool's max_blocks.
+_UNSIZED = 1_000_000
 
 
 def runs_again(state: str, retry_failed: bool) -> bool:

@@ -16,6 +16,7 @@ credit it waits here, parked, and the tasks behind it go on to the others.
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -63,7 +64,9 @@ from ensemble_launcher.executors.runner import CANCEL_SIGNAL
 from ensemble_launcher.launchers import ChildLauncher
 from ensemble_launcher.launchers.base import log_tail
 from ensemble_launcher.monitor.profiles import NoTimeline, Timeline
+from ensemble_launcher.orchestrator.blocks import TEND_SECONDS, BlockPool
 from ensemble_launcher.orchestrator.boot import (
+    BLOCK_ENV,
     BOOT_ENV,
     PARENT_ENV,
     TREE_ENV,
@@ -74,7 +77,8 @@ from ensemble_launcher.orchestrator.feeds import CANCELLED_MESSAGE, Feed, never_
 from ensemble_launcher.orchestrator.gangs import GangScheduler
 from ensemble_launcher.orchestrator.tree import TreeNode
 from ensemble_launcher.orchestrator.wire import FunctionTable, WireTask
-from ensemble_launcher.states import CANCELLED, FAILED, NodeSample, ResultRow
+from ensemble_launcher.providers import BlockRequest
+from ensemble_launcher.states import CANCELLED, FAILED, LOST, NOT_RUN, NodeSample, ResultRow
 
 log = logging.getLogger("ensemble_launcher")
 
@@ -130,6 +134,8 @@ class _Child:
     gpus: list[str] = field(default_factory=list)
     running: dict[str, int] = field(default_factory=dict)
     """Tasks running in its subtree now, per ensemble, as it last reported."""
+    closing: bool = False
+    """Its block nears its end, or its job was stopped: it gets no more tasks."""
 
     @property
     def live(self) -> bool:
@@ -161,7 +167,8 @@ class TreeSettings:
 class Master:
     def __init__(self, node: TreeNode, upstream: Upstream, ctx: zmq.Context,
                  settings: TreeSettings, keys: CurveKeys | None,
-                 timeline: Timeline | NoTimeline | None = None) -> None:
+                 timeline: Timeline | NoTimeline | None = None,
+                 blocks: BlockPool | None = None) -> None:
         self.node = node
         self._upstream = upstream
         self._settings = settings
@@ -187,6 +194,13 @@ class Master:
         self._running: dict[str, int] = {}
         self._running_changed = False
         self._running_sent = 0.0
+        self._blocks = blocks
+        """Set at a provider's root: our workers come and go with the blocks it submits."""
+        self._next_worker = len(node.children)
+        self._returned: deque[tuple[int, WireTask]] = deque()
+        """Tasks that did not fit the time left in the block of the child asking."""
+        self._longest = 0.0
+        self._tended = 0.0
 
     @property
     def inflight(self) -> int:
@@ -206,6 +220,7 @@ class Master:
                 self._upstream.want(sum(c.credit for c in self._children.values() if c.live))
                 mark("assign")
                 self._watch_children()
+                self._tend_blocks()
                 self._halt_when_asked()
                 self._drain_when_done()
                 mark("watch")
@@ -263,12 +278,15 @@ class Master:
         log.info("%s: started %s on %s with %s", self.node.name,
                  ", ".join(c.name for c in group), ",".join(hosts), self._settings.launcher.name)
 
-    def _write_boot(self, child: TreeNode, address: str) -> None:
+    def _write_boot(self, child: TreeNode, address: str, block: int | None = None) -> None:
         """The child's start-up file: the settings, our address, and the keys its role
-        uses (see ``orchestrator.boot``)."""
+        uses (see ``orchestrator.boot``); a block's worker learns its block."""
         keys = self._keys_for(child, address)
-        self._boot.write(child.name, {**self._settings.child_env, PARENT_ENV: address,
-                                      **(keys.to_env() if keys is not None else {})})
+        values = {**self._settings.child_env, PARENT_ENV: address,
+                  **(keys.to_env() if keys is not None else {})}
+        if block is not None:
+            values[BLOCK_ENV] = str(block)
+        self._boot.write(child.name, values)
 
     def _keys_for(self, child: TreeNode, address: str) -> CurveKeys | None:
         """A master gets all four keys (it serves its children and connects to us); a
@@ -312,6 +330,8 @@ class Master:
             if self._gangs.busy:
                 rows = [self._with_gang_hosts(row) for row in rows]
             if rows:
+                if self._blocks is not None:
+                    self._learn_from_rows(child, rows)
                 self._upstream.record_rows(rows)
             if message.running:
                 self._child_running(child, _running_report(message.running))
@@ -329,6 +349,9 @@ class Master:
             child.ready, child.host = True, message.host
             child.cpus, child.gpus = message.cpus, message.gpus
             self._catch_up(child)
+            if self._blocks is not None:
+                self._blocks.connected(child.node.name.encode(), message.host,
+                                       len(message.cpus))
             log.info("%s: %s connected from %s (pid %d, %d cpus, %d gpus)", self.node.name,
                      message.name, message.host, message.pid, len(message.cpus),
                      len(message.gpus))
@@ -382,7 +405,8 @@ class Master:
         children are workers, else passed down to a child whose subtree has a master with
         enough workers of its own (held back until such a child has credit)."""
         for identity, child in self._children.items():
-            if not child.ready or not child.live or child.credit <= 0 or self._drained:
+            if not child.ready or not child.live or child.credit <= 0 or self._drained \
+                    or child.closing:
                 continue
             batch = []
             while child.credit > 0:
@@ -412,12 +436,18 @@ class Master:
         self._advance_gangs()
 
     def _next_for(self, child: _Child) -> tuple[int, WireTask] | None:
-        """A task routed to this child's subtree comes first, then a multi-node task passed
-        over by a child too small for it, then the upstream's next task for anywhere or
-        for this child; one routed elsewhere is parked for its child."""
+        """A task routed to this child's subtree comes first, then (in blocks) one given
+        back that fits its time left, then a multi-node task passed over by a child too
+        small for it, then the upstream's next task for anywhere or for this child; one
+        routed elsewhere is parked for its child."""
         if child.parked:
             self._parked -= 1
             return child.parked.popleft()
+        if self._blocks is not None:
+            return self._next_in_time(child)
+        return self._next_routed(child)
+
+    def _next_routed(self, child: _Child) -> tuple[int, WireTask] | None:
         for i, (key, wire) in enumerate(self._passed_over):
             if child.node.gang_capacity() >= wire.nnodes:
                 del self._passed_over[i]
@@ -433,6 +463,43 @@ class Master:
                 target.parked.append(item)
                 self._parked += 1
         return None
+
+    def _next_in_time(self, child: _Child) -> tuple[int, WireTask] | None:
+        """The next task that can finish before the child's block ends: a task whose
+        estimated_runtime does not fit waits here for a child with more time left."""
+        left = self._time_left(child)
+        for i, (key, wire) in enumerate(self._returned):
+            if _fits(wire, left):
+                del self._returned[i]
+                return key, wire
+        while len(self._returned) < _MAX_PARKED:
+            item = self._next_routed(child)
+            if item is None or _fits(item[1], left):
+                return item
+            if not self._runs_in_any_block(*item):
+                continue
+            self._returned.append(item)
+        return None
+
+    def _time_left(self, child: _Child) -> float | None:
+        """Seconds until the child's block ends, less what we keep free before it."""
+        assert self._blocks is not None
+        held = self._blocks.block_of(child.node.name.encode())
+        end = None if held is None else self._blocks.ends_at(held)
+        return None if end is None else end - time.time() - self._blocks.safety
+
+    def _runs_in_any_block(self, key: int, wire: WireTask) -> bool:
+        """False, after recording it not run, for a task declared longer than a block's
+        whole walltime: no block can ever run it."""
+        assert self._blocks is not None
+        room = self._blocks.elastic.walltime - self._blocks.safety
+        if wire.estimated_runtime <= room:
+            return True
+        self._upstream.record_rows([never_ran_row(
+            key, NOT_RUN, "walltime", f"not started: its estimated_runtime of "
+            f"{wire.estimated_runtime} s exceeds the {room:.0f} s a block's walltime leaves "
+            "(provider walltime less our safety margin)", "")])
+        return False
 
     def _route_target(self, item: tuple[int, WireTask], asking: _Child) -> _Child | None:
         """The live child whose subtree the task's route names (``asking`` for a route
@@ -458,7 +525,8 @@ class Master:
 
     def _advance_gangs(self) -> None:
         """Reserve nodes for the next multi-node task once every worker has connected."""
-        workers = [c for c in self._children.values() if c.live and c.node.role == "worker"]
+        workers = [c for c in self._children.values() if c.live and c.node.role == "worker"
+                   and (c.ready or self._blocks is None) and not c.closing]
         if not self._gangs.busy or any(not c.ready for c in workers):
             return
         refused = self._gangs.advance({c.node.name.encode(): (c.host, c.cpus, c.gpus)
@@ -492,10 +560,11 @@ class Master:
             self._upstream.record_rows(dropped)
 
     def _drop_waiting(self, key: int) -> bool:
-        for i, (waiting, _) in enumerate(self._passed_over):
-            if waiting == key:
-                del self._passed_over[i]
-                return True
+        for held in (self._passed_over, self._returned):
+            for i, (waiting, _) in enumerate(held):
+                if waiting == key:
+                    del held[i]
+                    return True
         for child in self._children.values():
             for i, (waiting, _) in enumerate(child.parked):
                 if waiting == key:
@@ -584,7 +653,10 @@ class Master:
         log.error("%s: lost %s on %s: %s; %d task(s) in flight there", self.node.name,
                   child.node.name, child.host or child.node.host, why, len(keys))
         self._upstream.node_lost(child.node.name, child.host or child.node.host, keys, why)
-        if all(not c.live for c in self._children.values()) and not self._upstream.exhausted:
+        if self._blocks is not None:
+            self._retire_block_of(identity, "its last worker is gone")
+        elif all(not c.live for c in self._children.values()) and \
+                not self._upstream.exhausted:
             raise RunAbortedError(f"{self.node.name}: every child is gone (last: "
                                   f"{child.node.name}: {why})")
 
@@ -593,19 +665,113 @@ class Master:
         while child.parked:
             self._fail_route(*child.parked.popleft(), f"{child.node.name} is gone")
 
+    # -- blocks ------------------------------------------------------------------------------
+
+    def _tend_blocks(self) -> None:
+        """Ask the scheduler how our blocks are, lose the workers of those that ended,
+        drain the ones near their walltime, cancel idle ones, and submit what the
+        policy wants (see ``orchestrator.blocks``)."""
+        pool = self._blocks
+        now = time.monotonic()
+        if pool is None or now - self._tended < TEND_SECONDS:
+            return
+        self._tended = now
+        for held in pool.poll():
+            block = held.block
+            why = f"its block {block.index} (job {block.job_id}) ended: {block.state.value}"
+            for name in held.workers:
+                child = self._children[name]
+                if child.live:
+                    self._lose(child, f"{why} {block.message}".rstrip())
+        if self._drained or self._halted:
+            return
+        wall = time.time()
+        for held in pool.near_walltime(wall, self._longest):
+            for name in held.workers:
+                self._close_child(self._children[name], Drain())
+        for held in pool.idle(wall, self._any_busy, self.inflight):
+            for name in held.workers:
+                self._close_child(self._children[name], Stop("its block was idle"))
+        for _ in range(pool.wanted(self.inflight, now)):
+            self._add_block(pool)
+
+    def _add_block(self, pool: BlockPool) -> None:
+        """Our next workers, their start-up files, and the batch job that starts them."""
+        index = pool.next_index
+        nodes = [TreeNode(f"{self.node.name}.w{self._next_worker + i}", "worker", [""])
+                 for i in range(pool.elastic.nodes_per_block)]
+        self._next_worker += len(nodes)
+        for node in nodes:
+            self.node.children.append(node)
+            self._children[node.name.encode()] = _Child(node, -1)
+            self._write_boot(node, self._endpoint.address, block=index)
+        request = BlockRequest(
+            index, len(nodes), [sys.executable, "-m", "ensemble_launcher.orchestrator.child"],
+            {BOOT_ENV: str(self._boot.path), TREE_ENV: json.dumps([n.to_dict() for n in nodes])},
+            self._settings.run_dir / "blocks", f"el-{self._settings.run_dir.name}-b{index}")
+        if not pool.submit(request, [n.name.encode() for n in nodes]):
+            for node in nodes:
+                self._children[node.name.encode()].done = True
+                self._boot.discard(node.name)
+
+    def _close_child(self, child: _Child, message: Drain | Stop) -> None:
+        """A block's worker that leaves: drained (it finishes what it holds, then says Bye)
+        or stopped (an idle one); it gets no more tasks."""
+        child.closing = True
+        if not child.live:
+            return
+        if child.ready:
+            self._send(child.node.name.encode(), message)
+        if isinstance(message, Stop) or not child.ready:
+            child.done = True
+            self._boot.discard(child.node.name)
+
+    def _any_busy(self, names: list[bytes]) -> bool:
+        return any(self._children[n].inflight for n in names)
+
+    def _learn_from_rows(self, child: _Child, rows: list[ResultRow]) -> None:
+        """The longest task seen (a block drains that long before its walltime), and a
+        worker whose job is being stopped (its tasks die lost of the batch system's
+        signal) gets no more tasks."""
+        longest = self._longest
+        for row in rows:
+            if row.end - row.start > longest:
+                longest = row.end - row.start
+            if row.state == LOST and row.reason == "block_stopped":
+                child.closing = True
+        self._longest = longest
+
+    def _retire_block_of(self, worker: bytes, why: str) -> None:
+        """Cancel a worker's block once none of its workers is left."""
+        assert self._blocks is not None
+        held = self._blocks.block_of(worker)
+        if held is not None and all(not self._children[n].live for n in held.workers):
+            self._blocks.retire(held, why)
+
+    def _retire_unstarted(self, why: str) -> None:
+        """Cancel the blocks none of whose workers connected (queued, or starting)."""
+        if self._blocks is None:
+            return
+        for held in list(self._blocks.unstarted()):
+            self._blocks.retire(held, why)
+            for name in held.workers:
+                self._close_child(self._children[name], Stop(why))
+
     # -- finishing ---------------------------------------------------------------------------
 
     def _halt_when_asked(self) -> None:
         if self._upstream.halted and not self._halted:
             self._halted = True
             self._tell_live_children(Halt())
+            self._retire_unstarted("the run is stopping")
 
     def _drain_when_done(self) -> None:
         if self._drained or not self._upstream.exhausted or self.inflight or self._gangs.busy \
-                or self._passed_over or self._parked:
+                or self._passed_over or self._parked or self._returned:
             return
         self._drained = True
         self._tell_live_children(Drain())
+        self._retire_unstarted("the run has no more work")
 
     def _finished(self) -> bool:
         return (self._drained or self._halted) and all(not c.live
@@ -618,6 +784,8 @@ class Master:
 
     def _close(self) -> None:
         self._end_steps()
+        if self._blocks is not None:
+            self._blocks.close()
         self._endpoint.close()
         self._boot.close()
 
@@ -628,7 +796,7 @@ class Master:
         procs = [proc for proc, _, _ in self._steps]
         if not procs:
             return
-        seconds = max(self._stop_seconds(c) for c in self.node.children)
+        seconds = max((self._stop_seconds(c) for c in self.node.children), default=0.0)
 
         def reap() -> None:
             for proc in procs:
@@ -648,7 +816,8 @@ class Master:
         longest of theirs."""
         if node.role == "worker":
             return self._settings.kill_grace + _STOP_MARGIN
-        return 2 * max(self._stop_seconds(c) for c in node.children) + _STOP_MARGIN
+        return 2 * max((self._stop_seconds(c) for c in node.children), default=0.0) + \
+            _STOP_MARGIN
 
     def _wait(self) -> None:
         if self._poller is None:
@@ -657,6 +826,10 @@ class Master:
                 self._poller.register(sock, zmq.POLLIN)
         pending = self._endpoint.has_pending or self._upstream.has_pending
         self._poller.poll(1 if pending else int(_TURN_SECONDS * 1000))
+
+
+def _fits(wire: WireTask, left: float | None) -> bool:
+    return left is None or not wire.estimated_runtime or wire.estimated_runtime <= left
 
 
 def _running_report(pairs: list[list[Any]]) -> dict[str, int]:

@@ -131,7 +131,7 @@ class NodeWorker:
                  kill_grace: float, check_each_task: bool = False,
                  timeline: Timeline | NoTimeline | None = None,
                  mpi: Callable[[], MpiLaunch] | None = None,
-                 sampler: NodeSampler | None = None) -> None:
+                 sampler: NodeSampler | None = None, in_block: bool = False) -> None:
         self._source = source
         self._sink = sink
         self._node = node
@@ -169,6 +169,9 @@ class NodeWorker:
         self._sampler = sampler
         """Samples this node's CPU and memory: on the first tick, then each interval (asked
         on ticks only), and when the node stops."""
+        self._in_block = in_block
+        """We run in a provider's block: the batch system's stop signal ends our job, not
+        the run, so the tasks it kills run again elsewhere."""
         self.stopped = False
 
     @property
@@ -498,11 +501,21 @@ class NodeWorker:
                 self._dying.append(_Dying(key, task, placement, result,
                                           time.monotonic() + _STOP_SIGNAL_WAIT))
                 return
-            result = interrupted(result)
+            result = self._stopped(result)
         self._sink.record(key, task, result, placement.cpus_text, placement.gpus_text)
 
     def _stopping_now(self) -> bool:
         return stop_signal_seen() or self._source.halted
+
+    def _stopped(self, result: RunResult) -> RunResult:
+        """A task the stop signal killed: not run, since the run stops; or, in a block
+        whose job the batch system stops while the run goes on, lost: it runs again in
+        another block, and our master gives us no more tasks."""
+        if self._in_block and not self._source.halted:
+            return result._replace(
+                state=LOST, reason="block_stopped", value=None, traceback=None,
+                exception=f"its block's batch job was stopped ({result.exception})")
+        return interrupted(result)
 
     def _record_dying(self, *, at_end: bool = False) -> None:
         """Record the tasks killed by a stop signal that waited for ours: not run if it
@@ -512,7 +525,7 @@ class NodeWorker:
         waiting = []
         for dying in self._dying:
             if stopping or at_end or now >= dying.until:
-                result = interrupted(dying.result) if stopping else dying.result
+                result = self._stopped(dying.result) if stopping else dying.result
                 self._sink.record(dying.key, dying.task, result, dying.placement.cpus_text,
                                   dying.placement.gpus_text)
             else:

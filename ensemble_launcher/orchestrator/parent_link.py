@@ -131,11 +131,15 @@ def _priority(item: _Queued) -> int:
 
 class ParentLink:
     def __init__(self, ctx: zmq.Context, address: str, name: str, keys: CurveKeys | None, *,
-                 heartbeat_interval: float, decode_tasks: bool = True) -> None:
+                 heartbeat_interval: float, decode_tasks: bool = True,
+                 started_by_parent: bool = True) -> None:
         self.name = name
         self._address = address
         self._parent_pid = os.getppid()
-        #: True once the process that started us died (not merely went silent).
+        self._started_by_parent = started_by_parent
+        """False in a block: the process that started us is the block's job, not our
+        master, and its end ends our job but says nothing of the master."""
+        #: True once the master that started us died (not merely went silent).
         self.parent_gone = False
         self.endpoint: ChildSide = \
             PipeChildEndpoint(int(address.removeprefix("fd://"))) \
@@ -241,7 +245,7 @@ class ParentLink:
         if now - self._last_heard > 2.5 * self._interval:
             raise ParentLost(f"no message from the parent for {now - self._last_heard:.1f} s")
         if os.getppid() != self._parent_pid:
-            self.parent_gone = True
+            self.parent_gone = self._started_by_parent
             raise ParentLost(f"our parent process {self._parent_pid} is gone")
         if self.stop_reason is not None:
             raise ParentLost(f"stopped by the parent: {self.stop_reason}")

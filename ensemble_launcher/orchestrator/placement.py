@@ -12,7 +12,7 @@ from ensemble_launcher.launchers import choose_launcher
 from ensemble_launcher.orchestrator.master import TreeSettings
 from ensemble_launcher.orchestrator.tree import TreeNode
 from ensemble_launcher.resources import is_this_host
-from ensemble_launcher.resources.discovery import local_address_for
+from ensemble_launcher.resources.discovery import address_for_workers, local_address_for
 
 if TYPE_CHECKING:
     from ensemble_launcher.config import LauncherConfig
@@ -43,6 +43,10 @@ def _bind(hosts: list[str], all_local: bool, config: LauncherConfig) -> str:
             raise ConfigError("comm_name='multiprocessing' connects children on this host "
                               f"only, but children run on {', '.join(hosts[:4])}; use 'zmq'")
         return "pipe"
+    provider = config.provider
+    if provider is not None and provider.name != "local":
+        return tcp_bind(provider.address) if provider.address else \
+            f"tcp://{address_for_workers()}"
     if config.bind_address:
         return tcp_bind(config.bind_address)
     if all_local:

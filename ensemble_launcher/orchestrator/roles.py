@@ -39,7 +39,7 @@ def run_worker(me: TreeNode, link: ParentLink, config: LauncherConfig, system: S
              config.task_executor_name)
     run_node(link, link, node, config, pin=settings.pin,
              capture_stdout=settings.return_stdout, check_each_task=settings.check_each,
-             timeline=timeline, name=me.name)
+             timeline=timeline, name=me.name, in_block=bool(settings.block))
     log.info("%s: drained, %d task results sent", me.name, link.sent_results)
     timeline.write(Path(settings.run_dir) / "profiles")
 
@@ -47,7 +47,7 @@ def run_worker(me: TreeNode, link: ParentLink, config: LauncherConfig, system: S
 def run_node(source: Feed[Task], sink: ResultSink, node: NodeResources,
              config: LauncherConfig, *, pin: bool, capture_stdout: bool,
              check_each_task: bool, timeline: Timeline | NoTimeline,
-             name: str = "main") -> None:
+             name: str = "main", in_block: bool = False) -> None:
     """Run the tasks of ``source`` on this node until it is exhausted: a worker of the
     tree (its parent link is source and sink) and the root at nlevels=0 alike. ``name``
     is the node's in the tree, which its samples of CPU and memory use carry."""
@@ -61,7 +61,7 @@ def run_node(source: Feed[Task], sink: ResultSink, node: NodeResources,
                    check_each_task=check_each_task, timeline=timeline,
                    mpi=mpi_launch_factory(config.mpi_launcher, config.mpi_flavor,
                                           config.mpi_args, config.gpu_selector),
-                   sampler=sampler).run()
+                   sampler=sampler, in_block=in_block).run()
 
 
 def run_submaster(me: TreeNode, link: ParentLink, ctx: zmq.Context, config: LauncherConfig,

@@ -71,3 +71,18 @@ def local_address_for(host: str) -> str:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.connect((target, 9))
         return probe.getsockname()[0]
+
+
+def address_for_workers() -> str:
+    """Where workers on other nodes reach this host when no address is configured: the
+    address of its name, unless that is a loopback one; else the one on the default route
+    (no packet is sent)."""
+    try:
+        named = socket.gethostbyname(socket.gethostname())
+    except OSError:
+        named = ""
+    if named and not named.startswith("127."):
+        return named
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))
+        return probe.getsockname()[0]

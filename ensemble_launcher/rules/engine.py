@@ -108,6 +108,9 @@ class RunControls:
     stop_when_idle: Callable[[], None] | None = None
     """Closes the run's intake once nothing can happen any more (``el run``); None for a
     cluster, which runs until it is stopped."""
+    resize: Callable[[int], str] | None = None
+    """Asks a provider's pool for that many more blocks (fewer, when negative); None in
+    a run without a provider, whose rules cannot grow or shrink (refused before the run)."""
 
 
 @dataclass
@@ -476,6 +479,9 @@ class RulesEngine:
             return "the run stops"
         if name == "custom":
             return self._custom(rule, action, event)
+        if name in ("grow", "shrink") and self._controls.resize is not None:
+            count = _count(action.value) or 1
+            return self._controls.resize(count if name == "grow" else -count)
         raise AssertionError(f"action {name!r} passed the checks at load")
 
     def submit_group(self, name: str, count: int | None = None) -> str:

@@ -6,10 +6,11 @@ SQLite (WAL), written as results arrive.
 
 ``results`` holds one final row per task; ``attempts`` holds the attempts that were
 retried (a task that succeeds at once costs one row); ``firings`` holds every firing of an
-event rule; ``node_samples`` the nodes' CPU and memory use over time (``states.NodeSample``).
-Rows are inserted in batches, one transaction per loop turn of the root, so a killed
-launcher loses no result (or firing, or sample) that reached the root. Readers open their own
-connection; WAL lets them read while the run writes.
+event rule; ``node_samples`` the nodes' CPU and memory use over time (``states.NodeSample``);
+``blocks`` the batch jobs of a provider run, one row per block, its latest record
+(``states.BlockRecord``). Rows are inserted in batches, one transaction per loop turn of the
+root, so a killed launcher loses no result (or firing, sample, block) that reached the root.
+Readers open their own connection; WAL lets them read while the run writes.
 
 Every reader and a resume first check that the file is a journal this version can read
 (:func:`check_journal`), so that a corrupt, empty, foreign or newer file gets one clear
@@ -26,13 +27,16 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
 
 from ensemble_launcher.errors import LauncherClosedError, StoreError
-from ensemble_launcher.states import ResultRow, RunResult
+from ensemble_launcher.states import BlockRecord, ResultRow, RunResult
 from ensemble_launcher.store.result import TaskResult
+
+if TYPE_CHECKING:
+    from ensemble_launcher.store.queries import JournalReader
 
 JOURNAL_NAME = "journal.db"
 #: ``PRAGMA user_version`` of the journals we write. Journals written before we numbered
@@ -62,6 +66,9 @@ CREATE TABLE IF NOT EXISTS firings (seq INTEGER PRIMARY KEY, at REAL NOT NULL,
 CREATE TABLE IF NOT EXISTS node_samples (at REAL, node TEXT, host TEXT, cpu_percent REAL,
     mem_used INTEGER, mem_total INTEGER);
 CREATE INDEX IF NOT EXISTS node_samples_at ON node_samples (at);
+CREATE TABLE IF NOT EXISTS blocks ("index" INTEGER PRIMARY KEY, job_id TEXT NOT NULL,
+    state TEXT NOT NULL, nodes INTEGER NOT NULL, hosts TEXT NOT NULL, submitted REAL NOT NULL,
+    started REAL, ended REAL, message TEXT NOT NULL);
 PRAGMA user_version = {SCHEMA_VERSION};
 """
 _TABLES = {"results": {"seq", *_COLUMNS} - set(_USAGE_COLUMNS),
@@ -74,7 +81,8 @@ _LATER_COLUMNS = {table: {"cpu_user": "REAL", "cpu_system": "REAL", "max_rss": "
 #: like the others when present. Opening such a journal to write (a resume) adds them.
 _LATER_TABLES = {"firings": {"seq", "at", "rule", "trigger", "action", "detail"},
                  "node_samples": {"at", "node", "host", "cpu_percent", "mem_used",
-                                  "mem_total"}}
+                                  "mem_total"},
+                 "blocks": set(BlockRecord._fields)}
 #: The unique index on results.task_id is built when a run ends (or when a run that holds
 #: results is resumed): maintaining it row by row would double the cost of each insert.
 _INDEX = "CREATE UNIQUE INDEX IF NOT EXISTS results_task ON results (task_id)"
@@ -90,6 +98,11 @@ _INSERT_FUNCTION = "INSERT OR IGNORE INTO functions (digest, blob) VALUES (?, ?)
 _INSERT_FIRING = "INSERT INTO firings (at, rule, trigger, action, detail) VALUES (?, ?, ?, ?, ?)"
 _INSERT_SAMPLE = ("INSERT INTO node_samples (at, node, host, cpu_percent, mem_used, mem_total) "
                   "VALUES (?, ?, ?, ?, ?, ?)")
+#: The ``blocks`` columns in ``states.BlockRecord``'s order ("index" is an SQL keyword).
+BLOCK_COLUMNS = ", ".join(f'"{name}"' for name in BlockRecord._fields)
+#: A block's latest record replaces its earlier one (one row per block index).
+_UPSERT_BLOCK = (f"INSERT OR REPLACE INTO blocks ({BLOCK_COLUMNS}) "
+                 f"VALUES ({', '.join('?' * len(BlockRecord._fields))})")
 #: Task ids per ``IN (...)`` query (SQLite's default limit of variables is 999).
 _IDS_PER_QUERY = 500
 
@@ -270,6 +283,8 @@ class RunStore:
         self._functions: list[tuple[bytes, bytes]] = []
         self._firings: list[tuple[float, str, str, str, str]] = []
         self._samples: list[Sequence[Any]] = []
+        self._blocks: dict[int, BlockRecord] = {}
+        """The latest record of each block changed since the last flush."""
         self._indexed = False
 
     def __enter__(self) -> RunStore:
@@ -312,7 +327,7 @@ class RunStore:
         self._archive.append((task_id,))
 
     def maybe_flush(self) -> None:
-        if (self._buffer or self._firings or self._samples) \
+        if (self._buffer or self._firings or self._samples or self._blocks) \
                 and time.monotonic() - self._last_flush >= self._flush_seconds:
             self.flush()
 
@@ -321,7 +336,7 @@ class RunStore:
         self._last_flush = time.monotonic()
         if self.failure is not None or not (self._buffer or self._attempts or self._archive
                                             or self._submitted or self._firings
-                                            or self._samples):
+                                            or self._samples or self._blocks):
             return
         submitted, self._submitted = self._submitted, []
         functions, self._functions = self._functions, []
@@ -333,6 +348,7 @@ class RunStore:
         archive, self._archive = self._archive, []
         firings, self._firings = self._firings, []
         samples, self._samples = self._samples, []
+        blocks, self._blocks = self._blocks, {}
         try:
             conn.execute("BEGIN")
             if functions:
@@ -349,6 +365,8 @@ class RunStore:
                 conn.executemany(_INSERT_FIRING, firings)
             if samples:
                 conn.executemany(_INSERT_SAMPLE, samples)
+            if blocks:
+                conn.executemany(_UPSERT_BLOCK, blocks.values())
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             raise self._failed("results", exc) from exc
@@ -376,6 +394,20 @@ class RunStore:
         its field order, as they come over the wire), written with the next flush."""
         if self.failure is None:
             self._samples.extend(rows)
+
+    def record_block(self, record: BlockRecord) -> None:
+        """The latest record of a provider's block (submitted, started, a host connected,
+        ended): it replaces the block's earlier row with the next flush, so that ``el status``
+        shows it while the run goes on, and records between two flushes cost one row."""
+        if self.failure is None:
+            self._blocks[record.index] = record
+
+    def next_block_index(self) -> int:
+        """The index after every block recorded (0 when none), where the blocks of a resumed
+        run (or a restarted cluster) go on counting, so that they do not replace the rows of
+        the earlier run's blocks that its results were run in."""
+        recorded = self._read('SELECT MAX("index") FROM blocks')[0][0]
+        return 0 if recorded is None else recorded + 1
 
     def add_function(self, digest: bytes, blob: bytes) -> None:
         """A callable submitted tasks name by ``digest`` (once per cluster)."""
@@ -473,7 +505,7 @@ class RunStore:
         except sqlite3.Error:
             pass
         self._buffer, self._attempts, self._archive, self._firings = [], [], [], []
-        self._samples = []
+        self._samples, self._blocks = [], {}
         self.failure = StoreError(f"cannot write {what} to {self.path}: {exc}")
         return self.failure
 
@@ -547,6 +579,27 @@ class Results(Mapping[str, TaskResult]):
 
     def meta(self) -> dict[str, Any]:
         return meta_of(self._conn, self.run_dir / JOURNAL_NAME)
+
+    def blocks(self) -> list[BlockRecord]:
+        """The blocks (batch jobs) of a provider run, each as last recorded, in index
+        order; none for a run without a provider."""
+        return self._journal().blocks()
+
+    def block_of(self, task_id: str) -> BlockRecord | None:
+        """The block (batch job) that ran the task's final attempt, found from its host and
+        start time (see ``store.queries.block_at``; for many tasks, give it
+        :meth:`blocks` once); None for a run without blocks or a task that did not run.
+        KeyError for a task without a final result."""
+        if task_id not in self:
+            raise KeyError(task_id)
+        return self._journal().block_of(task_id)
+
+    def _journal(self) -> JournalReader:
+        """This connection as a ``store.queries.JournalReader`` (imported here: that module
+        imports this one)."""
+        from ensemble_launcher.store.queries import JournalReader
+
+        return JournalReader(self.run_dir / JOURNAL_NAME, self._conn)
 
     def close(self) -> None:
         self._conn.close()

@@ -1,6 +1,6 @@
 """Read-only questions about a run's journal, for ``el status``, ``el report`` and the
-trace: counts, the time span, the rows of the attempts that ran, and the firings of the
-event rules.
+trace: counts, the time span, the rows of the attempts that ran, the firings of the
+event rules, and the blocks (batch jobs) of a provider run and which of them ran a task.
 
 The journal's schema is :mod:`ensemble_launcher.store.journal`'s; the monitor asks here
 instead of running SQL of its own, so that a change of the schema has one place to go.
@@ -13,14 +13,16 @@ from __future__ import annotations
 
 import os
 import sqlite3
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from ensemble_launcher.errors import StoreError
-from ensemble_launcher.states import NodeSample
+from ensemble_launcher.states import BlockRecord, NodeSample
 from ensemble_launcher.store.journal import (
+    BLOCK_COLUMNS,
     JOURNAL_NAME,
     meta_of,
     reading_journal,
@@ -28,9 +30,10 @@ from ensemble_launcher.store.journal import (
 )
 from ensemble_launcher.store.result import TaskResult
 
-__all__ = ["JOURNAL_NAME", "BusyPeriod", "EnsembleCount", "EnsembleSpan", "Firing",
-           "JournalReader", "NodeSample", "Ran", "Span", "UsageSummary", "firings",
-           "node_samples", "read_journal", "recent_firings", "usage_summary"]
+__all__ = ["JOURNAL_NAME", "BlockRecord", "BusyPeriod", "EnsembleCount", "EnsembleSpan",
+           "Firing", "JournalReader", "NodeSample", "Ran", "Span", "UsageSummary", "block_at",
+           "block_of", "blocks", "firings", "node_samples", "read_journal", "recent_firings",
+           "usage_summary"]
 
 _T = TypeVar("_T")
 _RAN_COLUMNS = ("task_id, ensemble, attempt, state, reason, start_time, end_time, host, "
@@ -237,6 +240,38 @@ class JournalReader:
             self._all(f"{query} WHERE at > ? ORDER BY at", (since,))
         return [NodeSample._make(row) for row in rows]
 
+    def blocks(self, limit: int | None = None) -> list[BlockRecord]:
+        """The blocks (batch jobs) of a provider run, each as last recorded, in index
+        order: all, or the ``limit`` last. A run without a provider, or a journal written
+        before we journaled blocks, has none."""
+        if not self._has_table("blocks"):
+            return []
+        query = f'SELECT {BLOCK_COLUMNS} FROM blocks'
+        if limit is None:
+            return [BlockRecord._make(row) for row in self._all(f'{query} ORDER BY "index"')]
+        rows = self._all(f'{query} ORDER BY "index" DESC LIMIT ?', (max(0, limit),))
+        return [BlockRecord._make(row) for row in reversed(rows)]
+
+    def block_states(self) -> dict[str, int]:
+        """How many blocks are in each state (none without a provider)."""
+        if not self._has_table("blocks"):
+            return {}
+        return dict(self._all("SELECT state, COUNT(*) FROM blocks GROUP BY state"))
+
+    def block_of(self, task_id: str) -> BlockRecord | None:
+        """The block that ran the final attempt of ``task_id`` (see :func:`block_at`);
+        None for a run without blocks, or a task without a final result that ran."""
+        if not self._has_table("blocks"):
+            return None
+        row = self._all("SELECT host, start_time FROM results WHERE task_id = ? AND "
+                        "state != 'not_run'", (task_id,))
+        if not row or not row[0][0] or row[0][1] is None:
+            return None
+        host, start = row[0]
+        on_host = self._all(f"SELECT {BLOCK_COLUMNS} FROM blocks WHERE "
+                            "instr(',' || hosts || ',', ',' || ? || ',') > 0", (host,))
+        return block_at(map(BlockRecord._make, on_host), host, start)
+
     def usage(self) -> list[UsageSummary]:
         """What each ensemble's tasks used (see :class:`UsageSummary`), by ensemble name;
         none from a journal that does not record it, or when nothing was measured."""
@@ -304,6 +339,48 @@ def node_samples(source: str | os.PathLike | sqlite3.Connection,
     after ``since``), from its run directory (checked, read-only) or from an open
     connection to its journal."""
     return _ask(source, lambda journal: journal.node_samples(since))
+
+
+def blocks(source: str | os.PathLike | sqlite3.Connection,
+           limit: int | None = None) -> list[BlockRecord]:
+    """The blocks of a provider run, each as last recorded, in index order (all, or the
+    ``limit`` last), from its run directory (checked, read-only) or from an open connection
+    to its journal; none for a run without a provider."""
+    return _ask(source, lambda journal: journal.blocks(limit))
+
+
+def block_of(source: str | os.PathLike | sqlite3.Connection,
+             task_id: str) -> BlockRecord | None:
+    """The block that ran the final attempt of ``task_id``, from a run directory or an open
+    connection to its journal: None for a run without blocks, or for a task that did not
+    run. (``Results.block_of`` asks the same of a run's results.)"""
+    return _ask(source, lambda journal: journal.block_of(task_id))
+
+
+def block_at(records: Iterable[BlockRecord], host: str | None, at: float | None,
+             now: float | None = None) -> BlockRecord | None:
+    """Which of ``records`` ran what started on ``host`` at ``at`` (``time.time()``): we
+    journal the blocks, not a block per result, since blocks are exclusive: a host is in
+    at most one block at a time, so the block is the one on that host whose span
+    [started, ended or ``now``] holds ``at``. The times come from two clocks (the root's
+    for the blocks, the node's for the task) and from a scheduler polled now and then, so
+    when no span holds ``at`` the block on that host whose span is nearest is taken; when
+    two spans hold it (the end of one noticed late), the later block. None when no block
+    of ``records`` had that host (a run without blocks)."""
+    if not host or at is None:
+        return None
+    end_now = time.time() if now is None else now
+    best: tuple[float, float] | None = None
+    chosen = None
+    for record in records:
+        if record.started is None or host not in record.hosts.split(","):
+            continue
+        ended = record.ended if record.ended is not None else max(end_now, record.started)
+        distance = max(record.started - at, at - ended, 0.0)
+        rank = (distance, -record.started)
+        if best is None or rank < best:
+            best, chosen = rank, record
+    return chosen
 
 
 def usage_summary(source: str | os.PathLike | sqlite3.Connection) -> list[UsageSummary]:

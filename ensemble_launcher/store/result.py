@@ -24,6 +24,8 @@ class TaskResult:
     its launcher's, mpiexec or srun, and what that waited for on its node); for a
     callable, those of its runner during the call. None when not measured (the task did
     not run, ``LauncherConfig.resource_usage`` was off, or the journal predates them).
+
+    In a provider run, ``Results.block_of(task_id)`` says which block (batch job) ran it.
     """
 
     task_id: str

@@ -56,3 +56,14 @@ def test_rules_examples_run_with_el_run(tmp_path):
         for r in results:
             seen[r["ensemble"]] = seen.get(r["ensemble"], 0) + 1
         assert seen == groups
+
+
+def test_the_local_provider_example_runs_the_bundled_sweep_in_blocks(tmp_path):
+    out = el("run", "examples/sweep.json", "--launcher-config",
+             "examples/providers/local.json", "--out", tmp_path / "run")
+    assert out.returncode == 0, out.stderr
+    from ensemble_launcher.store import Results
+
+    results = Results(tmp_path / "run")
+    assert results.counts() == {"succeeded": 40}
+    assert results.blocks() and all(b.state == "completed" for b in results.blocks())

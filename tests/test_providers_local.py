@@ -212,3 +212,49 @@ def test_a_grow_rule_without_a_provider_is_refused_before_the_run(tmp_path):
     assert done.returncode == 2, done.stderr
     assert "'shrink'" in done.stderr and "provider" in done.stderr, done.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_cluster_with_a_provider_shrinks_to_nothing_when_idle_and_grows_on_new_work(
+        tmp_path):
+    """Cluster mode as a long-lived elastic service: no block until work comes, idle
+    blocks cancelled down to min_blocks=0, new blocks for the next submissions."""
+    from ensemble_launcher import EnsembleLauncher
+    from ensemble_launcher.config import LauncherConfig, SystemConfig
+    from ensemble_launcher.orchestrator import ClusterClient
+
+    checkpoint = tmp_path / "ck"
+    config = LauncherConfig(cluster=True, checkpoint_dir=str(checkpoint), heartbeat_interval=0.5,
+                            provider={"name": "local", "min_blocks": 0, "max_blocks": 2,
+                                      "init_blocks": 0, "max_idletime": 1})
+
+    def states() -> list[str]:
+        return [b["state"] for b in blocks(checkpoint)]
+
+    with EnsembleLauncher({}, SystemConfig(name="x", ncpus=2), config), \
+            ClusterClient(checkpoint) as client:
+        assert states() == []
+        assert [f.result(timeout=60) for f in [client.submit(pow, 2, i) for i in range(5)]] \
+            == [1, 2, 4, 8, 16]
+        first = len(states())
+        deadline = time.monotonic() + 30
+        while any(s != "cancelled" for s in states()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert states() == ["cancelled"] * first, states()
+        assert sum(client.map(abs, range(-100, 0))) == 5050
+        assert len(states()) > first and "running" in states()
+    assert all(s in ("cancelled", "completed") for s in states()), states()
+
+
+def test_blocks_whose_workers_never_connect_are_cancelled_and_end_the_run(tmp_path):
+    """A block that runs but whose workers hang before connecting (a stuck file system,
+    say) counts as a block that did not start once child_start_timeout has passed."""
+    ensemble, config = write_run(tmp_path, sleepers(2, 0.1),
+                                 {"worker_init": "sleep 300", "submit_retries": 2},
+                                 child_start_timeout=2)
+    started = time.monotonic()
+    code, err = finish(el_run(tmp_path, ensemble, config))
+    assert code == 4, err
+    assert "no worker of it connected" in err and "block-1.out" in err, err
+    assert time.monotonic() - started < 60
+    used = blocks(tmp_path / "run")
+    assert [b["state"] for b in used] == ["cancelled", "cancelled"], used

@@ -23,6 +23,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ensemble_launcher.errors import ProviderError
 from ensemble_launcher.providers import Block, BlockRequest, BlockState, Provider
@@ -58,6 +59,8 @@ class _Held:
 
     block: Block
     workers: list[bytes]
+    output: Path | None = None
+    """Where the block script's output goes (for errors that point there)."""
     hosts: list[str] = field(default_factory=list)
     connected: int = 0
     retiring: bool = False
@@ -147,7 +150,7 @@ class BlockPool:
             log.error("block %d: the submission failed: %s", request.index, exc)
             self._failed(f"block {request.index} could not be submitted: {exc}")
             return False
-        held = _Held(block, workers)
+        held = _Held(block, workers, output=request.output_path)
         self._held[block.index] = held
         for name in workers:
             self._by_worker[name] = held
@@ -208,6 +211,22 @@ class BlockPool:
         if held.block.started is None:
             held.block.started = time.time()
         self._record(held)
+
+    def stalled(self, now: float, timeout: float) -> list[_Held]:
+        """Blocks the scheduler has run for ``timeout`` seconds without a worker of theirs
+        connecting (a hung file system, a worker that cannot reach us): cancelled, and
+        counted as blocks that did not start."""
+        out = [h for h in self._held.values()
+               if not h.connected and not h.retiring and not h.block.state.ended
+               and h.block.state is BlockState.RUNNING and h.block.started is not None
+               and now - h.block.started > timeout]
+        for held in out:
+            self.retire(held, f"no worker connected within {timeout:.0f} s of its start")
+        for held in out:
+            self._failed(f"block {held.block.index} (job {held.block.job_id}) ran for "
+                         f"{timeout:.0f} s (child_start_timeout) and no worker of it connected; "
+                         f"its output is in {held.output}")
+        return out
 
     def block_of(self, worker: bytes) -> _Held | None:
         return self._by_worker.get(worker)

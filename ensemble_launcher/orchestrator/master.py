@@ -12,6 +12,10 @@ dies or never connects is seen within a bounded time. Children pull: each gets a
 the credit it asked for, so tasks wait at the master, not on a busy node. A task with a
 ``route`` goes only to the child whose subtree the route names; while that child has no
 credit it waits here, parked, and the tasks behind it go on to the others.
+
+At a provider's root the children come and go with the blocks (batch jobs) that its
+``BlockPool`` decides on (``_tend_blocks``): each block's workers are added as it is
+submitted, drained before its walltime, stopped when idle, and lost when its job ends.
 """
 
 from __future__ import annotations
@@ -686,6 +690,9 @@ class Master:
         if self._drained or self._halted:
             return
         wall = time.time()
+        for held in pool.stalled(wall, self._settings.start_timeout):
+            for name in held.workers:
+                self._close_child(self._children[name], Stop("its block did not start"))
         for held in pool.near_walltime(wall, self._longest):
             for name in held.workers:
                 self._close_child(self._children[name], Drain())

@@ -46,6 +46,9 @@ class BlockRequest:
     env: dict[str, str]
     work_dir: Path
     name: str
+    directory: Path = field(default_factory=Path.cwd)
+    """Where the workers start, and so where tasks run by default: the directory ``el
+    run`` started in, as for a run inside one job."""
 
     @property
     def script_path(self) -> Path:
@@ -117,7 +120,8 @@ def render_block_script(worker_init: str, request: BlockRequest, launch: list[st
     """bash (not sh: worker_init lines such as ``source env/bin/activate`` need it)."""
     _check_env_names(request.env)
     lines = ["#!/bin/bash", f"# ensemble_launcher block {request.index} ({request.name}): "
-             f"one worker on each of its {request.nodes} node(s)"]
+             f"one worker on each of its {request.nodes} node(s)",
+             f"cd {shlex.quote(str(request.directory))} || exit 1"]
     if worker_init.strip():
         lines += [worker_init.rstrip("\n")]
     lines += [f"export {name}={shlex.quote(value)}" for name, value in request.env.items()]

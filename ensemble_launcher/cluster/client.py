@@ -88,6 +88,9 @@ _LIVENESS_CHECK = 0.05
 #: Futures ``map`` keeps in flight: enough to keep a large cluster busy, few enough that
 #: a million inputs never sit in memory at once.
 MAP_WINDOW = 8192
+#: Items of a map per message at most: the head starts on the first ones of a window
+#: while we pickle the rest.
+_MAP_CHUNK = 1024
 _TASK_FIELDS = tuple(f.name for f in fields(Task))
 _NOT_SPEC = frozenset({"task_id", "executable", "args", "kwargs"})
 
@@ -141,17 +144,33 @@ class _MapResults:
         self._wanted: str | None = None
         self._error: ClusterLost | None = None
 
-    def put(self, row: DoneRow) -> None:
-        with self._ready:
-            self._rows[row.task_id] = row
-            if row.task_id == self._wanted:
-                self._ready.notify()
-
     def fail(self, error: ClusterLost) -> None:
         with self._ready:
             if self._error is None:
                 self._error = ClusterLost(str(error))
             self._ready.notify()
+
+    def put_all(self, rows: list[DoneRow]) -> None:
+        """The rows of one message at once: one lock and one wake-up for all of them."""
+        with self._ready:
+            got = self._rows
+            for row in rows:
+                got[row.task_id] = row
+            if self._wanted in got:
+                self._ready.notify()
+
+    def take_ready(self, in_flight: deque[str], timeout: float | None,
+                   most: int) -> list[DoneRow]:
+        """The results of the first tasks of ``in_flight``, in order: the first one, waited
+        for, and those after it that have come already (at most ``most`` in all); their
+        tasks leave ``in_flight``."""
+        ready = [self.take(in_flight[0], timeout)]
+        in_flight.popleft()
+        with self._ready:
+            rows = self._rows
+            while in_flight and len(ready) < most and in_flight[0] in rows:
+                ready.append(rows.pop(in_flight.popleft()))
+        return ready
 
     def take(self, task_id: str, timeout: float | None) -> DoneRow:
         end = None if timeout is None else time.monotonic() + timeout
@@ -398,14 +417,13 @@ class ClusterClient:
         try:
             while True:
                 if len(in_flight) <= window - refill:
-                    self._submit_items(template, kwargs, itertools.islice(
-                        inputs, window - len(in_flight)), results, in_flight)
+                    self._fill_window(template, kwargs, inputs, window - len(in_flight),
+                                      results, in_flight)
                 if not in_flight:
                     return
                 left = None if end is None else max(0.0, end - time.monotonic())
-                row = results.take(in_flight[0], left)
-                in_flight.popleft()
-                yield self._outcome(row, False)
+                for row in results.take_ready(in_flight, left, refill):
+                    yield self._outcome(row, False)
         finally:
             if in_flight:
                 self._cancel_map(results, in_flight)
@@ -430,25 +448,38 @@ class ClusterClient:
             if pending:
                 self._cancel_and_wait(list(pending))
 
+    def _fill_window(self, template: SubmitRecord, kwargs: dict[str, Any],
+                     inputs: Iterator[tuple], room: int, results: _MapResults,
+                     in_flight: deque[str]) -> None:
+        """Up to ``room`` more items sent, _MAP_CHUNK at a time: the head starts on the
+        first ones while we pickle the rest of a window."""
+        while room > 0:
+            want = min(room, _MAP_CHUNK)
+            sent = self._submit_items(template, kwargs, itertools.islice(inputs, want),
+                                      results, in_flight)
+            if sent < want:
+                return
+            room -= sent
+
     def _submit_items(self, template: SubmitRecord, kwargs: dict[str, Any],
                       items: Iterable[tuple], results: _MapResults,
-                      in_flight: deque[str]) -> None:
+                      in_flight: deque[str]) -> int:
         """The items' tasks, sent in one go: runs of plain items as map chunks (the
         template and their arguments), an item holding a future as a record of its own.
-        Their results go to ``results``."""
+        Their results go to ``results``. How many items there were."""
         batch = [_with_refs_of(item, kwargs) for item in items]
         if not batch:
-            return
+            return 0
         first = self._numbers(len(batch))
         task_ids = [f"{self._session}.{first + place}" for place in range(len(batch))]
         with self._lock:
             if self._lost is not None:
                 raise ClusterLost(str(self._lost))
-            for task_id in task_ids:
-                self._futures[task_id] = results
+            self._futures.update(dict.fromkeys(task_ids, results))
         in_flight.extend(task_ids)
         self._outbox.extend(_map_messages(template, first, task_ids, batch))
         self._wake()
+        return len(batch)
 
     def _numbers(self, count: int) -> int:
         """The first of ``count`` consecutive numbers for this client's task ids."""
@@ -627,8 +658,7 @@ class ClusterClient:
         for frame in frames:
             message = inbox.decode("the cluster", frame)
             if isinstance(message, Done):
-                for row in message.rows:
-                    self._settle(DoneRow._make(row))
+                self._settle_rows(message.rows)
             elif isinstance(message, Welcome):
                 self._welcome.set()
             elif isinstance(message, Refused):
@@ -637,12 +667,24 @@ class ClusterClient:
             elif isinstance(message, Closing):
                 self._lost = ClusterLost(f"the cluster stopped: {message.reason}")
 
-    def _settle(self, row: DoneRow) -> None:
-        future = self._futures.pop(row.task_id, None)
-        if isinstance(future, _MapResults):
-            future.put(row)
-            return
-        if future is None or future.done():
+    def _settle_rows(self, rows: list[list[Any]]) -> None:
+        """The results of one Done message (its rows were checked as it was decoded):
+        each future's, and each map's all at once."""
+        maps: dict[_MapResults, list[DoneRow]] = {}
+        pop = self._futures.pop
+        for raw in rows:
+            row = tuple.__new__(DoneRow, raw)
+            waiter = pop(row.task_id, None)
+            if isinstance(waiter, _MapResults):
+                maps.setdefault(waiter, []).append(row)
+            elif waiter is not None:
+                self._settle(waiter, row)
+        for results, done in maps.items():
+            results.put_all(done)
+
+    @staticmethod
+    def _settle(future: ClusterFuture, row: DoneRow) -> None:
+        if future.done():
             return
         if row.state == CANCELLED:
             _cancelled_here(future)
@@ -770,9 +812,16 @@ class _Item(NamedTuple):
 
 
 def _with_refs_of(item: tuple, kwargs: dict[str, Any]) -> _Item:
+    """An input of a map; most are plain values, which hold no future: only pickled."""
+    if _SCALARS.issuperset(map(type, item)):
+        return _Item(pickle_any((item, kwargs)) if item or kwargs else None, [])
     refs: list[str] = []
     args = _with_refs(item, refs)
     return _Item(pickle_any((args, kwargs)) if args or kwargs else None, refs)
+
+
+#: Types of values that never hold a future.
+_SCALARS = frozenset({int, float, complex, str, bytes, bool, type(None)})
 
 
 def _map_messages(template: SubmitRecord, first: int, task_ids: list[str],

@@ -52,7 +52,7 @@ log = logging.getLogger("ensemble_launcher")
 #: Done rows per message.
 _BATCH = 1024
 #: Task records taken in per loop turn.
-_PER_TURN = 4096
+_PER_TURN = 1024
 #: A client silent this many heartbeats is gone; its tasks go on, their results stay in
 #: the journal.
 _LOST_AFTER = 3

@@ -23,7 +23,6 @@ the exit status is 0 whatever the results.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -197,15 +196,16 @@ def tree_round_trips(count: int) -> list[float]:
 
     from ensemble_launcher.comm import CurveKeys
     from ensemble_launcher.launchers import LocalLauncher
+    from ensemble_launcher.orchestrator.boot import Settings
     from ensemble_launcher.orchestrator.master import Master, TreeSettings
     from ensemble_launcher.orchestrator.tree import plan_tree
 
     upstream = OneAtATime(count)
     out = Path(tempfile.mkdtemp(prefix="el-bench-"))
-    env = {"EL_LAUNCHER_CONFIG": LauncherConfig().model_dump_json(),
-           "EL_SYSTEM_CONFIG": SystemConfig().model_dump_json(), "EL_RUN_DIR": str(out),
-           "EL_PIN": "1", "EL_RETURN_STDOUT": "0", "EL_CHECK_EACH": "0",
-           "EL_SYS_PATH": json.dumps(sys.path)}
+    env = Settings(launcher_config=LauncherConfig().model_dump_json(),
+                   system_config=SystemConfig().model_dump_json(), run_dir=str(out),
+                   pin=True, return_stdout=False, check_each=False,
+                   sys_path=list(sys.path)).to_env()
     settings = TreeSettings(LocalLauncher(), "tcp://127.0.0.1", 1.0, 60.0, out, env)
     ctx = zmq.Context()
     try:

@@ -90,16 +90,19 @@ def run(ensemble: Path, system_config: Path | None, launcher_config: Path | None
     """Run the tasks of an ENSEMBLE file (JSON or YAML)."""
 
     def make():
-        from ensemble_launcher.config import LauncherConfig, SystemConfig, load_config_file
+        from ensemble_launcher import config as models
+        from ensemble_launcher.config.defaults import launcher_defaults
         from ensemble_launcher.launcher import EnsembleLauncher
 
-        system = load_config_file(SystemConfig, system_config) if system_config else None
-        config = load_config_file(LauncherConfig, launcher_config) if launcher_config \
-            else LauncherConfig()
+        # A model is looked up, and pydantic imported, only for a file given.
+        system = models.load_config_file(models.SystemConfig, system_config) \
+            if system_config else None
+        config = models.load_config_file(models.LauncherConfig, launcher_config) \
+            if launcher_config else None
         config = _override(config, retries=retries, walltime=_seconds(walltime))
         return EnsembleLauncher(str(ensemble), system, config, pin_resources=not no_pin,
                                 return_stdout=return_stdout, out_dir=out_dir,
-                                reporter=_reporter(config, progress))
+                                reporter=_reporter(config or launcher_defaults(), progress))
 
     _execute(make, json_path)
 
@@ -458,8 +461,14 @@ def _reporter(config, progress: bool | None):
 
 
 def _override(config, **values):
-    """A copy of ``config`` with the options given on the command line (not None)."""
+    """A copy of ``config`` with the options given on the command line (not None). Without
+    a config, the default one with those options, or None when none was given: the
+    launcher then works from the defaults without pydantic (see config.defaults)."""
     given = {k: v for k, v in values.items() if v is not None}
+    if config is None and given:
+        from ensemble_launcher.config import LauncherConfig
+
+        config = LauncherConfig()
     return config.model_copy(update=given) if given else config
 
 

@@ -18,12 +18,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ensemble_launcher.comm import CurveKeys, terminate
-from ensemble_launcher.comm.addresses import tcp_bind
-from ensemble_launcher.config import LauncherConfig, SystemConfig
-from ensemble_launcher.config.models import auto_nlevels, default_run_dir
+from ensemble_launcher.config.defaults import (
+    auto_nlevels,
+    config_dump,
+    default_run_dir,
+    launcher_defaults,
+    system_defaults,
+)
 from ensemble_launcher.ensemble import load_tasks
-from ensemble_launcher.ensemble.preflight import RunFilter
 from ensemble_launcher.errors import (
     ConfigError,
     EnsembleLauncherError,
@@ -43,10 +45,7 @@ from ensemble_launcher.monitor.profiles import (
     write_trace,
 )
 from ensemble_launcher.monitor.status import StatusFileReporter
-from ensemble_launcher.orchestrator.boot import Settings
 from ensemble_launcher.orchestrator.ledger import Ledger, RetryPolicy, runs_again
-from ensemble_launcher.orchestrator.master import Master
-from ensemble_launcher.orchestrator.placement import tree_settings
 from ensemble_launcher.orchestrator.recording import Recorder
 from ensemble_launcher.orchestrator.roles import run_node
 from ensemble_launcher.orchestrator.root import LocalSink, LocalSource, RootControl, RootUpstream
@@ -55,7 +54,6 @@ from ensemble_launcher.orchestrator.signals import (
     GracefulShutdown,
     left_to_parent,
 )
-from ensemble_launcher.orchestrator.tree import TreeNode, plan_tree
 from ensemble_launcher.orchestrator.wire import FunctionTable
 from ensemble_launcher.resources import (
     NodeResources,
@@ -63,11 +61,7 @@ from ensemble_launcher.resources import (
     is_this_host,
     local_node,
 )
-from ensemble_launcher.resources.discovery import (
-    check_resolvable,
-    discover_nodes,
-    local_address_for,
-)
+from ensemble_launcher.resources.discovery import check_resolvable, discover_nodes
 from ensemble_launcher.resources.walltime import job_time_left
 from ensemble_launcher.store import JOURNAL_NAME, Results, RunStore
 from ensemble_launcher.store.journal import check_journal, ids_run_again
@@ -75,9 +69,12 @@ from ensemble_launcher.store.lock import RunDirLock, check_not_in_use
 
 if TYPE_CHECKING:
     from ensemble_launcher.cluster.desk import ClientDesk
+    from ensemble_launcher.config import LauncherConfig, SystemConfig
     from ensemble_launcher.ensemble import Task
+    from ensemble_launcher.ensemble.preflight import RunFilter
     from ensemble_launcher.ensemble.rules import Rule, Steering
     from ensemble_launcher.orchestrator.blocks import BlockPool
+    from ensemble_launcher.orchestrator.tree import TreeNode
     from ensemble_launcher.rules.engine import RulesEngine
     from ensemble_launcher.states import BlockRecord
 
@@ -118,20 +115,21 @@ class EnsembleLauncher:
         self._inputs = {"ensemble_file": ensemble_file, "system_config": system_config,
                         "launcher_config": launcher_config, "Nodes": Nodes,
                         "pin_resources": pin_resources, "return_stdout": return_stdout}
-        self.system_config = system_config or SystemConfig(name="local")
-        self.launcher_config = launcher_config or LauncherConfig()
-        self.cluster = self.launcher_config.cluster
+        self._system_model, self._launcher_model = system_config, launcher_config
+        self._system = system_config or system_defaults()
+        self._config = launcher_config or launcher_defaults()
+        self.cluster = self._config.cluster
         if self.cluster:
-            out_dir = self.launcher_config.checkpoint_dir
+            out_dir = self._config.checkpoint_dir
             resume = resume or (Path(out_dir) / JOURNAL_NAME).exists()  # type: ignore[arg-type]
         self.pin_resources = pin_resources and \
-            self.launcher_config.task_executor_name != "simulate"
-        self.return_stdout = return_stdout or self.launcher_config.return_stdout
+            self._config.task_executor_name != "simulate"
+        self.return_stdout = return_stdout or self._config.return_stdout
         self.tasks = load_tasks(ensemble_file, will_run=_resumed(out_dir, retry_failed)
                                 if resume else None)
         self.nodes = self._nodes(Nodes)
         self.nlevels = self._nlevels()
-        executor_for(self.launcher_config.task_executor_name)
+        executor_for(self._config.task_executor_name)
         self._check_block_rules()
         check_requirements(self.tasks.requirements(), self.nodes)
         if self.nlevels >= 1:
@@ -144,16 +142,35 @@ class EnsembleLauncher:
                     f"group of workers under one master has {widest} nodes (nlevels="
                     f"{self.nlevels}); raise nchildren or lower nlevels"
                     + (", or raise the provider's nodes_per_block"
-                       if self.launcher_config.provider else ""))
+                       if self._config.provider else ""))
         label = Path(ensemble_file).stem if isinstance(ensemble_file, (str, os.PathLike)) \
             else "run"
         self.run_dir = Path(out_dir) if out_dir is not None else default_run_dir(label)
         self.resume, self.retry_failed = resume, retry_failed
         self._check_run_dir()
-        self._reporter = reporter or LogReporter(self.launcher_config.report_interval)
+        self._reporter = reporter or LogReporter(self._config.report_interval)
         self.counts: Counts | None = None
         self._ran = False
         self._head: subprocess.Popen | None = None
+
+    @property
+    def system_config(self) -> SystemConfig:
+        """The system config given, else the default one, built when first asked for: a
+        run without configs works from plain defaults (see config.defaults)."""
+        if self._system_model is None:
+            from ensemble_launcher.config import SystemConfig
+
+            self._system_model = SystemConfig(name="local")
+        return self._system_model
+
+    @property
+    def launcher_config(self) -> LauncherConfig:
+        """The launcher config given, else the default one, built when first asked for."""
+        if self._launcher_model is None:
+            from ensemble_launcher.config import LauncherConfig
+
+            self._launcher_model = LauncherConfig()
+        return self._launcher_model
 
     def _check_run_dir(self, *, locked: bool = False) -> None:
         """A new run needs a directory without a journal, a resume one with a journal that
@@ -173,7 +190,7 @@ class EnsembleLauncher:
             check_journal(self.run_dir)
 
     def _nodes(self, names: list[str] | None) -> list[NodeResources]:
-        here = local_node(self.system_config, pin=self.pin_resources)
+        here = local_node(self._system, pin=self.pin_resources)
         if names is not None and not names:
             raise ConfigError("Nodes is an empty list; give at least one node name, or None "
                               "to discover the job's nodes")
@@ -188,7 +205,7 @@ class EnsembleLauncher:
         from ensemble_launcher.ensemble.rules import BLOCK_ACTIONS
 
         steering = self.tasks.steering
-        if steering is None or self.launcher_config.provider is not None:
+        if steering is None or self._config.provider is not None:
             return
         for rule in steering.rules:
             if rule.action.name in BLOCK_ACTIONS:
@@ -201,20 +218,22 @@ class EnsembleLauncher:
     def _plan_tree(self) -> TreeNode:
         """The tree as it starts. A provider's root starts with no workers: they come with
         the blocks it submits (see orchestrator.blocks)."""
-        if self.launcher_config.provider is not None:
+        from ensemble_launcher.orchestrator.tree import TreeNode, plan_tree
+
+        if self._config.provider is not None:
             return TreeNode("main", "master", [self.nodes[0].host])
         return plan_tree([n.host for n in self.nodes], self.nlevels,
-                         self.launcher_config.nchildren)
+                         self._config.nchildren)
 
     def _widest(self) -> int:
         """The most nodes one multi-node task can span."""
-        provider = self.launcher_config.provider
+        provider = self._config.provider
         if provider is not None:
             return provider.nodes_per_block
         return self.tree.gang_capacity() if self.nlevels >= 1 else 1
 
     def _nlevels(self) -> int:
-        config = self.launcher_config
+        config = self._config
         if config.provider is not None:
             return 1
         nlevels = auto_nlevels(len(self.nodes)) if config.nlevels is None else config.nlevels
@@ -310,7 +329,7 @@ class EnsembleLauncher:
 
     def _run(self, *, cluster: bool) -> Results:
         self._refuse_second_run()
-        config = self.launcher_config
+        config = self._config
         counts = Counts(self.tasks.ensembles)
         self.counts = counts
         shutdown = GracefulShutdown(config.shutdown_grace)
@@ -350,7 +369,7 @@ class EnsembleLauncher:
         journal that cannot be written) ends it as RunAbortedError, recorded in the
         journal's meta: tasks may have run, and resume continues. Before that, a journal
         that cannot be written is a StoreError."""
-        config = self.launcher_config
+        config = self._config
         stop: BaseException | None = None
         why = ""
         started = False
@@ -446,8 +465,8 @@ class EnsembleLauncher:
         meta: dict[str, Any] = {
             "ensembles": self.tasks.ensembles, "nodes": [n.host for n in self.nodes],
             "nlevels": self.nlevels, "started": time.time(),
-            "system_config": self.system_config.model_dump(),
-            "launcher_config": self.launcher_config.model_dump(),
+            "system_config": config_dump(self._system),
+            "launcher_config": config_dump(self._config),
             "pin_resources": self.pin_resources, "return_stdout": self.return_stdout}
         if self.tasks.steering is not None:
             meta["rules"] = len(self.tasks.steering.rules)
@@ -465,7 +484,7 @@ class EnsembleLauncher:
         store.set_meta(**meta)
 
     def _deadline(self) -> float | None:
-        left = self.launcher_config.walltime
+        left = self._config.walltime
         if left is None:
             left = job_time_left()
         return None if left is None else time.time() + left
@@ -474,7 +493,7 @@ class EnsembleLauncher:
                   timeline: Timeline | NoTimeline) -> None:
         node = self.nodes[0]
         run_node(LocalSource(control), LocalSink(control, recorder, node.host), node,
-                 self.launcher_config, pin=self.pin_resources,
+                 self._config, pin=self.pin_resources,
                  capture_stdout=self.return_stdout, check_each_task=self.tasks.total is None,
                  timeline=timeline)
 
@@ -484,6 +503,7 @@ class EnsembleLauncher:
         from ensemble_launcher.cluster.checkpoint import ClusterFile
         from ensemble_launcher.cluster.desk import ClientDesk
         from ensemble_launcher.cluster.intake import TaskIntake
+        from ensemble_launcher.comm import CurveKeys
 
         cluster_file = ClusterFile(self.run_dir)
         address = self._client_address(cluster_file)
@@ -493,7 +513,7 @@ class EnsembleLauncher:
                             earlier, self._ensemble_ids())
         names = [n.name for n in self.tree.walk()] if self.nlevels >= 1 else ["main"]
         desk = ClientDesk(ledger, intake, address, keys, cluster_file, names,
-                          self.launcher_config.heartbeat_interval)
+                          self._config.heartbeat_interval)
         recorder.listeners.append(desk.on_final)
         again = intake.resubmit_unfinished()
         if again:
@@ -512,7 +532,10 @@ class EnsembleLauncher:
         """ipc in the checkpoint directory when every node is this host (TCP on loopback if
         that path is too long for a socket); else TCP on the configured address, or on
         the one that routes to the nodes."""
-        config = self.launcher_config
+        from ensemble_launcher.comm.addresses import tcp_bind
+        from ensemble_launcher.resources.discovery import local_address_for
+
+        config = self._config
         if config.cluster_address:
             return tcp_bind(config.cluster_address)
         remote = [n.host for n in self.nodes if not is_this_host(n.host)]
@@ -526,6 +549,11 @@ class EnsembleLauncher:
                   timeline: Timeline | NoTimeline, functions: FunctionTable,
                   blocks: BlockPool | None) -> None:
         import zmq
+
+        from ensemble_launcher.comm import CurveKeys, terminate
+        from ensemble_launcher.orchestrator.boot import Settings
+        from ensemble_launcher.orchestrator.master import Master
+        from ensemble_launcher.orchestrator.placement import tree_settings
 
         config = self.launcher_config
         tree = self.tree
@@ -551,7 +579,7 @@ class EnsembleLauncher:
         from ensemble_launcher.orchestrator.blocks import BlockPool, Elasticity
         from ensemble_launcher.providers import make_provider
 
-        config = self.launcher_config
+        config = self._config
         provider = config.provider
         assert provider is not None
         elastic = Elasticity(
@@ -570,7 +598,7 @@ class EnsembleLauncher:
                          first_index=recorder.store.next_block_index())
 
     def _master_log(self) -> _LogFile:
-        path = self.run_dir / "logs" / "master-main.log" if self.launcher_config.master_logs \
+        path = self.run_dir / "logs" / "master-main.log" if self._config.master_logs \
             else None
         return _LogFile(path)
 

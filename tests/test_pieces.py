@@ -7,9 +7,13 @@ from __future__ import annotations
 
 import multiprocessing
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ensemble_launcher.comm import Hello, Hold, PipeParentEndpoint, Release, Request, RunHeld, Tasks
 from ensemble_launcher.ensemble import Task
@@ -172,6 +176,30 @@ def test_one_core_tasks_queue_round_robin_up_to_the_depth():
     assert slots.room() == 1 and slots.place(command("t5")).lane == 1
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["one", "wide", "pinned", "release", "depth"]),
+                          st.integers(0, 7)), max_size=60))
+def test_the_room_a_node_asks_for_is_what_its_lanes_would_queue(steps):
+    """room() is kept up to date as tasks come and go (a node asks on every turn); it must
+    say what counting the lanes says, whatever the mix of queued and exclusive tasks."""
+    slots = NodeSlots([0, 1, 2, 3], [], depth=2)
+    placed = []
+    for kind, n in steps:
+        if kind == "release" and placed:
+            slots.release(placed.pop(n % len(placed)))
+        elif kind == "depth":
+            slots.depth = 1 + n % 4
+        elif kind != "release":
+            task = {"one": command("t"), "wide": command("w", ppn=1 + n % 3),
+                    "pinned": command("p", cpu_affinity=[n % 4])}[kind]
+            placement = slots.place(task)
+            if placement is not None:
+                placed.append(placement)
+        counted = sum(slots.depth - q for lane, q in enumerate(slots.queued)
+                      if not slots._held[lane] and q < slots.depth)
+        assert slots.room() == counted
+
+
 def test_an_exclusive_task_waits_for_idle_lanes_and_holds_them():
     slots = NodeSlots([0, 1, 2], [], depth=4)
     queued = slots.place(command("short"))
@@ -317,3 +345,42 @@ def test_a_childs_settings_read_back_as_they_were_written():
     env = settings.to_env()
     assert set(env) <= OUR_VARIABLES and all(type(v) is str for v in env.values())
     assert Settings.from_env({**env, "EL_USERS_OWN": "x"}) == settings
+
+
+# -- a run given no config -----------------------------------------------------------------
+
+
+def test_the_defaults_a_run_without_configs_uses_are_the_models_defaults():
+    from ensemble_launcher.config import LauncherConfig, SystemConfig
+    from ensemble_launcher.config.defaults import (
+        LAUNCHER_DEFAULTS,
+        config_dump,
+        launcher_defaults,
+        system_defaults,
+    )
+
+    assert LauncherConfig().model_dump() == LAUNCHER_DEFAULTS
+    assert config_dump(launcher_defaults()) == LauncherConfig().model_dump()
+    assert config_dump(system_defaults()) == SystemConfig(name="local").model_dump()
+
+
+def test_a_run_without_configs_starts_without_pydantic_and_records_the_default_configs(
+        tmp_path):
+    script = f"""
+import sys
+from ensemble_launcher import EnsembleLauncher
+el = EnsembleLauncher({{"ensembles": {{"one": {{"cmd_template": "true"}}}}}},
+                      out_dir={str(tmp_path / "run")!r})
+assert el.run().counts() == {{"succeeded": 1}}
+assert "pydantic" not in sys.modules, "pydantic was imported"
+from ensemble_launcher.config import LauncherConfig, SystemConfig
+assert el.launcher_config == LauncherConfig()
+assert el.system_config == SystemConfig(name="local")
+from ensemble_launcher.store import Results
+meta = Results(el.run_dir).meta()
+assert meta["launcher_config"] == LauncherConfig().model_dump(), meta["launcher_config"]
+assert meta["system_config"] == SystemConfig(name="local").model_dump()
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr

@@ -372,19 +372,22 @@ def test_tasks_see_no_tree_variable_and_no_key(tmp_path, nlevels, comm, monkeypa
 
 
 class _TestParent:
-    """The parent of one real worker process, main.w0, played by the test (ipc, no keys)."""
+    """The parent of real worker processes (main.w0, or ``names``), played by the test
+    (ipc, no keys)."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, names: tuple[str, ...] = ("main.w0",)) -> None:
         import zmq
 
         from ensemble_launcher.comm import ParentEndpoint
         from ensemble_launcher.orchestrator.boot import BootDir
 
         self.run_dir = run_dir
+        self.names = names
         self.ctx = zmq.Context()
         self.endpoint = ParentEndpoint(self.ctx, "ipc", None)
         self.boot = BootDir(run_dir / ".boot-main")
         self.got: list = []
+        self.got_from: dict[str, list] = {name: [] for name in names}
         self.worker: subprocess.Popen | None = None
 
     def __enter__(self) -> _TestParent:
@@ -399,31 +402,37 @@ class _TestParent:
         self.boot.close()
         terminate(self.ctx)
 
-    def write_boot(self, config: LauncherConfig) -> None:
+    def write_boot(self, config: LauncherConfig, ncpus: int = 1) -> None:
         from ensemble_launcher.config import SystemConfig
         from ensemble_launcher.orchestrator.boot import Settings
 
-        self.boot.write("main.w0", {**Settings(
-            launcher_config=config.model_dump_json(),
-            system_config=SystemConfig(ncpus=1).model_dump_json(), run_dir=str(self.run_dir),
-            pin=False, return_stdout=True, check_each=False, sys_path=sys.path).to_env(),
-            "EL_PARENT": self.endpoint.address})
+        for name in self.names:
+            self.boot.write(name, {**Settings(
+                launcher_config=config.model_dump_json(),
+                system_config=SystemConfig(ncpus=ncpus).model_dump_json(),
+                run_dir=str(self.run_dir), pin=False, return_stdout=True, check_each=False,
+                sys_path=sys.path).to_env(), "EL_PARENT": self.endpoint.address})
 
-    def start_worker(self) -> subprocess.Popen:
+    def start_worker(self, hosted: bool = False) -> subprocess.Popen:
+        """One process for our worker, or with ``hosted``, one for all of them."""
         import json
 
+        tree = json.dumps([TreeNode(name, "worker", [HERE]).to_dict() for name in self.names])
         self.worker = subprocess.Popen(
             [sys.executable, "-m", "ensemble_launcher.orchestrator.child"],
-            env={**os.environ, "EL_BOOT": str(self.boot.path),
-                 "EL_TREE": json.dumps([TreeNode("main.w0", "worker", [HERE]).to_dict()])})
+            env={**os.environ, "EL_BOOT": str(self.boot.path), "EL_TREE": tree,
+                 **({"EL_HOSTED": "1"} if hosted else {})})
         return self.worker
 
-    def receive_until(self, kind: type) -> list:
+    def receive_until(self, kind: type, name: str = "main.w0") -> list:
         deadline = time.monotonic() + 30
-        while not any(isinstance(m, kind) for m in self.got) and time.monotonic() < deadline:
+        while not any(isinstance(m, kind) for m in self.got_from[name]) and \
+                time.monotonic() < deadline:
             self.endpoint.router.poll(50)
-            self.got.extend(m for _, m in self.endpoint.receive({b"main.w0"}))
-        return [m for m in self.got if isinstance(m, kind)]
+            for identity, message in self.endpoint.receive({n.encode() for n in self.names}):
+                self.got.append(message)
+                self.got_from[identity.decode()].append(message)
+        return [m for m in self.got_from[name] if isinstance(m, kind)]
 
 
 def test_a_worker_drops_garbage_from_its_parent_and_goes_on(tmp_path):
@@ -565,3 +574,96 @@ def test_a_start_up_file_that_never_shows_is_a_boot_error_naming_it(tmp_path):
     with pytest.raises(BootError, match=r"main\.w3: cannot read its start-up file .*main\.w3"
                                          r"\.json \(tried for 0\.3 s\)"):
         read_boot(str(tmp_path), "main.w3", wait=0.3)
+
+
+def _conversation(parent: _TestParent, name: str, tasks: list[Task]) -> list[tuple]:
+    """Hand ``tasks`` to worker ``name`` one at a time, as a master does: the first once it
+    asked for work, each next one once the last one's result is back; then drain it. What
+    it said, heartbeats and running reports left out (their timing is the clock's), each
+    message as its kind and the fields that must agree."""
+    from ensemble_launcher.comm import Bye, Drain, Hello, Request, ResultBatch, Tasks
+    from ensemble_launcher.orchestrator.wire import FunctionTable, task_to_wire
+
+    def results() -> int:
+        return sum(len(m.rows) for m in parent.got_from[name] if isinstance(m, ResultBatch))
+
+    assert parent.receive_until(Hello, name) and parent.receive_until(Request, name)
+    for key, task in enumerate(tasks):
+        parent.endpoint.send(name.encode(), Tasks([task_to_wire(key, task, FunctionTable())]))
+        deadline = time.monotonic() + 30
+        while results() <= key and time.monotonic() < deadline:
+            parent.endpoint.router.poll(50)
+            for identity, message in parent.endpoint.receive({n.encode() for n in parent.names}):
+                parent.got_from[identity.decode()].append(message)
+    parent.endpoint.send(name.encode(), Drain())
+    assert parent.receive_until(Bye, name)
+    said = []
+    for message in parent.got_from[name]:
+        if isinstance(message, Hello):
+            said.append(("Hello", message.name, len(message.cpus), tuple(message.gpus)))
+        elif isinstance(message, Request):
+            said.append(("Request", message.credit))
+        elif isinstance(message, ResultBatch) and message.rows:
+            said.append(("ResultBatch", tuple((row[0], row[1]) for row in message.rows)))
+        elif isinstance(message, Bye):
+            said.append(("Bye",))
+    return said
+
+
+def test_a_simulated_node_speaks_the_protocol_of_a_real_worker(tmp_path):
+    """A logical node hosted with others in one process (simulated_nodes_per_process)
+    runs the real worker's code: given the same tasks, it says to its master what a real
+    worker process running real commands says, message for message."""
+    tasks = [Task(task_id=f"t{i}", executable="sleep 0.2", estimated_runtime=0.2)
+             for i in range(4)]
+    quiet = {"node_sample_interval": 0, "heartbeat_interval": 30.0}
+    with _TestParent(tmp_path / "real") as parent:
+        parent.write_boot(LauncherConfig(**quiet), ncpus=2)
+        real = parent.start_worker()
+        said_by_real = _conversation(parent, "main.w0", tasks)
+        assert real.wait(timeout=30) == 0
+    with _TestParent(tmp_path / "simulated", ("main.w0", "main.w1")) as parent:
+        parent.write_boot(LauncherConfig(task_executor_name="simulate",
+                                         simulated_nodes_per_process=2, **quiet), ncpus=2)
+        hosted = parent.start_worker(hosted=True)
+        said_by_simulated = _conversation(parent, "main.w0", tasks)
+        said_by_its_neighbour = _conversation(parent, "main.w1", tasks[:1])
+        assert hosted.wait(timeout=30) == 0
+    assert said_by_simulated == said_by_real
+    assert said_by_real[0] == ("Hello", "main.w0", 2, ())
+    assert [kind for kind, *_ in said_by_real].count("ResultBatch") == 4
+    assert said_by_its_neighbour == [("Hello", "main.w1", 2, ()), ("Request", 2),
+                                     ("ResultBatch", ((0, "succeeded"),)), ("Request", 1),
+                                     ("Bye",)]
+
+
+def test_simulated_nodes_share_processes_and_run_a_tree_through_real_masters(tmp_path):
+    """Twelve logical nodes at nlevels=2, four to a process: the masters start two
+    processes each for their six workers, every node connects, every task runs once."""
+    from ensemble_launcher.config import SystemConfig
+
+    tasks = (Task(task_id=f"s{i}", executable="true", estimated_runtime=0.02)
+             for i in range(3000))
+    results = EnsembleLauncher(tasks, SystemConfig(name="simulated", cpus=list(range(8))),
+                               LauncherConfig(nlevels=2, nchildren=2, master_logs=True,
+                                              task_executor_name="simulate",
+                                              simulated_nodes_per_process=4),
+                               Nodes=["localhost"] * 12, out_dir=tmp_path / "run").run()
+    assert results.counts() == {"succeeded": 3000}
+    logs = tmp_path / "run" / "logs"
+    for master in ("main.m0", "main.m1"):
+        text = (logs / f"master-{master}.log").read_text()
+        assert len(re.findall(rf"{master}: started ({master}\.w\d, )*{master}\.w\d on", text)) \
+            == 2
+        assert len(re.findall(rf"{master}\.w\d connected from", text)) == 6
+
+
+def test_only_the_simulate_executor_hosts_several_nodes_in_a_process():
+    from ensemble_launcher.config.files import build_model
+
+    with pytest.raises(ConfigError) as caught:
+        build_model(LauncherConfig, {"simulated_nodes_per_process": 8}, "launcher.json")
+    assert "key 'simulated_nodes_per_process'" in str(caught.value)
+    assert "only the 'simulate' task executor" in str(caught.value)
+    assert LauncherConfig(task_executor_name="simulate",
+                          simulated_nodes_per_process=8).simulated_nodes_per_process == 8

@@ -12,7 +12,6 @@ process keeps only a client.
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import pickle
 import signal
@@ -152,20 +151,6 @@ def _signal(pid: int, sig: int) -> None:
         os.kill(pid, sig)
 
 
-#: Allocations between two young collections in the head (Python's default is 700).
-_YOUNG_COLLECTION = 10_000
-
-
-def _spare_the_collector() -> None:
-    """What the head holds before it serves (modules, configs: most of its objects) is
-    never garbage: frozen, the cyclic collector no longer walks it. A task's objects
-    (its Task, ledger entry, result) live until it ends and are freed by their counts,
-    not as cycles, so young collections are made rarer too: in a map of 50,000 tasks the
-    collector's share fell from about 4 us to 1.5 us per task."""
-    gc.freeze()
-    gc.set_threshold(_YOUNG_COLLECTION, 10, 10)
-
-
 def main(argv: list[str]) -> int:
     import logging
 
@@ -177,7 +162,6 @@ def main(argv: list[str]) -> int:
     launch = pickle.loads((directory / LAUNCH_FILE).read_bytes())
     adopt_sys_path(launch["sys_path"])
     launcher = EnsembleLauncher(**pickle.loads(launch["inputs"]))
-    _spare_the_collector()
     try:
         launcher.serve()
     except KeyboardInterrupt:

@@ -337,8 +337,9 @@ def decode(data: bytes) -> Message:
     if len(values) != len(cls.checks):
         raise ProtocolError(f"{cls.__name__} with {len(values)} field(s) instead of "
                             f"{len(cls.checks)}")
-    for value, check, field in zip(values, cls.checks, fields(cls), strict=True):  # type: ignore[arg-type]
+    for i, (value, check) in enumerate(zip(values, cls.checks, strict=True)):
         if not check(value):
+            field = fields(cls)[i]  # type: ignore[arg-type]
             raise ProtocolError(f"{cls.__name__}.{field.name} is not {field.type}: "
                                 f"{_culprit(cls, value)}")
     return cls(*values)

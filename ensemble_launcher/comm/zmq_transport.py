@@ -224,11 +224,15 @@ class ChildEndpoint:
         self.socket.close(linger=int(linger * 1000))
 
 
+#: As a plain int: ``int & zmq.POLLIN`` builds an enum member, on every turn of a loop.
+_POLLIN = int(zmq.POLLIN)
+
+
 def pending_frames(sock: zmq.Socket) -> Iterator[list[bytes]]:
     """The messages waiting on ``sock``, without blocking. It asks the socket first rather
     than reading until ``zmq.Again``: an exception per empty read costs more than the
     read, on every turn of a loop."""
-    while cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+    while cast(int, sock.getsockopt(zmq.EVENTS)) & _POLLIN:
         try:
             yield sock.recv_multipart(zmq.NOBLOCK)
         except zmq.Again:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import itertools
-import os
 import re
 import types
 import typing
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import (
@@ -20,23 +17,8 @@ from pydantic import (
     model_validator,
 )
 
+from ensemble_launcher.config.defaults import usable_cpu_count, usable_cpu_ids
 from ensemble_launcher.values import MAX_IDS, BadValue, cpu_ids, gpu_ids, is_env_name
-
-
-def _usable_cpu_count() -> int:
-    """CPUs this process may run on (respects cgroup/cpuset limits, unlike cpu_count)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - non-Linux
-        return os.cpu_count() or 1
-
-
-def _usable_cpu_ids(n: int) -> list[int]:
-    try:
-        ids = sorted(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - non-Linux
-        ids = list(range(os.cpu_count() or 1))
-    return ids[:n] if n <= len(ids) else list(range(n))
 
 
 class FieldConflict(ValueError):
@@ -81,7 +63,7 @@ class SystemConfig(_Strict):
     """
 
     name: str = "local"
-    ncpus: int = Field(default_factory=_usable_cpu_count, ge=1, le=MAX_IDS)
+    ncpus: int = Field(default_factory=usable_cpu_count, ge=1, le=MAX_IDS)
     ngpus: int = Field(default=0, ge=0, le=MAX_IDS)
     cpus: list[int] = Field(default_factory=list)
     gpus: list[str | int] = Field(default_factory=list)
@@ -108,7 +90,7 @@ class SystemConfig(_Strict):
                                     f"disagrees with the {len(self.cpus)} ids in cpus")
             object.__setattr__(self, "ncpus", len(self.cpus))
         else:
-            object.__setattr__(self, "cpus", _usable_cpu_ids(self.ncpus))
+            object.__setattr__(self, "cpus", usable_cpu_ids(self.ncpus))
         if self.gpus:
             if "ngpus" in fields_set and self.ngpus != len(self.gpus):
                 raise FieldConflict("ngpus", self.ngpus,
@@ -350,6 +332,10 @@ class LauncherConfig(_Strict):
     child_step: Literal["per_child", "shared"] = Field(
         default="per_child", description="one srun/mpiexec per child (a lost node ends only "
         "its own child), or one for all workers of a master (fewer launcher processes)")
+    simulated_nodes_per_process: int = Field(
+        default=1, ge=1, description="with task_executor_name 'simulate': how many logical "
+        "nodes one worker process hosts, each with its own connection to its master, so "
+        "that one machine runs a tree of thousands of nodes")
     retries: int = Field(default=0, ge=0, description="attempts after the first, for a "
                          "task whose failure reason is in retry_on")
     retry_on: list[RetryReason] = Field(default_factory=_default_retry_on)
@@ -398,6 +384,14 @@ class LauncherConfig(_Strict):
         if self.cluster and not self.checkpoint_dir:
             raise ValueError("cluster=True needs checkpoint_dir: the directory where clients "
                              "find the cluster")
+        return self
+
+    @model_validator(mode="after")
+    def _only_simulated_nodes_share_a_process(self) -> LauncherConfig:
+        if self.simulated_nodes_per_process > 1 and self.task_executor_name != "simulate":
+            raise FieldConflict("simulated_nodes_per_process", self.simulated_nodes_per_process,
+                                "only the 'simulate' task executor hosts several nodes in one "
+                                "process; real nodes each run their own worker")
         return self
 
     @model_validator(mode="after")
@@ -488,26 +482,3 @@ def recorded_context() -> dict[str, list[str]]:
     that hold only on the host that recorded it are relaxed, and what they change is noted
     under RECORDED_NOTES."""
     return {RECORDED_NOTES: []}
-
-
-def auto_nlevels(nnodes: int) -> int:
-    """The seed's rule for the tree depth when the user does not set ``nlevels``."""
-    if nnodes <= 1:
-        return 0
-    if nnodes <= 64:
-        return 1
-    if nnodes <= 2048:
-        return 2
-    return 3
-
-
-_run_dirs_made = itertools.count(1)
-
-
-def default_run_dir(label: str = "run") -> Path:
-    """``el-runs/<label>-<date>-<time>.<ms>-<pid>-<n>``: unique for every call, also for
-    several launchers made in one second by one process (n counts them)."""
-    from datetime import datetime
-
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S.%f")[:-3]
-    return Path("el-runs") / f"{label}-{stamp}-{os.getpid()}-{next(_run_dirs_made)}"

@@ -1,4 +1,6 @@
 """The warm pool: one pinned runner process per lane (core) of a node, fed in batches.
+A lane's runner is forked when the lane gets its first task, so that the node's first
+task does not wait for a runner per core; it then stays, warm, for the lane's next ones.
 
     orchestrator --submit(lane, task)--> per-lane buffer --flush()--> runner pipe
     orchestrator <--wait(): results / dead lanes-- runner pipes + process sentinels
@@ -19,9 +21,7 @@ import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any
-
-import zmq
+from typing import TYPE_CHECKING, Any
 
 from ensemble_launcher.ensemble import Task
 from ensemble_launcher.errors import ExecutorError, LauncherClosedError
@@ -45,6 +45,9 @@ from ensemble_launcher.executors.runner import (
     runner_main,
 )
 from ensemble_launcher.states import RunResult
+
+if TYPE_CHECKING:
+    import zmq
 
 #: Callables kept serialized, by object: past this many, or this many bytes (a new lambda
 #: per task), we start afresh; runners keep what they were sent, by digest.
@@ -115,8 +118,13 @@ class WarmPool:
     def start(self) -> None:
         if self._closed:
             raise LauncherClosedError("the pool was closed")
-        for index in range(len(self._lanes)):
+
+    def _started(self, index: int) -> _Lane:
+        """Lane ``index``, its runner forked if this is its first task."""
+        lane = self._lanes[index]
+        if lane.process is None:
             self._spawn(index)
+        return lane
 
     def _spawn(self, index: int) -> None:
         lane = self._lanes[index]
@@ -139,14 +147,14 @@ class WarmPool:
 
     def submit_call(self, lane_index: int, key: int, task: Task, env: dict | None,
                     capture: bool) -> None:
-        lane = self._lanes[lane_index]
+        lane = self._started(lane_index)
         digest = self._define(task.executable, lane)
         lane.pending.append((CALL, key, digest, task.args, task.kwargs, env, task.run_dir,
                              task.timeout, capture))
 
     def submit_run(self, lane_index: int, key: int, command: Any, env: dict | None,
                    task: Task, cpus: tuple[int, ...] | None, capture: bool) -> None:
-        self._lanes[lane_index].pending.append(
+        self._started(lane_index).pending.append(
             (RUN, key, command, env, task.run_dir, task.timeout, cpus, capture,
              task.stdout_file, task.stderr_file))
 
@@ -183,6 +191,8 @@ class WarmPool:
         caller reads those itself)."""
         self._sweep_stops()
         if self._poller is None or extra != self._polled_extra:
+            import zmq
+
             self._poller = zmq.Poller()
             for fd in self._waitables:
                 self._poller.register(fd, zmq.POLLIN)
@@ -264,7 +274,7 @@ class WarmPool:
     def kill(self, index: int) -> None:
         """Kill a runner (e.g. a callable past its timeout); wait() then reports it dead."""
         proc = self._lanes[index].process
-        if proc.is_alive():
+        if proc is not None and proc.is_alive():
             proc.kill()
 
     # -- closing -----------------------------------------------------------------------------

@@ -22,7 +22,6 @@ for a callable, the runner's CPU time for the call and the runner's peak RSS dur
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import inspect
 import io
@@ -311,6 +310,8 @@ def _call(item: tuple, functions: dict[bytes, Any], meter: _Meter | _NoMeter) ->
         with contextlib.redirect_stdout(buffer) if buffer else contextlib.nullcontext():
             value = fn(*args, **kwargs)
             if inspect.iscoroutine(value):
+                import asyncio
+
                 value = asyncio.run(value)
         if timeout:
             signal.setitimer(signal.ITIMER_REAL, 0)

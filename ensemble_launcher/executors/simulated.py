@@ -48,10 +48,10 @@ class SimulatedPool:
 
     def wait(self, timeout: float | None,
              extra: tuple[zmq.Socket | int, ...] = ()) -> PoolEvents:
-        if self._due:
-            next_due = self._due[0][0] - time.monotonic()
+        due = self.next_due()
+        if due is not None:
+            next_due = due - time.monotonic()
             timeout = max(0.0, next_due if timeout is None else min(timeout, next_due))
-        events = PoolEvents()
         if extra:
             if extra != self._polled:
                 self._poller = zmq.Poller()
@@ -62,9 +62,20 @@ class SimulatedPool:
             self._poller.poll(poll_ms(timeout))
         elif timeout:
             time.sleep(min(timeout, MAX_WAIT_SECONDS))
+        return self.ended()
+
+    def next_due(self) -> float | None:
+        """When the next task ends (monotonic), if one runs."""
+        return self._due[0][0] if self._due else None
+
+    def ended(self) -> PoolEvents:
+        """The tasks whose time is up, without waiting: what a host of many simulated
+        nodes, which does its own waiting, collects for each."""
+        events = PoolEvents()
         now, wall = time.monotonic(), time.time()
-        while self._due and self._due[0][0] <= now:
-            _, key, started = heapq.heappop(self._due)
+        due = self._due
+        while due and due[0][0] <= now:
+            _, key, started = heapq.heappop(due)
             events.results.append(RunResult(key, SUCCEEDED, None, None, None, None, None, None,
                                             None, "", started, wall))
         return events

@@ -21,12 +21,14 @@ import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import TYPE_CHECKING, Literal, NamedTuple
 
 from ensemble_launcher.monitor.counts import Counts, clock
 from ensemble_launcher.monitor.progress import Reporter, Throttle
 from ensemble_launcher.states import BlockRecord
-from ensemble_launcher.store.queries import EnsembleCount, Firing, Span, read_journal
+
+if TYPE_CHECKING:
+    from ensemble_launcher.store.queries import EnsembleCount, Firing, Span
 
 STATUS_NAME = "status.json"
 SHOWN_BLOCKS = 20
@@ -281,6 +283,8 @@ def _read_journal(run_dir: Path, firings: int, blocks: int) -> _JournalView:
     results, its ``firings`` most recent rule firings and how many there are, its
     ``blocks`` latest blocks and the count of all by state, read on the one connection
     that checked the journal, creating nothing."""
+    from ensemble_launcher.store.queries import read_journal
+
     with read_journal(run_dir, read_all=True) as journal:
         return _JournalView(journal.meta(), journal.counts(), journal.span(),
                             journal.firings(firings), journal.firing_count(),

@@ -36,6 +36,8 @@ from ensemble_launcher.comm.zmq_transport import KEY_ENV
 from ensemble_launcher.launchers.local import INDEX_ENV
 
 TREE_ENV, BOOT_ENV, PARENT_ENV = "EL_TREE", "EL_BOOT", "EL_PARENT"
+#: Set for a process that runs every (simulated) worker of its ``EL_TREE`` at once.
+HOSTED_ENV = "EL_HOSTED"
 
 #: Environment variables that describe the launching process's own MPI/PMI rank; a nested
 #: launch must not inherit them, or the new processes take themselves for our rank.
@@ -94,7 +96,8 @@ SETTINGS = tuple(_variable(f.name) for f in fields(Settings))
 BLOCK_ENV = _variable("block")
 
 #: Every variable we set for a child of the tree; no task inherits any of them.
-OUR_VARIABLES = frozenset({TREE_ENV, BOOT_ENV, PARENT_ENV, INDEX_ENV, *SETTINGS, *KEY_ENV})
+OUR_VARIABLES = frozenset({TREE_ENV, BOOT_ENV, PARENT_ENV, HOSTED_ENV, INDEX_ENV, *SETTINGS,
+                           *KEY_ENV})
 
 
 def child_environment(extra: Mapping[str, str]) -> dict[str, str]:

@@ -29,6 +29,7 @@ from ensemble_launcher.comm import CurveKeys, Failed, terminate
 from ensemble_launcher.logfiles import open_log_file
 from ensemble_launcher.orchestrator.boot import (
     BOOT_ENV,
+    HOSTED_ENV,
     PARENT_ENV,
     TREE_ENV,
     BootError,
@@ -77,15 +78,24 @@ def _as_attributes(text: str) -> Any:
 def main() -> int:
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
-        me, env = _start_up()
+        env = take_environment()
+        entries = [TreeNode.from_dict(d) for d in json.loads(env[TREE_ENV])]
+        if env.get(HOSTED_ENV):
+            return _host([(e, {**env, **read_boot(env[BOOT_ENV], e.name)}) for e in entries])
+        me = pick_entry(entries, socket.gethostname(), env)
+        env.update(read_boot(env[BOOT_ENV], me.name))
     except BootError as exc:
         print(f"ensemble_launcher: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    return _run(me, env)
+
+
+def _run(me: TreeNode, env: dict[str, str]) -> int:
     settings = Settings.from_env(env)
     adopt_sys_path(settings.sys_path)
     launcher_config: LauncherConfig = _as_attributes(settings.launcher_config)
     system_config: SystemConfig = _as_attributes(settings.system_config)
-    _setup_logging(me, launcher_config, Path(settings.run_dir))
+    _setup_logging(me.name, me.role, launcher_config, Path(settings.run_dir))
     keys = CurveKeys.from_env(env)
     ctx = zmq.Context()
     link = ParentLink(ctx, env[PARENT_ENV], me.name, keys,
@@ -120,29 +130,48 @@ def main() -> int:
         terminate(ctx)
 
 
-def _start_up() -> tuple[TreeNode, dict[str, str]]:
-    """Our entry of the tree and everything our parent left for us, the ``EL_*`` variables
-    gone from our environment."""
-    env = take_environment()
-    me = pick_entry([TreeNode.from_dict(d) for d in json.loads(env[TREE_ENV])],
-                    socket.gethostname(), env)
-    env.update(read_boot(env[BOOT_ENV], me.name))
-    return me, env
+def _host(members: list[tuple[TreeNode, dict[str, str]]]) -> int:
+    """Run every simulated worker of our ``EL_TREE`` in this process, each with its own
+    link to its master (``simulated_nodes_per_process``); they share the settings."""
+    from ensemble_launcher.orchestrator.roles import run_hosted_workers
+
+    first, env = members[0]
+    settings = Settings.from_env(env)
+    adopt_sys_path(settings.sys_path)
+    launcher_config: LauncherConfig = _as_attributes(settings.launcher_config)
+    system_config: SystemConfig = _as_attributes(settings.system_config)
+    _setup_logging(f"{first.name}+{len(members) - 1}", "worker", launcher_config,
+                   Path(settings.run_dir))
+    ctx = zmq.Context()
+    links = [(me, ParentLink(ctx, env[PARENT_ENV], me.name, CurveKeys.from_env(env),
+                             heartbeat_interval=launcher_config.heartbeat_interval))
+             for me, env in members]
+    try:
+        with left_to_parent():
+            failed = run_hosted_workers(links, launcher_config, system_config, settings)
+        return EXIT_FAILED if failed else 0
+    except KeyboardInterrupt as exc:
+        log.error("%s: %s; stopped", first.name, exc or "interrupted")
+        return EXIT_INTERRUPTED
+    finally:
+        for _, link in links:
+            link.close()
+        terminate(ctx)
 
 
-def _setup_logging(me: TreeNode, config: LauncherConfig, run_dir: Path) -> None:
+def _setup_logging(name: str, role: str, config: LauncherConfig, run_dir: Path) -> None:
     """Our log file when asked for, else stderr (the launcher step's log); stderr too when
     the file cannot be opened, so that a full disk does not stop us before we connect."""
-    wanted = config.worker_logs if me.role == "worker" else config.master_logs
-    kind = "worker" if me.role == "worker" else "master"
+    wanted = config.worker_logs if role == "worker" else config.master_logs
+    kind = "worker" if role == "worker" else "master"
     handler: logging.Handler | None = None
     if wanted:
-        handler = open_log_file(run_dir / "logs" / f"{kind}-{me.name}.log")
+        handler = open_log_file(run_dir / "logs" / f"{kind}-{name}.log")
     if handler is None:
         handler = logging.StreamHandler(sys.stderr)
     log.setLevel(logging.INFO if wanted else logging.WARNING)
     handler.setFormatter(logging.Formatter(
-        f"%(asctime)s %(levelname)s {me.name}@{socket.gethostname()}: %(message)s"))
+        f"%(asctime)s %(levelname)s {name}@{socket.gethostname()}: %(message)s"))
     log.addHandler(handler)
 
 

@@ -66,17 +66,19 @@ from ensemble_launcher.executors.command import (
 from ensemble_launcher.executors.mpi import MpiLaunch
 from ensemble_launcher.executors.runner import CANCEL_SIGNAL
 from ensemble_launcher.launchers import ChildLauncher
-from ensemble_launcher.launchers.base import log_tail
+from ensemble_launcher.launchers.base import log_tail, start_process
 from ensemble_launcher.monitor.profiles import NoTimeline, Timeline
 from ensemble_launcher.orchestrator.blocks import TEND_SECONDS, BlockPool
 from ensemble_launcher.orchestrator.boot import (
     BLOCK_ENV,
     BOOT_ENV,
+    HOSTED_ENV,
     PARENT_ENV,
     TREE_ENV,
     BootDir,
     child_environment,
 )
+from ensemble_launcher.orchestrator.collector import spared_collector
 from ensemble_launcher.orchestrator.feeds import CANCELLED_MESSAGE, Feed, never_ran_row
 from ensemble_launcher.orchestrator.gangs import GangScheduler
 from ensemble_launcher.orchestrator.tree import TreeNode
@@ -166,6 +168,9 @@ class TreeSettings:
     kill_grace: float = 5.0
     """The tasks' grace between SIGTERM and SIGKILL: a child being stopped needs it to stop
     its commands."""
+    hosted_workers: int = 1
+    """Simulated workers per process (``simulated_nodes_per_process``): above 1, our
+    workers start on this host in groups of that many, one process each."""
 
 
 class Master:
@@ -211,6 +216,10 @@ class Master:
         return sum(len(c.inflight) for c in self._children.values())
 
     def run(self) -> None:
+        with spared_collector():
+            self._run()
+
+    def _run(self) -> None:
         try:
             self._start_children()
             mark = self._timeline.mark
@@ -247,30 +256,39 @@ class Master:
         ``shared_step``, one step for all workers of this master."""
         workers = [c for c in self.node.children if c.role == "worker"]
         masters = [c for c in self.node.children if c.role == "master"]
-        if self._settings.shared_step and workers:
+        per_process = self._settings.hosted_workers
+        if per_process > 1 and workers:
+            for first in range(0, len(workers), per_process):
+                self._start_step(workers[first:first + per_process], hosted=True)
+            groups = [[m] for m in masters]
+        elif self._settings.shared_step and workers:
             groups = [workers] + [[m] for m in masters]
         else:
             groups = [[c] for c in self.node.children]
         for group in groups:
             self._start_step(group)
 
-    def _start_step(self, group: list[TreeNode]) -> None:
+    def _start_step(self, group: list[TreeNode], hosted: bool = False) -> None:
+        """Start ``group`` with our launcher; ``hosted``: as one local process that runs
+        every (simulated) worker of the group, each with its own connection to us."""
         import json
 
         index = len(self._steps)
         path = self._settings.run_dir / "logs" / f"launch-{self.node.name}-{index}.log"
         path.parent.mkdir(parents=True, exist_ok=True)
         env = child_environment({BOOT_ENV: str(self._boot.path),
-                                 TREE_ENV: json.dumps([c.to_dict() for c in group])})
+                                 TREE_ENV: json.dumps([c.to_dict() for c in group]),
+                                 **({HOSTED_ENV: "1"} if hosted else {})})
         argv = [sys.executable, "-m", "ensemble_launcher.orchestrator.child"]
         hosts = [c.host for c in group]
         with open(path, "ab") as log_file:
-            if self._pipes is not None:
+            if self._pipes is not None and not hosted:
                 procs = [self._start_over_pipe(argv, child, env, log_file) for child in group]
             else:
                 for child in group:
                     self._write_boot(child, self._endpoint.address)
-                procs = self._settings.launcher.start(argv, hosts, env, log_file)
+                procs = [start_process(argv, env, log_file)] if hosted else \
+                    self._settings.launcher.start(argv, hosts, env, log_file)
         names = [c.name.encode() for c in group]
         if len(procs) == len(names) > 1:
             self._steps.extend((proc, [name], path) for proc, name in zip(procs, names,

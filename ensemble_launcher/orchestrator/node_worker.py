@@ -34,6 +34,7 @@ from ensemble_launcher.executors import PoolEvents, WarmPool
 from ensemble_launcher.executors.mpi import MpiLaunch, split_per_rank
 from ensemble_launcher.executors.pool import DeadLane
 from ensemble_launcher.monitor.profiles import NoTimeline, Timeline
+from ensemble_launcher.orchestrator.collector import spared_collector
 from ensemble_launcher.orchestrator.feeds import CANCELLED_MESSAGE, Feed
 from ensemble_launcher.orchestrator.signals import (
     died_of_stop_signal,
@@ -60,7 +61,7 @@ _STARVATION_SECONDS = 1.0
 #: Tasks at least this long (on average) get no prefetch: a refill's round trip is then
 #: under 2% of a task.
 _LONG_TASK_SECONDS = 0.05
-_TICK_SECONDS = 0.1
+TICK_SECONDS = 0.1
 #: Seconds a task killed by SIGTERM or SIGINT before this node saw a stop signal waits for
 #: one: a batch system signals every process of the job at once, and the task may die and
 #: be reported before our own signal is handled. Not run if it comes, failed if not.
@@ -131,7 +132,8 @@ class NodeWorker:
                  kill_grace: float, check_each_task: bool = False,
                  timeline: Timeline | NoTimeline | None = None,
                  mpi: Callable[[], MpiLaunch] | None = None,
-                 sampler: NodeSampler | None = None, in_block: bool = False) -> None:
+                 sampler: NodeSampler | None = None, in_block: bool = False,
+                 tick_seconds: float = TICK_SECONDS) -> None:
         self._source = source
         self._sink = sink
         self._node = node
@@ -172,6 +174,9 @@ class NodeWorker:
         self._in_block = in_block
         """We run in a provider's block: the batch system's stop signal ends our job, not
         the run, so the tasks it kills run again elsewhere."""
+        self._tick_seconds = tick_seconds
+        """How often we report what runs (and sample, and flush): a tenth of a second; less
+        often for a simulated node that shares its process with thousands."""
         self.stopped = False
 
     @property
@@ -226,28 +231,43 @@ class NodeWorker:
                 self._sink.report_started(started)
 
     def run(self) -> None:
+        with spared_collector():
+            while self.dispatch():
+                self.settle(self._pool.wait(self.wait_timeout(), self._source.sockets()))
+            self.finish()
+
+    def dispatch(self) -> bool:
+        """The first half of a loop turn: take messages and tasks, hand tasks out. False
+        once nothing is left to do (the source is exhausted and nothing runs)."""
+        if self.stopped:
+            return False
         mark = self._timeline.mark
-        while not self.stopped:
-            self._source.pump()
-            mark("receive")
-            self._cancel(self._source.take_cancels())
-            self._follow_orders()
-            self._fill()
-            self._report_running()
-            mark("dispatch")
-            if not (self._inflight or self._backlog or self._held or self._dying) and \
-                    self._source.exhausted:
-                break
-            events = self._pool.wait(self._wait_timeout(), self._source.sockets())
-            mark("wait")
-            self._collect(events)
-            self._record_dying()
-            self._stop_cancelled()
-            self._expire_callables()
-            mark("collect")
-            self._sink.after_turn()
-            self._tick()
-            mark("report")
+        self._source.pump()
+        mark("receive")
+        self._cancel(self._source.take_cancels())
+        self._follow_orders()
+        self._fill()
+        self._report_running()
+        mark("dispatch")
+        return bool(self._inflight or self._backlog or self._held or self._dying) or \
+            not self._source.exhausted
+
+    def settle(self, events: PoolEvents) -> None:
+        """The second half of a loop turn, after the wait: the results and dead lanes the
+        pool reported, stops, timeouts, then what the sink sends."""
+        mark = self._timeline.mark
+        mark("wait")
+        self._collect(events)
+        self._record_dying()
+        self._stop_cancelled()
+        self._expire_callables()
+        mark("collect")
+        self._sink.after_turn()
+        self._tick()
+        mark("report")
+
+    def finish(self) -> None:
+        """Once, when the loop ends: the last results and samples go out."""
         self._record_dying(at_end=True)
         if self._sampler is not None:
             self._sink.record_samples([self._sampler.sample(time.monotonic())])
@@ -421,10 +441,11 @@ class NodeWorker:
         return result._replace(state=CANCELLED, reason="cancelled", value=None,
                                exception=CANCELLED_MESSAGE)
 
-    def _wait_timeout(self) -> float:
+    def wait_timeout(self) -> float:
+        """How long the pool may wait before the next turn is due."""
         if self._source.has_pending:
             return 0.001
-        timeout = _TICK_SECONDS
+        timeout = self._tick_seconds
         now = time.monotonic()
         for entry in self._inflight.values():
             if entry.deadline is not None:
@@ -550,7 +571,7 @@ class NodeWorker:
 
     def _tick(self) -> None:
         now = time.monotonic()
-        if now - self._last_tick >= _TICK_SECONDS:
+        if now - self._last_tick >= self._tick_seconds:
             self._last_tick = now
             self._running_due = True
             if self._sampler is not None and self._sampler.due(now):

@@ -31,7 +31,8 @@ def tree_settings(me: TreeNode, config: LauncherConfig, run_dir: Path,
         shared_step=config.child_step == "shared",
         mpi=mpi_launch_factory(config.mpi_launcher, config.mpi_flavor, config.mpi_args,
                                config.gpu_selector),
-        kill_grace=config.kill_grace)
+        kill_grace=config.kill_grace,
+        hosted_workers=config.simulated_nodes_per_process)
 
 
 def _bind(hosts: list[str], all_local: bool, config: LauncherConfig) -> str:

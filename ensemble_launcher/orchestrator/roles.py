@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -12,11 +12,13 @@ from ensemble_launcher.comm import CurveKeys
 from ensemble_launcher.ensemble import Task
 from ensemble_launcher.executors import make_pool
 from ensemble_launcher.executors.mpi import mpi_launch_factory
+from ensemble_launcher.executors.simulated import SimulatedPool
 from ensemble_launcher.monitor.profiles import NoTimeline, Timeline, timeline_for
 from ensemble_launcher.orchestrator.boot import Settings
 from ensemble_launcher.orchestrator.feeds import Feed
+from ensemble_launcher.orchestrator.hosted import HOSTED_TICK_SECONDS, HostedNode, HostedWorkers
 from ensemble_launcher.orchestrator.master import Master
-from ensemble_launcher.orchestrator.node_worker import NodeWorker, ResultSink
+from ensemble_launcher.orchestrator.node_worker import TICK_SECONDS, NodeWorker, ResultSink
 from ensemble_launcher.orchestrator.parent_link import ParentLink
 from ensemble_launcher.orchestrator.placement import tree_settings
 from ensemble_launcher.orchestrator.tree import TreeNode
@@ -51,17 +53,51 @@ def run_node(source: Feed[Task], sink: ResultSink, node: NodeResources,
     """Run the tasks of ``source`` on this node until it is exhausted: a worker of the
     tree (its parent link is source and sink) and the root at nlevels=0 alike. ``name``
     is the node's in the tree, which its samples of CPU and memory use carry."""
-    interval = config.node_sample_interval
-    sampler = NodeSampler(name, node.host, interval) if interval > 0 else None
     with make_pool(config.task_executor_name, node.cpus, pin=pin,
                    tail_bytes=config.stderr_tail_bytes, kill_grace=config.kill_grace,
                    usage=config.resource_usage) as pool:
-        NodeWorker(source, sink, node, pool, gpu_selector=config.gpu_selector,
-                   capture_stdout=capture_stdout, pin=pin, kill_grace=config.kill_grace,
-                   check_each_task=check_each_task, timeline=timeline,
-                   mpi=mpi_launch_factory(config.mpi_launcher, config.mpi_flavor,
-                                          config.mpi_args, config.gpu_selector),
-                   sampler=sampler, in_block=in_block).run()
+        node_worker(source, sink, node, pool, config, pin=pin, capture_stdout=capture_stdout,
+                    check_each_task=check_each_task, timeline=timeline, name=name,
+                    in_block=in_block).run()
+
+
+def node_worker(source: Feed[Task], sink: ResultSink, node: NodeResources, pool: Any,
+                config: LauncherConfig, *, pin: bool, capture_stdout: bool,
+                check_each_task: bool, timeline: Timeline | NoTimeline, name: str,
+                in_block: bool = False,
+                tick_seconds: float = TICK_SECONDS) -> NodeWorker:
+    interval = config.node_sample_interval
+    sampler = NodeSampler(name, node.host, interval) if interval > 0 else None
+    return NodeWorker(source, sink, node, pool, gpu_selector=config.gpu_selector,
+                      capture_stdout=capture_stdout, pin=pin, kill_grace=config.kill_grace,
+                      check_each_task=check_each_task, timeline=timeline,
+                      mpi=mpi_launch_factory(config.mpi_launcher, config.mpi_flavor,
+                                             config.mpi_args, config.gpu_selector),
+                      sampler=sampler, in_block=in_block, tick_seconds=tick_seconds)
+
+
+def run_hosted_workers(members: list[tuple[TreeNode, ParentLink]], config: LauncherConfig,
+                       system: SystemConfig, settings: Settings) -> int:
+    """Run the simulated workers ``members`` in this process, each with its own link to
+    its master (see orchestrator.hosted); the number of those that failed."""
+    node = local_node(system, pin=settings.pin)
+    nodes = []
+    for me, link in members:
+        link.hello(list(node.cpus), list(node.gpus))
+        pool = SimulatedPool(node.cpus)
+        worker = node_worker(link, link, node, pool, config, pin=settings.pin,
+                             capture_stdout=settings.return_stdout,
+                             check_each_task=settings.check_each, timeline=NoTimeline(),
+                             name=me.name, tick_seconds=HOSTED_TICK_SECONDS)
+        nodes.append(HostedNode(me.name, link, pool, worker))
+    log.info("%s..%s: %d simulated workers on %s (%d slots each)", members[0][0].name,
+             members[-1][0].name, len(nodes), node.host, len(node.cpus))
+    hosted = HostedWorkers(nodes)
+    try:
+        hosted.run()
+    finally:
+        hosted.close()
+    return hosted.failures
 
 
 def run_submaster(me: TreeNode, link: ParentLink, ctx: zmq.Context, config: LauncherConfig,

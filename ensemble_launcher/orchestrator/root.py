@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Protocol
-
-import zmq
+from typing import TYPE_CHECKING, Protocol
 
 from ensemble_launcher.ensemble import Task
 from ensemble_launcher.orchestrator.feeds import LocalFeed
@@ -26,6 +24,9 @@ from ensemble_launcher.orchestrator.recording import Recorder
 from ensemble_launcher.orchestrator.signals import GracefulShutdown
 from ensemble_launcher.orchestrator.wire import FunctionTable, WireTask, task_to_wire
 from ensemble_launcher.states import NodeSample, ResultRow, RunResult
+
+if TYPE_CHECKING:
+    import zmq
 
 log = logging.getLogger("ensemble_launcher")
 

@@ -42,7 +42,14 @@ def local_node(system: SystemConfig, *, pin: bool) -> NodeResources:
 
 
 def is_this_host(name: str) -> bool:
-    here = {socket.gethostname(), socket.getfqdn(), "localhost", "127.0.0.1"}
+    """Whether ``name`` is this host: its name, its fully qualified name, or loopback, in
+    full or short. The fully qualified name, a lookup (milliseconds, more with a slow
+    resolver), is asked only when the others do not match."""
+    return _names_this_host(name, (socket.gethostname(), "localhost", "127.0.0.1")) or \
+        _names_this_host(name, (socket.getfqdn(),))
+
+
+def _names_this_host(name: str, here: tuple[str, ...]) -> bool:
     return name in here or name.split(".")[0] in {h.split(".")[0] for h in here}
 
 

@@ -8,25 +8,25 @@ takes about 0.1 ms.
 from __future__ import annotations
 
 import time
+from typing import Any
 
 from ensemble_launcher.states import NodeSample
 
 
 class NodeSampler:
     """The samples of one node, every ``interval`` seconds. CPU use is psutil's whole-node
-    ``cpu_percent()`` since the previous sample (the first one: since this sampler was
-    made), never blocking; memory used is what is not available (total - available, as
-    psutil's percent counts it), so that the page cache does not count as used."""
+    ``cpu_percent()`` since the previous sample, never blocking; the first sample, due at
+    once, covers only the instant since psutil was imported for it, so that the import
+    does not delay the node's first task. Memory used is what is not available (total -
+    available, as psutil's percent counts it), so that the page cache does not count as
+    used."""
 
     def __init__(self, node: str, host: str, interval: float) -> None:
-        import psutil
-
-        self._psutil = psutil
+        self._psutil: Any = None
         self._node = node
         self._host = host
         self._interval = interval
         self._next = 0.0
-        psutil.cpu_percent()
 
     def due(self, now: float) -> bool:
         """Whether the interval passed at ``now`` (monotonic); true until the first sample."""
@@ -35,6 +35,11 @@ class NodeSampler:
     def sample(self, now: float) -> NodeSample:
         """A sample now; the next one is due ``interval`` seconds after ``now``."""
         self._next = now + self._interval
+        if self._psutil is None:
+            import psutil
+
+            self._psutil = psutil
+            psutil.cpu_percent()
         memory = self._psutil.virtual_memory()
         return NodeSample(time.time(), self._node, self._host,
                           float(self._psutil.cpu_percent()), memory.total - memory.available,

@@ -107,6 +107,9 @@ class NodeSlots:
         self._in_open = [True] * n
         self._single = [Placement.make(lane, (cpu,), (), (lane,))
                         for lane, cpu in enumerate(self.cpus)]
+        self._room = self._depth * n
+        """What :meth:`room` says, kept up to date as tasks come and go: a node asks for it
+        on every turn of its loop."""
 
     @property
     def depth(self) -> int:
@@ -119,11 +122,16 @@ class NodeSlots:
             self._depth = value
             for lane in range(len(self.cpus)):
                 self._maybe_open(lane)
+            self._room = sum(map(self._share, range(len(self.cpus))))
 
     def room(self) -> int:
         """How many more one-core tasks the lanes would queue now."""
-        depth, held = self._depth, self._held
-        return sum(depth - q for lane, q in enumerate(self.queued) if not held[lane] and q < depth)
+        return self._room
+
+    def _share(self, lane: int) -> int:
+        """How many more one-core tasks ``lane`` would queue now."""
+        queued = self.queued[lane]
+        return self._depth - queued if not self._held[lane] and queued < self._depth else 0
 
     def capacity(self) -> int:
         """How many one-core tasks the lanes hold when full: the prefetch a node asks for
@@ -159,6 +167,7 @@ class NodeSlots:
             if self._our_cpu is not None and self.queued[lane] == 0:
                 lane = self._idle_lane_on(self._our_cpu(), lane)
             self.queued[lane] += 1
+            self._room -= 1
             if self.queued[lane] < self._depth:
                 open_lanes.append(lane)
             else:
@@ -190,6 +199,7 @@ class NodeSlots:
         if gpu_slots is None:
             return None
         for lane in lanes:
+            self._room -= self._share(lane)
             self._held[lane] = True
         for slot in gpu_slots:
             self._gpu_free[slot] = False
@@ -219,16 +229,21 @@ class NodeSlots:
         return spread_gpu_slots(self.gpus, free, need, in_use)
 
     def release(self, placement: Placement) -> None:
-        self.queued[placement.lane] -= 1
+        lane = placement.lane
         if placement.exclusive:
+            self.queued[lane] -= 1
             for lane in placement.lanes:
                 self._held[lane] = False
+                self._room += self._share(lane)
             for slot in placement.gpu_slots:
                 self._gpu_free[slot] = True
             for lane in placement.lanes:
                 self._maybe_open(lane)
         else:
-            self._maybe_open(placement.lane)
+            before = self._share(lane)
+            self.queued[lane] -= 1
+            self._room += self._share(lane) - before
+            self._maybe_open(lane)
 
     def _maybe_open(self, lane: int) -> None:
         if not self._in_open[lane] and not self._held[lane] and self.queued[lane] < self._depth:
